@@ -1,0 +1,141 @@
+"""`autoscaler explain`: the loop's decision for one function, explained, without touching anything.
+
+Offline it takes labels and a load on the command line; with a function name it reads the function from
+the cluster and its load from Prometheus, then runs the very same `decide` the loop runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import asdict
+from typing import Any
+
+from autoscaler.config import MetricsSettings, ProviderSettings, build
+from autoscaler.errors import ConfigError, SpecError
+from autoscaler.spec import format_duration, parse_duration, parse_labels
+from policies.engine import FunctionState, decide
+from policies.model import Decision, Load, ScaleType, ScalingSpec
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--label {pair!r} is not KEY=VALUE (e.g. --label com.openfaas.scale.max=10)")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def _load_for(spec: ScalingSpec, value: float, *, active: bool) -> Load:
+    inflight = value if spec.type is ScaleType.CAPACITY else 0.0
+    return Load(rps=value, inflight=inflight, cpu=value, started_total=1.0 if active else 0.0)
+
+
+def explain_offline(
+    *, labels: dict[str, str], load: float | None, replicas: int, idle: float | None, now: float
+) -> tuple[ScalingSpec, Decision]:
+    """Decide once for a function described on the command line. Raises SpecError on bad labels."""
+    spec = parse_labels(labels)
+    state = FunctionState(last_active=now - (idle or 0.0), last_started_total=0.0)
+    active = idle is None and load is not None and load > 0
+    observed = None if load is None else _load_for(spec, load, active=active)
+    return spec, decide(spec=spec, load=observed, current=replicas, state=state, now=now)
+
+
+def _render(result: dict[str, Any], *, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(result)
+    lines = [f"{key}: {value}" for key, value in result.items() if key not in ("spec", "labels")]
+    if "labels" in result:
+        lines.insert(0, "labels: " + ", ".join(f"{k}={v}" for k, v in sorted(result["labels"].items())))
+    if result.get("spec"):
+        spec = result["spec"]
+        lines.append(
+            "spec: "
+            + ", ".join(
+                f"{k}={format_duration(v) if k in ('zero_duration', 'down_window') else v}" for k, v in spec.items()
+            )
+        )
+    return "\n".join(lines)
+
+
+def _result(spec: ScalingSpec, decision: Decision, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "desired": decision.desired,
+        "current": decision.current,
+        "reason": decision.message,
+        "code": decision.reason.value,
+        "valid": decision.valid,
+    }
+    body.update(extra)
+    body["spec"] = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(spec).items()}
+    return body
+
+
+async def _explain_live(args: argparse.Namespace) -> dict[str, Any]:
+    from autoscaler.cli import settings_overrides
+    from autoscaler.interfaces import FunctionRef
+    from autoscaler.metrics import PrometheusReader
+    from autoscaler.providers.kubernetes import KubernetesProvider
+
+    metrics: MetricsSettings = build(MetricsSettings, settings_overrides(args, MetricsSettings))
+    providers: ProviderSettings = build(ProviderSettings, settings_overrides(args, ProviderSettings))
+    if not metrics.prometheus_url:
+        raise ConfigError("explain NAME needs --prometheus-url (or AUTOSCALER_PROMETHEUS_URL) to read the load")
+    ref = FunctionRef.parse(args.function, default_namespace=providers.namespaces[0])
+    providers = build(ProviderSettings, {**settings_overrides(args, ProviderSettings), "namespaces": [ref.namespace]})
+    provider = await KubernetesProvider.create(settings=providers)
+    reader = PrometheusReader(settings=metrics)
+    try:
+        await provider.start()
+        info = provider.get(ref)
+        if info is None:
+            raise ConfigError(
+                f"no function {ref.key}: no Deployment {ref.name!r} with a faas_function or "
+                f"com.openfaas.scale.* label in namespace {ref.namespace!r}"
+            )
+        snapshot = await reader.read()
+    finally:
+        await reader.close()
+        await provider.close()
+    load = snapshot.loads.get(ref.key)
+    now = time.time()
+    try:
+        spec = parse_labels(info.labels)
+    except SpecError as e:
+        return {"function": ref.key, "labels": dict(info.labels), "error": str(e), "current": info.replicas}
+    state = FunctionState(last_active=info.last_active)
+    decision = decide(spec=spec, load=load, current=info.replicas, state=state, now=now, last_wake=info.last_active)
+    return _result(
+        spec,
+        decision,
+        function=ref.key,
+        labels=dict(info.labels),
+        ready=info.ready_replicas,
+        load=None if load is None else load.value(spec.type),
+        metrics_error=snapshot.error,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.function:
+        result = asyncio.run(_explain_live(args))
+        print(_render(result, as_json=args.json))
+        return 2 if "error" in result else 0
+    try:
+        labels = _labels(args.label)
+        idle = None if args.idle is None else parse_duration(args.idle)
+    except ValueError as e:
+        raise ConfigError(f"--idle {args.idle!r}: {e}; use a Go duration such as 90s or 15m") from e
+    try:
+        spec, decision = explain_offline(
+            labels=labels, load=args.load, replicas=args.replicas, idle=idle, now=time.time()
+        )
+    except SpecError as e:
+        raise ConfigError(str(e)) from e
+    print(_render(_result(spec, decision, load=args.load), as_json=args.json))
+    return 0

@@ -1,0 +1,46 @@
+"""One exception hierarchy for the add-on.
+
+Client-library errors (aiohttp, kubernetes-asyncio, prometheus) are wrapped into these with
+`raise ... from e`, so callers handle our kinds of failure, not each library's.
+"""
+
+from __future__ import annotations
+
+
+class AutoscalerError(Exception):
+    """Base of every error the add-on raises on purpose."""
+
+
+class SpecError(AutoscalerError, ValueError):
+    """A function's scaling labels are invalid. The message names the label, the value and what is allowed."""
+
+    def __init__(self, label: str, value: str, allowed: str) -> None:
+        self.label = label
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"label {label}={value!r} is invalid: {allowed}")
+
+
+class ConfigError(AutoscalerError, ValueError):
+    """A setting (flag, env var, functions file) is invalid; the message says which and how to fix it."""
+
+
+class MetricsError(AutoscalerError):
+    """Load could not be read (Prometheus down, slow, or answering an error)."""
+
+
+class ProviderError(AutoscalerError):
+    """The replica provider (Kubernetes API or local processes) failed an operation."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+
+class ConflictError(ProviderError):
+    """The object changed under us (HTTP 409); re-read and retry."""
+
+
+class NotFoundError(ProviderError):
+    """The function (or its Deployment) does not exist."""

@@ -1,0 +1,197 @@
+"""The functions file: which functions the local provider runs, and how.
+
+A single machine has no Deployments to discover, so the local provider is told its functions by a
+YAML file in the spirit of OpenFaaS's `stack.yml`:
+
+    namespace: openfaas-fn          # optional
+    functions:
+      hello:
+        command: "{python} {dir}/functions/hello.py"
+        labels: {com.openfaas.scale.min: "1"}
+        environment: {GREETING: "hi"}
+        health_path: /healthz       # optional, default "/"
+        replicas: 1                 # optional, replicas at start (default: the min label, else 1)
+
+Each replica is `command` run as a process (split like a shell would, never through a shell, so
+signals reach it) with `PORT` set. In the command, `{python}` is the interpreter running the add-on
+and `{dir}` is the directory holding the functions file. Every validation error names the function
+and the field, and is raised as ConfigError (the CLI exits 2 on it).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from autoscaler.errors import ConfigError
+
+DEFAULT_NAMESPACE = "openfaas-fn"
+MIN_LABEL = "com.openfaas.scale.min"
+ZERO_LABEL = "com.openfaas.scale.zero"
+ZERO_DURATION_LABEL = "com.openfaas.scale.zero-duration"
+BUILTIN_FILE = Path(__file__).parent / "data" / "functions.yml"
+
+# DNS-1123 label, as for a Deployment name: the function name is also its route.
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _stringify(value: Any) -> Any:
+    """YAML reads `1` and `true` as numbers and booleans; labels and env vars are strings."""
+    if isinstance(value, Mapping):
+        return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+    return value
+
+
+class FunctionDef(BaseModel):
+    """One function of the file, validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: str = Field(min_length=1)
+    labels: dict[str, str] = Field(default_factory=dict)
+    environment: dict[str, str] = Field(default_factory=dict)
+    health_path: str = "/"
+    replicas: int | None = Field(default=None, ge=0, le=100)
+
+    _coerce = field_validator("labels", "environment", mode="before")(_stringify)
+
+    @field_validator("command")
+    @classmethod
+    def _splits(cls, value: str) -> str:
+        try:
+            parts = shlex.split(value)
+        except ValueError as e:
+            raise ValueError(f"cannot be split into arguments ({e})") from e
+        if not parts:
+            raise ValueError("is empty")
+        return value
+
+    @field_validator("health_path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/', e.g. /healthz")
+        return value
+
+    @field_validator("environment")
+    @classmethod
+    def _no_port(cls, value: dict[str, str]) -> dict[str, str]:
+        if "PORT" in value:
+            raise ValueError("must not set PORT: the provider picks a free port for every replica")
+        return value
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespace: str = DEFAULT_NAMESPACE
+    functions: dict[str, FunctionDef]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFunction:
+    """A function ready to run: its argv resolved, its initial replicas decided."""
+
+    name: str
+    argv: tuple[str, ...]
+    labels: Mapping[str, str]
+    environment: Mapping[str, str]
+    health_path: str
+    initial_replicas: int
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionsFile:
+    """The whole file: a namespace and its functions, in file order."""
+
+    namespace: str
+    functions: tuple[LocalFunction, ...]
+    source: str
+
+
+def _initial_replicas(name: str, fn: FunctionDef) -> int:
+    if fn.replicas is not None:
+        return fn.replicas
+    raw = fn.labels.get(MIN_LABEL)
+    if raw is None:
+        return 1
+    try:
+        return max(0, int(raw))
+    except ValueError as e:
+        raise ConfigError(
+            f"function {name!r}: field labels.{MIN_LABEL}: {raw!r} is not a whole number; write e.g. \"1\""
+        ) from e
+
+
+def parse(data: Any, *, source: str, base_dir: Path) -> FunctionsFile:
+    """Validate already-loaded YAML; raise ConfigError naming the function and field at fault."""
+    if not isinstance(data, Mapping) or "functions" not in data:
+        raise ConfigError(f"{source}: expected a mapping with a 'functions:' key, e.g. functions: {{hello: ...}}")
+    if not isinstance(data["functions"], Mapping) or not data["functions"]:
+        raise ConfigError(f"{source}: 'functions:' must map at least one function name to its settings")
+    try:
+        model = _File.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: " + "; ".join(_describe(err) for err in e.errors())) from e
+    functions = []
+    for name, fn in model.functions.items():
+        if not _NAME.match(name):
+            raise ConfigError(
+                f"{source}: function {name!r}: the name must be lower-case letters, digits and '-' "
+                "(at most 63), since it is also the route /function/NAME"
+            )
+        argv = tuple(
+            part.replace("{python}", sys.executable).replace("{dir}", str(base_dir))
+            for part in shlex.split(fn.command)
+        )
+        functions.append(
+            LocalFunction(
+                name=name,
+                argv=argv,
+                labels=dict(fn.labels),
+                environment=dict(fn.environment),
+                health_path=fn.health_path,
+                initial_replicas=_initial_replicas(name, fn),
+            )
+        )
+    return FunctionsFile(namespace=model.namespace, functions=tuple(functions), source=source)
+
+
+def _describe(err: Any) -> str:
+    loc = [str(part) for part in err["loc"]]
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if len(loc) >= 2 and loc[0] == "functions":
+        field = ".".join(loc[2:]) or "settings"
+        if err["type"] == "extra_forbidden":
+            message = "unknown field; allowed: command, labels, environment, health_path, replicas"
+        elif err["type"] == "model_type":
+            message = "expected a mapping with at least 'command:'"
+        return f"function {loc[1]!r}: field {field}: {message}"
+    return f"field {'.'.join(loc) or 'file'}: {message}"
+
+
+def load(path: str | Path) -> FunctionsFile:
+    """Read and validate a functions file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read functions file {file}: {e.strerror or e}; check --functions") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{file}: not valid YAML: {e}") from e
+    return parse(data, source=str(file), base_dir=file.resolve().parent)
+
+
+def load_builtin() -> FunctionsFile:
+    """The two example functions shipped with the package (used by `autoscaler demo`)."""
+    return load(BUILTIN_FILE)

@@ -1,0 +1,273 @@
+"""One replica of a local function: a supervised process on a free loopback port.
+
+The local provider's promises live here: a replica counts as ready only once its health path answers
+below 500; a crash is restarted with exponential backoff; a stop removes the replica from the
+endpoints first, then sends SIGTERM to its process group and waits a grace period (so requests in
+flight finish) before SIGKILL. Each replica runs in its own process group, so a Ctrl-C in the terminal
+reaches the add-on alone (which shuts down in order) and a stop reaches the replica's own children;
+on Linux the kernel also kills it if the add-on dies without cleaning up (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+
+from autoscaler.functionsfile import LocalFunction
+
+log = logging.getLogger("autoscaler.providers.local")
+
+LIVE_GROUPS: set[int] = set()  # process groups still running, for the provider's exit hook
+
+
+class ReplicaState(StrEnum):
+    STARTING = "starting"  # process spawned (or waiting to be), health check not yet passed
+    READY = "ready"  # answering its health path; listed in endpoints
+    DRAINING = "draining"  # removed from endpoints, finishing in-flight requests
+    EXITED = "exited"  # stopped for good
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaView:
+    """What the demo table and the tests see of one replica."""
+
+    name: str
+    pid: int | None
+    port: int | None
+    state: ReplicaState
+    restarts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaTiming:
+    """How patient the provider is with a replica (keyword settings of LocalProvider)."""
+
+    ready_timeout: float = 30.0  # seconds from spawn to a passing health check, else restart
+    grace: float = 10.0  # seconds between SIGTERM and SIGKILL
+    drain_delay: float = 0.2  # seconds between leaving the endpoints and SIGTERM
+    backoff_base: float = 0.5  # first restart delay; doubles per crash
+    backoff_max: float = 10.0
+    stable_after: float = 10.0  # seconds ready after which the crash count resets
+    probe_interval: float = 0.05
+
+
+def spawn_logged(coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+    """Start a background task whose crash is logged, never silent."""
+    task = asyncio.create_task(coro, name=name)
+
+    def _done(t: asyncio.Task[Any]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            log.error("background task %s crashed", name, exc_info=t.exception())
+
+    task.add_done_callback(_done)
+    return task
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec hook asking Linux to SIGKILL the replica when the add-on dies (even by SIGKILL)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the add-on died before the hook ran
+            os._exit(1)
+
+    return hook
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+class Replica:
+    """Runs one replica until stopped: spawn, health-check, restart on crash with backoff."""
+
+    def __init__(
+        self,
+        *,
+        fn: LocalFunction,
+        index: int,
+        session: aiohttp.ClientSession,
+        timing: ReplicaTiming,
+        on_change: Callable[[Replica], None],
+        on_crash: Callable[[Replica, str], None],
+    ) -> None:
+        self.fn = fn
+        self.index = index
+        self.name = f"{fn.name}-{index}"
+        self.state = ReplicaState.STARTING
+        self.port: int | None = None
+        self.restarts = 0
+        self.output: collections.deque[str] = collections.deque(maxlen=20)
+        self._session = session
+        self._timing = timing
+        self._on_change = on_change
+        self._on_crash = on_crash
+        self._process: asyncio.subprocess.Process | None = None
+        self._stopping = False
+        self._in_backoff = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def view(self) -> ReplicaView:
+        return ReplicaView(name=self.name, pid=self.pid, port=self.port, state=self.state, restarts=self.restarts)
+
+    def start(self) -> None:
+        self._task = spawn_logged(self._supervise(), name=f"replica {self.name}")
+
+    def _set(self, state: ReplicaState) -> None:
+        if state is not self.state:
+            self.state = state
+            self._on_change(self)
+
+    async def _supervise(self) -> None:
+        crashes = 0
+        while not self._stopping:
+            ready_at = await self._run_once()
+            if self._stopping:
+                break
+            ran = time.monotonic() - ready_at if ready_at is not None else 0.0
+            crashes = 1 if ran >= self._timing.stable_after else crashes + 1
+            delay = min(self._timing.backoff_max, self._timing.backoff_base * 2 ** (crashes - 1))
+            code = self._process.returncode if self._process is not None else None
+            last = self.output[-1] if self.output else "no output"
+            reason = f"replica {self.name} exited with code {code} (last output: {last!r}); restart in {delay:.1f}s"
+            log.warning("%s", reason)
+            self._on_crash(self, reason)
+            self._set(ReplicaState.STARTING)
+            self._in_backoff = True
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._in_backoff = False
+            self.restarts += 1
+
+    async def _run_once(self) -> float | None:
+        """Run the process once; return when it became ready (monotonic), None if it never did."""
+        self.port = free_port()
+        env = {**os.environ, **self.fn.environment, "PORT": str(self.port)}
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *self.fn.argv,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
+        except OSError as e:
+            self.output.append(f"cannot start {self.fn.argv[0]!r}: {e}")
+            self._process = None
+            return None
+        process = self._process
+        LIVE_GROUPS.add(process.pid)
+        log.info("replica %s started: pid %d, port %d", self.name, process.pid, self.port)
+        reader = spawn_logged(self._pump_output(process), name=f"logs of {self.name}")
+        ready_at: float | None = None
+        try:
+            if await self._probe_until_ready(process):
+                ready_at = time.monotonic()
+                log.info("replica %s ready on %s", self.name, self.url)
+                self._set(ReplicaState.READY)
+            elif process.returncode is None:
+                if not self._stopping:
+                    self.output.append(f"not ready after {self._timing.ready_timeout:.0f}s")
+                signal_group(process.pid, signal.SIGKILL)
+            await process.wait()
+        finally:
+            LIVE_GROUPS.discard(process.pid)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(reader, timeout=2.0)
+        return ready_at
+
+    async def _probe_until_ready(self, process: asyncio.subprocess.Process) -> bool:
+        url = self.url + self.fn.health_path
+        deadline = time.monotonic() + self._timing.ready_timeout
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        while not self._stopping and process.returncode is None and time.monotonic() < deadline:
+            try:
+                async with self._session.get(url, timeout=timeout) as response:
+                    if response.status < 500:
+                        return True
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            await asyncio.sleep(self._timing.probe_interval)
+        return False
+
+    async def _pump_output(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        fn_log = logging.getLogger(f"autoscaler.functions.{self.fn.name}")
+        while line := await process.stdout.readline():
+            text = line.decode(errors="replace").rstrip()
+            self.output.append(text)
+            fn_log.info("[%s] %s", self.name, text)
+
+    async def stop(self) -> None:
+        """Leave the endpoints, SIGTERM the group, wait the grace period, then SIGKILL."""
+        if self._stopping:
+            if self._task is not None:
+                await asyncio.shield(self._task)
+            return
+        self._stopping = True
+        process = self._process
+        if process is None or process.returncode is not None or self.state is not ReplicaState.READY:
+            if process is not None and process.returncode is None:
+                signal_group(process.pid, signal.SIGKILL)  # never served: nothing to drain
+        else:
+            self._set(ReplicaState.DRAINING)
+            await asyncio.sleep(self._timing.drain_delay)  # let routed requests reach it
+            signal_group(process.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(process.wait()), timeout=self._timing.grace)
+            except TimeoutError:
+                log.warning("replica %s still running %.0fs after SIGTERM: SIGKILL", self.name, self._timing.grace)
+                signal_group(process.pid, signal.SIGKILL)
+        if self._task is not None:
+            if self._in_backoff:
+                self._task.cancel()  # waiting to restart a crashed process: nothing to stop
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if process is not None:
+            signal_group(process.pid, signal.SIGKILL)  # the replica's own children, if any remain
+        self._set(ReplicaState.EXITED)
+        log.info("replica %s stopped", self.name)

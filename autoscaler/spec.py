@@ -1,0 +1,149 @@
+"""Scaling labels -> a validated ScalingSpec, with errors a platform engineer can act on.
+
+Label names and defaults are OpenFaaS Pro's, so existing functions work unchanged; the project's own
+extensions use the `autoscaler.dev/` prefix. A bad label raises SpecError naming the label, the value
+and what is allowed; the loop then leaves that function alone and says why (never crashes).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+from autoscaler.errors import SpecError
+from policies.model import KeepAlive, ScaleType, ScalingSpec
+from policies.stabilize import MAX_WINDOW
+
+PREFIX = "com.openfaas.scale."
+MIN = PREFIX + "min"
+MAX = PREFIX + "max"
+TARGET = PREFIX + "target"
+TYPE = PREFIX + "type"
+PROPORTION = PREFIX + "target-proportion"
+ZERO = PREFIX + "zero"
+ZERO_DURATION = PREFIX + "zero-duration"
+DOWN_WINDOW = PREFIX + "down.window"
+PROJECT_PREFIX = "autoscaler.dev/"
+KEEPALIVE = PROJECT_PREFIX + "keepalive"
+
+KNOWN_LABELS = (MIN, MAX, TARGET, TYPE, PROPORTION, ZERO, ZERO_DURATION, DOWN_WINDOW, KEEPALIVE)
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go duration (`90s`, `15m`, `1h30m`, `1.5h`, `250ms`, `0`) into seconds.
+
+    Raises ValueError with the accepted syntax; negative durations are refused (none makes sense here).
+    """
+    value = text.strip()
+    if value == "0":
+        return 0.0
+    if not value:
+        raise ValueError("empty duration")
+    pos = 0
+    total = 0.0
+    while pos < len(value):
+        match = _PART.match(value, pos)
+        if match is None:
+            raise ValueError(f"not a Go duration: {text!r}")
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds back into a short Go duration (`15m`, `1h30m`, `90.5s`) for messages."""
+    if seconds <= 0:
+        return "0s"
+    whole = int(seconds)
+    if whole != seconds or whole < 60:
+        return f"{seconds:g}s"
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return "".join(f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (secs, "s")) if n)
+
+
+def _int(labels: Mapping[str, str], label: str, default: int, *, least: int) -> int:
+    raw = labels.get(label)
+    if raw is None:
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SpecError(label, raw, f"a whole number >= {least}") from None
+    if value < least:
+        raise SpecError(label, raw, f"a whole number >= {least}")
+    return value
+
+
+def _float(labels: Mapping[str, str], label: str, default: float, *, allowed: str, upper: float | None) -> float:
+    raw = labels.get(label)
+    if raw is None:
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SpecError(label, raw, allowed) from None
+    if not math.isfinite(value) or value <= 0 or (upper is not None and value > upper):
+        raise SpecError(label, raw, allowed)
+    return value
+
+
+def _duration(labels: Mapping[str, str], label: str, default: float, *, allowed: str) -> float:
+    raw = labels.get(label)
+    if raw is None:
+        return default
+    try:
+        return parse_duration(raw)
+    except ValueError:
+        raise SpecError(label, raw, allowed) from None
+
+
+def _choice(labels: Mapping[str, str], label: str, options: tuple[str, ...], default: str) -> str:
+    raw = labels.get(label)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value not in options:
+        raise SpecError(label, raw, "one of " + ", ".join(options))
+    return value
+
+
+def parse_labels(labels: Mapping[str, str]) -> ScalingSpec:
+    """Build a ScalingSpec from a function's labels; raises SpecError on the first invalid one."""
+    minimum = _int(labels, MIN, 1, least=0)
+    maximum = _int(labels, MAX, 20, least=1)
+    if minimum > maximum:
+        raise SpecError(MIN, labels.get(MIN, str(minimum)), f"at most {MAX} ({maximum})")
+    target = _float(labels, TARGET, 50.0, allowed="a number > 0 (load per replica)", upper=None)
+    kind = ScaleType(_choice(labels, TYPE, tuple(t.value for t in ScaleType), "rps"))
+    proportion = _float(
+        labels, PROPORTION, 0.90, allowed="a number > 0 and <= 1 (fraction of target)", upper=1.0
+    )
+    zero = _choice(labels, ZERO, ("true", "false"), "false") == "true"
+    zero_duration = _duration(
+        labels, ZERO_DURATION, 900.0, allowed="a Go duration > 0 such as 90s, 15m or 1h30m"
+    )
+    if zero_duration <= 0:
+        raise SpecError(ZERO_DURATION, labels[ZERO_DURATION], "a Go duration > 0 such as 90s, 15m or 1h30m")
+    window_raw = labels.get(DOWN_WINDOW)
+    window = 0.0
+    if window_raw is not None and window_raw.strip().lower() not in ("", "off"):
+        window = _duration(labels, DOWN_WINDOW, 0.0, allowed="off or a Go duration of at most 5m")
+        if window > MAX_WINDOW:
+            raise SpecError(DOWN_WINDOW, window_raw, "off or a Go duration of at most 5m")
+    keepalive = KeepAlive(_choice(labels, KEEPALIVE, tuple(k.value for k in KeepAlive), "fixed"))
+    return ScalingSpec(
+        min_replicas=minimum,
+        max_replicas=maximum,
+        target=target,
+        type=kind,
+        target_proportion=proportion,
+        zero=zero,
+        zero_duration=zero_duration,
+        down_window=window,
+        keepalive=keepalive,
+    )

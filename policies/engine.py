@@ -1,0 +1,166 @@
+"""One scaling decision for one function: the decision the loop, the local mode and the simulator share.
+
+`decide` combines the replica formula (`policies.replicas`), scale-down stabilization
+(`policies.stabilize`) and scale-to-zero with a fixed or learned keep-alive window. It takes `now`
+and a mutable per-function `FunctionState`; it never reads a clock and never does I/O.
+
+Conservative branches (each says why): no data keeps the current replicas (invariant 1); activity
+of any kind (started invocations, in-flight or held requests, a wake-up) restarts the idle timer
+(invariant 2); a function never goes to zero within ZERO_GRACE of its last activity, whatever its
+keep-alive policy predicts.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from policies.model import Decision, KeepAlive, Load, Reason, ScalingSpec
+from policies.replicas import desired_replicas, raw_replicas
+from policies.stabilize import stabilized
+
+# No policy sends a function to zero sooner than this after its last activity: the proxy refreshes
+# its activity mark every few seconds while it holds or forwards requests, so this bounds the race
+# between a wake-up and a scale-to-zero decision made on lagging metrics.
+ZERO_GRACE = 30.0
+
+
+class KeepAlivePolicy(Protocol):
+    """A learned keep-alive: how long to keep an idle function warm, and when to pre-warm it."""
+
+    def observe_call(self, *, now: float) -> None:
+        """A started invocation (or a batch of them) was seen at `now`."""
+
+    def windows(self, *, now: float) -> tuple[float, float]:
+        """(prewarm, keepalive) in seconds from the last call.
+
+        The function may sit at zero until `prewarm` after its last call, is kept warm from then until
+        `prewarm + keepalive`, then goes to zero. `(0, zero_duration)` is the fixed policy.
+        """
+
+
+@dataclass(slots=True)
+class FunctionState:
+    """What the loop remembers of one function between ticks (rebuilt from scratch after a restart)."""
+
+    last_active: float | None = None  # last evidence of activity; the idle timer starts here
+    last_started_total: float | None = None  # last seen value of the started-invocations counter
+    recommendations: deque[tuple[float, int]] = field(default_factory=deque)  # down-window history
+    keepalive: KeepAlivePolicy | None = None  # set by the caller when spec.keepalive is ADAPTIVE
+
+
+def observe(*, state: FunctionState, load: Load | None, now: float, busy: bool, last_wake: float | None) -> bool:
+    """Update the idle timer from this tick's evidence; True when the function is active right now."""
+    active = busy
+    if load is not None:
+        started = load.started_total
+        if started is not None:
+            if state.last_started_total is not None and started != state.last_started_total:
+                # Any change counts, a counter reset (proxy restart) included: it cannot mean idleness.
+                active = True
+                if state.keepalive is not None:
+                    state.keepalive.observe_call(now=now)
+            state.last_started_total = started
+        if load.inflight is not None and load.inflight > 0:
+            active = True
+    if last_wake is not None and (state.last_active is None or last_wake > state.last_active):
+        state.last_active = last_wake
+    if active or state.last_active is None:
+        # First sight of a function (e.g. after a restart) starts its idle timer without waking it.
+        state.last_active = now
+    return active
+
+
+def _windows(*, spec: ScalingSpec, state: FunctionState, now: float) -> tuple[float, float]:
+    if spec.keepalive is KeepAlive.ADAPTIVE and state.keepalive is not None:
+        return state.keepalive.windows(now=now)
+    return 0.0, spec.zero_duration
+
+
+def _zero_decision(
+    *, spec: ScalingSpec, state: FunctionState, current: int, now: float
+) -> Decision | None:
+    """The scale-to-zero / pre-warm verdict for an idle `zero=true` function, or None to scale by load."""
+    assert state.last_active is not None
+    idle = now - state.last_active
+    prewarm, keep = _windows(spec=spec, state=state, now=now)
+    if current == 0:
+        if prewarm > 0 and prewarm <= idle < prewarm + keep:
+            return Decision(
+                current,
+                spec.wake_replicas,
+                Reason.PREWARM,
+                f"idle {idle:.0f}s: pre-warm ahead of the call predicted after {prewarm:.0f}s",
+            )
+        # At zero with no activity: nothing calls for a replica.
+        return Decision(current, 0, Reason.STEADY, f"idle for {idle:.0f}s: stays at zero")
+    if idle < ZERO_GRACE:
+        # Too recent to trust any prediction (see ZERO_GRACE).
+        return None
+    if idle >= prewarm + keep:
+        return Decision(
+            current,
+            0,
+            Reason.SCALE_TO_ZERO,
+            f"no started invocations for {idle:.0f}s (keep-alive {prewarm + keep:.0f}s): scale to zero",
+        )
+    if prewarm > 0 and idle < prewarm:
+        return Decision(
+            current, 0, Reason.SCALE_TO_ZERO, f"idle {idle:.0f}s: next call predicted after {prewarm:.0f}s"
+        )
+    return None
+
+
+def decide(
+    *,
+    spec: ScalingSpec,
+    load: Load | None,
+    current: int,
+    state: FunctionState,
+    now: float,
+    busy: bool = False,
+    last_wake: float | None = None,
+) -> Decision:
+    """The replicas one function should have at `now`, and why.
+
+    `busy`: the in-process proxy holds or forwards requests for it; `last_wake`: the last activity mark
+    the proxy wrote on the function (unix seconds). Both count as activity.
+    """
+    active = observe(state=state, load=load, now=now, busy=busy, last_wake=last_wake)
+    if spec.static:
+        return Decision(current, current, Reason.STATIC, f"min = max = {spec.min_replicas}: not autoscaled", False)
+    value = None if load is None else load.value(spec.type)
+    if spec.zero and not active:
+        verdict = _zero_decision(spec=spec, state=state, current=current, now=now)
+        if verdict is not None:
+            return verdict
+    if value is None:
+        if current == 0 and active:
+            # Traffic is arriving for a function at zero: waking it needs no load figure.
+            return Decision(current, spec.wake_replicas, Reason.WAKE, "invocations arrived at zero replicas: wake")
+        # Invariant 1: missing, stale or failed metrics are not zero traffic.
+        return Decision(current, current, Reason.NO_DATA, f"no {spec.type} data: keep {current} replicas", False)
+    per_replica = spec.target * spec.target_proportion
+    need = raw_replicas(spec=spec, load=value)
+    wanted = desired_replicas(spec=spec, load=value)
+    formula = (
+        f"{spec.type} load {value:.4g} / (target {spec.target:g} x {spec.target_proportion:g}) "
+        f"= {value / per_replica:.4g} -> {need}, within [{max(spec.min_replicas, 1)}, {spec.max_replicas}]"
+    )
+    if current == 0:
+        state.recommendations.clear()
+        return Decision(current, wanted, Reason.WAKE, f"{formula}: wake to {wanted}")
+    desired = stabilized(history=state.recommendations, recommendation=wanted, now=now, window=spec.down_window)
+    if desired > current:
+        return Decision(current, desired, Reason.SCALE_UP, f"{formula}: scale up")
+    if desired < current:
+        return Decision(current, desired, Reason.SCALE_DOWN, f"{formula}: scale down")
+    if wanted < current:
+        return Decision(
+            current,
+            current,
+            Reason.STABILIZING,
+            f"{formula}: held at {current} by the {spec.down_window:g}s scale-down window",
+        )
+    return Decision(current, current, Reason.STEADY, f"{formula}: steady")

@@ -1,0 +1,105 @@
+"""Value types shared by every policy, the control loop and the simulator.
+
+They live here, below the add-on, so that policies can name them without importing any I/O code.
+Label parsing (strings -> ScalingSpec, with clear errors) lives in `autoscaler.spec`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ScaleType(StrEnum):
+    """What a function's `target` is measured in."""
+
+    RPS = "rps"  # completed requests per second
+    CAPACITY = "capacity"  # in-flight requests
+    CPU = "cpu"  # millicores
+
+
+class KeepAlive(StrEnum):
+    """How long an idle `zero=true` function is kept warm (project extension label)."""
+
+    FIXED = "fixed"  # exactly zero-duration after the last started invocation (OpenFaaS behaviour)
+    ADAPTIVE = "adaptive"  # learned from the function's idle-time histogram (policies.adaptive)
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingSpec:
+    """A function's validated scaling settings. Defaults are OpenFaaS Pro's."""
+
+    min_replicas: int = 1
+    max_replicas: int = 20
+    target: float = 50.0
+    type: ScaleType = ScaleType.RPS
+    target_proportion: float = 0.90
+    zero: bool = False
+    zero_duration: float = 900.0  # seconds idle before zero
+    down_window: float = 0.0  # seconds of scale-down stabilization; 0 means off
+    keepalive: KeepAlive = KeepAlive.FIXED
+
+    @property
+    def static(self) -> bool:
+        """min == max: the function is not autoscaled at all."""
+        return self.min_replicas == self.max_replicas
+
+    @property
+    def wake_replicas(self) -> int:
+        """Replicas a function gets when it is woken from zero."""
+        return max(1, self.min_replicas)
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """One function's load as last observed. `None` means "no data", which is never zero."""
+
+    rps: float | None = None  # completed invocations per second
+    inflight: float | None = None  # requests in flight right now
+    cpu: float | None = None  # millicores over all replicas
+    started_total: float | None = None  # counter of started invocations (any change = activity)
+
+    def value(self, kind: ScaleType) -> float | None:
+        """The load figure the function's scale type is measured in."""
+        if kind is ScaleType.RPS:
+            return self.rps
+        if kind is ScaleType.CAPACITY:
+            return self.inflight
+        return self.cpu
+
+
+NO_DATA = Load()
+
+
+class Reason(StrEnum):
+    """Why a decision came out as it did; the `reason` label of `autoscaler_scale_total`."""
+
+    SCALE_UP = "ScaleUp"
+    SCALE_DOWN = "ScaleDown"
+    SCALE_TO_ZERO = "ScaleToZero"
+    WAKE = "Wake"  # from zero because of traffic or a wake-up
+    PREWARM = "Prewarm"  # from zero ahead of a predicted call (adaptive keep-alive)
+    STEADY = "Steady"  # desired == current
+    STABILIZING = "Stabilizing"  # a lower recommendation held back by the down window
+    NO_DATA = "NoData"  # metrics missing, stale or failed: keep current replicas
+    STATIC = "Static"  # min == max: not autoscaled
+    INVALID_SPEC = "InvalidSpec"  # bad labels: keep current replicas
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What one function should have, and why.
+
+    `valid` is False when the loop has no basis for a change (no data, bad labels, static): the
+    function then keeps `current`, and `desired == current`.
+    """
+
+    current: int
+    desired: int
+    reason: Reason
+    message: str
+    valid: bool = True
+
+    @property
+    def changed(self) -> bool:
+        return self.desired != self.current

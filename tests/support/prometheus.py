@@ -1,0 +1,264 @@
+"""Runs the real Prometheus server for tests, so load reading is tested against the real query engine.
+
+A fake Prometheus would answer whatever its author believed; the real binary decides what `rate()`
+returns over two scrapes, how a vanished series goes stale and what an error body looks like. This
+module starts `/usr/bin/prometheus` (or `prometheus` on PATH, or `$PROMETHEUS_BIN`) on a free loopback
+port with a generated config and a throw-away TSDB, waits for `/-/ready`, and stops or kills it.
+
+Use the pytest fixtures (re-export them from a conftest.py):
+
+    from tests.support.prometheus import prometheus_factory  # noqa: F401
+
+    async def test_something(prometheus_factory):
+        with GatewayExporter() as exporter:
+            prometheus = prometheus_factory.start(targets=[exporter.target], scrape_interval=1.0)
+            await prometheus.wait_for_series("gateway_function_invocation_inflight", lambda r: len(r) == 1)
+
+When the binary is missing the fixtures fail if the `CI` environment variable is set (a CI run must
+not pass by skipping) and skip otherwise, both saying how to install it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+
+INSTALL_HINT = "the prometheus binary is missing: install it with apt-get install -y prometheus"
+
+Series = dict[str, float]  # query result keyed by function_name (or by the rendered label set)
+
+
+def find_binary() -> str | None:
+    """Path of the Prometheus server binary, or None when it is not installed."""
+    candidates = [os.environ.get("PROMETHEUS_BIN"), shutil.which("prometheus"), "/usr/bin/prometheus"]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def require_binary() -> str:
+    """The binary's path; otherwise fail under CI and skip elsewhere, with the install hint."""
+    binary = find_binary()
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail(INSTALL_HINT)
+        pytest.skip(INSTALL_HINT)
+    return binary
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _series_key(metric: dict[str, str]) -> str:
+    if "function_name" in metric:
+        return metric["function_name"]
+    return "{" + ",".join(f"{k}={v!r}" for k, v in sorted(metric.items())) + "}"
+
+
+class PrometheusServer:
+    """One Prometheus process scraping `targets` (`host:port` strings) every `scrape_interval` seconds."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        targets: Sequence[str],
+        scrape_interval: float = 1.0,
+        binary: str | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.data_dir = data_dir
+        self.targets = list(targets)
+        self.scrape_interval = scrape_interval
+        self.binary = binary or require_binary()
+        self.host = host
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "prometheus.log"
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. `http://127.0.0.1:40123` (what the reader's prometheus_url takes)."""
+        return f"http://{self.host}:{self.port}"
+
+    def config(self) -> dict[str, object]:
+        interval = f"{max(1, round(self.scrape_interval * 1000))}ms"
+        return {
+            "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
+            "scrape_configs": [
+                {"job_name": "gateway", "static_configs": [{"targets": self.targets}]},
+            ],
+        }
+
+    def start(self, *, timeout: float = 30.0) -> PrometheusServer:
+        """Start the process and wait for `/-/ready`; a port lost to a race is retried once."""
+        for attempt in range(2):
+            try:
+                self._spawn()
+                self._wait_ready(timeout=timeout)
+                return self
+            except RuntimeError:
+                self.stop()
+                if attempt == 1 or "address already in use" not in self.log_tail():
+                    raise
+        raise AssertionError("unreachable")
+
+    def _spawn(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.data_dir / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(self.config()))
+        self.port = free_port(self.host)
+        tsdb = self.data_dir / "tsdb"
+        shutil.rmtree(tsdb, ignore_errors=True)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    f"--config.file={config_path}",
+                    f"--storage.tsdb.path={tsdb}",
+                    "--storage.tsdb.retention.time=1h",
+                    f"--web.listen-address={self.host}:{self.port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def _wait_ready(self, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"prometheus exited at start-up; its log ends with:\n{self.log_tail()}")
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            time.sleep(0.1)
+        raise RuntimeError(f"prometheus not ready within {timeout}s; its log ends with:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, *, grace: float = 10.0) -> None:
+        """Terminate (SIGTERM, then SIGKILL after `grace` seconds); idempotent."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=grace)
+
+    def kill(self) -> None:
+        """SIGKILL at once, as a crash would; the port stops answering immediately."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+    async def query(self, promql: str) -> Series:
+        """Evaluate an instant query; values keyed by function_name (NaN kept as NaN)."""
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(f"{self.url}/api/v1/query", params={"query": promql}) as response,
+        ):
+            body = await response.json()
+        if body.get("status") != "success":
+            raise AssertionError(f"query {promql!r} failed: {body}")
+        data = body["data"]
+        if data["resultType"] != "vector":
+            raise AssertionError(f"query {promql!r} returned {data['resultType']}, not an instant vector")
+        return {_series_key(item["metric"]): float(item["value"][1]) for item in data["result"]}
+
+    async def wait_for_series(
+        self, query: str, predicate: Callable[[Series], bool], *, timeout: float = 15.0
+    ) -> Series:
+        """Poll `query` until `predicate(result)` holds; returns that result or fails naming the last one."""
+        deadline = time.monotonic() + timeout
+        last: Series | str = "(no answer)"
+        while True:
+            try:
+                last = await self.query(query)
+                if predicate(last):
+                    return last
+            except aiohttp.ClientError as e:
+                last = f"request failed: {e}"
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{query!r} did not satisfy the predicate within {timeout}s; last: {last}")
+            await asyncio.sleep(min(0.25, self.scrape_interval / 4))
+
+    async def wait_for_rates(self, keys: Sequence[str], *, timeout: float = 15.0) -> None:
+        """Wait until `rate()` over the gateway counter has a finite value for every key in `keys`."""
+        wanted = set(keys)
+        await self.wait_for_series(
+            "sum by (function_name) (rate(gateway_function_invocation_total[5s]))",
+            lambda r: all(k in r and math.isfinite(r[k]) for k in wanted),
+            timeout=timeout,
+        )
+
+
+class PrometheusFactory:
+    """Starts PrometheusServers in numbered sub-directories and stops them all on `close()`."""
+
+    def __init__(self, *, base_dir: Path, binary: str) -> None:
+        self.base_dir = base_dir
+        self.binary = binary
+        self.servers: list[PrometheusServer] = []
+
+    def start(self, *, targets: Sequence[str], scrape_interval: float = 1.0) -> PrometheusServer:
+        server = PrometheusServer(
+            data_dir=self.base_dir / f"prometheus-{len(self.servers)}",
+            targets=targets,
+            scrape_interval=scrape_interval,
+            binary=self.binary,
+        )
+        self.servers.append(server)
+        return server.start()
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def _factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusFactory]:
+    factory = PrometheusFactory(base_dir=tmp_path_factory.mktemp("prometheus"), binary=require_binary())
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusFactory]:
+    """Per-test factory: `prometheus_factory.start(targets=[...], scrape_interval=1.0)`."""
+    yield from _factory(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def module_prometheus_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusFactory]:
+    """Per-module factory, for one Prometheus shared by a file's tests (saves ~1 s of start-up each)."""
+    yield from _factory(tmp_path_factory)
