@@ -31,12 +31,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from autoscaler.errors import ConfigError
+from autoscaler.errors import ConfigError, SpecError
+from autoscaler.spec import parse_labels
 
 DEFAULT_NAMESPACE = "openfaas-fn"
-MIN_LABEL = "com.openfaas.scale.min"
-ZERO_LABEL = "com.openfaas.scale.zero"
-ZERO_DURATION_LABEL = "com.openfaas.scale.zero-duration"
 BUILTIN_FILE = Path(__file__).parent / "data" / "functions.yml"
 
 # DNS-1123 label, as for a Deployment name: the function name is also its route.
@@ -117,24 +115,18 @@ class FunctionsFile:
     source: str
 
 
-def _initial_replicas(name: str, fn: FunctionDef) -> int:
+def _initial_replicas(fn: FunctionDef) -> int:
     if fn.replicas is not None:
         return fn.replicas
-    raw = fn.labels.get(MIN_LABEL)
-    if raw is None:
-        return 1
-    try:
-        return max(0, int(raw))
-    except ValueError as e:
-        raise ConfigError(
-            f"function {name!r}: field labels.{MIN_LABEL}: {raw!r} is not a whole number; write e.g. \"1\""
-        ) from e
+    return parse_labels(fn.labels).min_replicas
 
 
 def parse(data: Any, *, source: str, base_dir: Path) -> FunctionsFile:
     """Validate already-loaded YAML; raise ConfigError naming the function and field at fault."""
     if not isinstance(data, Mapping) or "functions" not in data:
-        raise ConfigError(f"{source}: expected a mapping with a 'functions:' key, e.g. functions: {{hello: ...}}")
+        raise ConfigError(
+            f"{source}: expected a mapping with a 'functions:' key, e.g. functions: {{hello: ...}}"
+        )
     if not isinstance(data["functions"], Mapping) or not data["functions"]:
         raise ConfigError(f"{source}: 'functions:' must map at least one function name to its settings")
     try:
@@ -148,6 +140,13 @@ def parse(data: Any, *, source: str, base_dir: Path) -> FunctionsFile:
                 f"{source}: function {name!r}: the name must be lower-case letters, digits and '-' "
                 "(at most 63), since it is also the route /function/NAME"
             )
+        try:
+            parse_labels(fn.labels)
+        except SpecError as e:
+            raise ConfigError(
+                f"{source}: function {name!r}: field labels.{e.label}: "
+                f"{e.value!r} is invalid, expected {e.allowed}"
+            ) from e
         argv = tuple(
             part.replace("{python}", sys.executable).replace("{dir}", str(base_dir))
             for part in shlex.split(fn.command)
@@ -159,7 +158,7 @@ def parse(data: Any, *, source: str, base_dir: Path) -> FunctionsFile:
                 labels=dict(fn.labels),
                 environment=dict(fn.environment),
                 health_path=fn.health_path,
-                initial_replicas=_initial_replicas(name, fn),
+                initial_replicas=_initial_replicas(fn),
             )
         )
     return FunctionsFile(namespace=model.namespace, functions=tuple(functions), source=source)

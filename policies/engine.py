@@ -131,7 +131,10 @@ def decide(
     if spec.static:
         return Decision(current, current, Reason.STATIC, f"min = max = {spec.min_replicas}: not autoscaled", False)
     value = None if load is None else load.value(spec.type)
-    if spec.zero and not active:
+    # Idleness needs evidence: the started counter and the in-flight gauge both read this tick
+    # (invariant 1: missing metrics never scale to zero).
+    evidence = load is not None and load.started_total is not None and load.inflight is not None
+    if spec.zero and not active and (evidence or current == 0):
         verdict = _zero_decision(spec=spec, state=state, current=current, now=now)
         if verdict is not None:
             return verdict

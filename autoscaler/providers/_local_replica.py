@@ -149,7 +149,9 @@ class Replica:
         return self._stopping
 
     def view(self) -> ReplicaView:
-        return ReplicaView(name=self.name, pid=self.pid, port=self.port, state=self.state, restarts=self.restarts)
+        return ReplicaView(
+            name=self.name, pid=self.pid, port=self.port, state=self.state, restarts=self.restarts
+        )
 
     def start(self) -> None:
         self._task = spawn_logged(self._supervise(), name=f"replica {self.name}")
@@ -170,7 +172,10 @@ class Replica:
             delay = min(self._timing.backoff_max, self._timing.backoff_base * 2 ** (crashes - 1))
             code = self._process.returncode if self._process is not None else None
             last = self.output[-1] if self.output else "no output"
-            reason = f"replica {self.name} exited with code {code} (last output: {last!r}); restart in {delay:.1f}s"
+            reason = (
+                f"replica {self.name} exited with code {code} (last output: {last!r}); "
+                f"restart in {delay:.1f}s"
+            )
             log.warning("%s", reason)
             self._on_crash(self, reason)
             self._set(ReplicaState.STARTING)
@@ -260,7 +265,9 @@ class Replica:
             try:
                 await asyncio.wait_for(asyncio.shield(process.wait()), timeout=self._timing.grace)
             except TimeoutError:
-                log.warning("replica %s still running %.0fs after SIGTERM: SIGKILL", self.name, self._timing.grace)
+                log.warning(
+                    "replica %s still running %.0fs after SIGTERM: SIGKILL", self.name, self._timing.grace
+                )
                 signal_group(process.pid, signal.SIGKILL)
         if self._task is not None:
             if self._in_backoff:

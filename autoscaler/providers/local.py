@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import functools
 import logging
 import signal
 import time
@@ -154,7 +155,9 @@ class LocalProvider:
         fn = self._functions.get(ref.key)
         if fn is None:
             known = ", ".join(sorted(self._functions)) or "none"
-            raise NotFoundError(f"function {ref.key} is not in {self._file.source} (known: {known})", status=404)
+            raise NotFoundError(
+                f"function {ref.key} is not in {self._file.source} (known: {known})", status=404
+            )
         return fn
 
     # -- writes ----------------------------------------------------------------------------------
@@ -165,12 +168,14 @@ class LocalProvider:
         if self._closed or not self._started:
             raise ProviderError(f"cannot scale {ref.key}: the local provider is not running", retryable=False)
         if not 0 <= replicas <= MAX_REPLICAS:
-            raise ProviderError(f"cannot scale {ref.key} to {replicas}: the local provider runs 0..{MAX_REPLICAS}")
+            raise ProviderError(
+                f"cannot scale {ref.key} to {replicas}: the local provider runs 0..{MAX_REPLICAS}"
+            )
+        if fn.desired == 0 and replicas > 0:
+            fn.cold_starts += 1
         self._reconcile(fn, replicas)
 
     def _reconcile(self, fn: _Function, replicas: int) -> None:
-        if fn.desired == 0 and replicas > 0 and fn.spec is not None:
-            fn.cold_starts += 1
         changed = fn.desired != replicas
         fn.desired = replicas
         active = [r for r in fn.replicas if not r.stopping]
@@ -180,8 +185,8 @@ class LocalProvider:
                 index=fn.next_index,
                 session=self._require_session(),
                 timing=self._timing,
-                on_change=lambda r, fn=fn: self._on_change(fn, r),
-                on_crash=lambda r, why, fn=fn: self._on_crash(fn, why),
+                on_change=functools.partial(self._on_change, fn),
+                on_crash=functools.partial(self._on_crash, fn),
             )
             fn.next_index += 1
             fn.replicas.append(replica)
@@ -211,10 +216,12 @@ class LocalProvider:
             fn.ready.clear()
         self._notify(fn.ref)
 
-    def _on_crash(self, fn: _Function, why: str) -> None:
+    def _on_crash(self, fn: _Function, replica: Replica, why: str) -> None:
         self._events.append(LocalEvent(time.time(), fn.ref.key, "ReplicaCrashed", why, warning=True))
 
-    async def record_event(self, ref: FunctionRef, *, reason: str, message: str, warning: bool = False) -> None:
+    async def record_event(
+        self, ref: FunctionRef, *, reason: str, message: str, warning: bool = False
+    ) -> None:
         self._events.append(LocalEvent(time.time(), ref.key, reason, message, warning))
         log.log(logging.WARNING if warning else logging.INFO, "event %s %s: %s", ref.key, reason, message)
 
@@ -223,7 +230,7 @@ class LocalProvider:
         if fn is not None and (fn.last_active is None or when > fn.last_active):
             fn.last_active = when
 
-    async def wait_ready(self, ref: FunctionRef, timeout: float) -> bool:
+    async def wait_ready(self, ref: FunctionRef, timeout: float) -> bool:  # noqa: ASYNC109 (the Provider API)
         fn = self._functions.get(ref.key)
         if fn is None:
             return False

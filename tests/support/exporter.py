@@ -97,7 +97,9 @@ class GatewayExporter:
     time; `cpu` is in cores (the counter is CPU seconds, so `rate(...) * 1000` reads millicores).
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, *, host: str = "127.0.0.1", port: int = 0, clock: Callable[[], float] = time.monotonic
+    ):
         self._host = host
         self._requested_port = port
         self._clock = clock
@@ -138,7 +140,9 @@ class GatewayExporter:
         if not ready.wait(timeout):
             raise RuntimeError(f"GatewayExporter did not bind {self._host} within {timeout}s")
         if failure:
-            raise RuntimeError(f"GatewayExporter could not serve on {self._host}: {failure[0]}") from failure[0]
+            raise RuntimeError(f"GatewayExporter could not serve on {self._host}: {failure[0]}") from failure[
+                0
+            ]
         return self
 
     def stop(self) -> None:
@@ -271,13 +275,19 @@ class GatewayExporter:
             fns = list(self._functions.values())
             total = [_HEADER]
             total.extend(
-                f'gateway_function_invocation_total{{{f.label},code="{f.code}"}} {_number(f.completed.at(now))}\n'
+                f'gateway_function_invocation_total{{{f.label},code="{f.code}"}} '
+                f"{_number(f.completed.at(now))}\n"
                 for f in fns
             )
             total.append(_STARTED_HEADER)
-            total.extend(f"gateway_function_invocation_started{{{f.label}}} {_number(f.started.at(now))}\n" for f in fns)
+            total.extend(
+                f"gateway_function_invocation_started{{{f.label}}} {_number(f.started.at(now))}\n"
+                for f in fns
+            )
             total.append(_INFLIGHT_HEADER)
-            total.extend(f"gateway_function_invocation_inflight{{{f.label}}} {_number(f.inflight)}\n" for f in fns)
+            total.extend(
+                f"gateway_function_invocation_inflight{{{f.label}}} {_number(f.inflight)}\n" for f in fns
+            )
             total.append(_CPU_HEADER)
             total.extend(f"pod_cpu_usage_seconds_total{{{f.label}}} {_number(f.cpu.at(now))}\n" for f in fns)
         text = "".join(total)

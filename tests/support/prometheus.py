@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import os
 import shutil
 import socket
@@ -30,7 +29,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -102,7 +101,11 @@ class PrometheusServer:
     def config(self) -> dict[str, object]:
         interval = f"{max(1, round(self.scrape_interval * 1000))}ms"
         return {
-            "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
+            "global": {
+                "scrape_interval": interval,
+                "scrape_timeout": interval,
+                "evaluation_interval": interval,
+            },
             "scrape_configs": [
                 {"job_name": "gateway", "static_configs": [{"targets": self.targets}]},
             ],
@@ -148,10 +151,12 @@ class PrometheusServer:
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 raise RuntimeError(f"prometheus exited at start-up; its log ends with:\n{self.log_tail()}")
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        return
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response,
+            ):
+                if response.status == 200:
+                    return
             time.sleep(0.1)
         raise RuntimeError(f"prometheus not ready within {timeout}s; its log ends with:\n{self.log_tail()}")
 
@@ -195,7 +200,11 @@ class PrometheusServer:
         return {_series_key(item["metric"]): float(item["value"][1]) for item in data["result"]}
 
     async def wait_for_series(
-        self, query: str, predicate: Callable[[Series], bool], *, timeout: float = 15.0
+        self,
+        query: str,
+        predicate: Callable[[Series], bool],
+        *,
+        timeout: float = 15.0,  # noqa: ASYNC109 - bounds a poll loop; the failure names the last answer
     ) -> Series:
         """Poll `query` until `predicate(result)` holds; returns that result or fails naming the last one."""
         deadline = time.monotonic() + timeout
@@ -208,17 +217,31 @@ class PrometheusServer:
             except aiohttp.ClientError as e:
                 last = f"request failed: {e}"
             if time.monotonic() >= deadline:
-                raise AssertionError(f"{query!r} did not satisfy the predicate within {timeout}s; last: {last}")
+                raise AssertionError(
+                    f"{query!r} did not satisfy the predicate within {timeout}s; last: {last}"
+                )
             await asyncio.sleep(min(0.25, self.scrape_interval / 4))
 
-    async def wait_for_rates(self, keys: Sequence[str], *, timeout: float = 15.0) -> None:
-        """Wait until `rate()` over the gateway counter has a finite value for every key in `keys`."""
-        wanted = set(keys)
-        await self.wait_for_series(
-            "sum by (function_name) (rate(gateway_function_invocation_total[5s]))",
-            lambda r: all(k in r and math.isfinite(r[k]) for k in wanted),
-            timeout=timeout,
-        )
+    async def wait_for_rates(
+        self,
+        expected: Mapping[str, float],
+        *,
+        window: str = "5s",
+        tolerance: float = 0.1,
+        timeout: float = 20.0,  # noqa: ASYNC109 - bounds a poll loop; the failure names the last answer
+    ) -> Series:
+        """Wait until `rate()` of the gateway counter over `window` is within `tolerance` (relative,
+        or absolute near 0) of `expected[key]` for every key: rate() needs a full window of scrapes
+        before it stops under-reporting a counter that started inside the window."""
+
+        def close(result: Series) -> bool:
+            return all(
+                key in result and abs(result[key] - want) <= tolerance * max(1.0, abs(want))
+                for key, want in expected.items()
+            )
+
+        query = f"sum by (function_name) (rate(gateway_function_invocation_total[{window}]))"
+        return await self.wait_for_series(query, close, timeout=timeout)
 
 
 class PrometheusFactory:

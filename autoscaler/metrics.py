@@ -1,0 +1,239 @@
+"""Reads every function's load from Prometheus with four queries per tick, whatever the function count.
+
+One query per function would cost 10,000 round trips a tick on a large cluster; instead each load
+figure (rps, in-flight, CPU, started counter) is one `sum by (function_name)` instant query, and the
+four run concurrently on one aiohttp session without blocking the event loop.
+
+Invariant 1 lives here as much as in the policies: a failed, slow, malformed, NaN or stale answer
+becomes "no data" (None) for exactly the figures it concerns, never 0. If every query fails the
+snapshot carries an error naming the URL and the cause, and no loads at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+
+import aiohttp
+import numpy as np
+import yarl
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from autoscaler import _promql
+from autoscaler._promql import QueryError
+from autoscaler.config import MetricsSettings
+from autoscaler.interfaces import LoadSnapshot
+from policies.model import Load
+
+log = logging.getLogger(__name__)
+
+# Load field -> settings field holding its PromQL (the flag is the settings name with dashes).
+FIELDS: Mapping[str, str] = {
+    "rps": "query_rps",
+    "inflight": "query_inflight",
+    "cpu": "query_cpu",
+    "started_total": "query_started",
+}
+# Bodies above this size are parsed in a worker thread so a 10,000-function answer never stalls the loop.
+_THREAD_PARSE_BYTES = 256 * 1024
+
+
+class PrometheusReader:
+    """`LoadReader` over the Prometheus HTTP API (`/api/v1/query`, `/api/v1/query_range`).
+
+    `session` is borrowed when given (and then not closed); otherwise the reader opens its own on
+    first use. `registry` receives the reader's own metrics; `clock` (unix seconds) judges staleness.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: MetricsSettings,
+        session: aiohttp.ClientSession | None = None,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._base = _promql.base_url(settings.prometheus_url)
+        self._settings = settings
+        self._session = session
+        self._own_session = session is None
+        self._clock = clock
+        self.queries: dict[str, str] = {
+            name: str(getattr(settings, key)).replace("{window}", settings.rate_window)
+            for name, key in FIELDS.items()
+        }
+        self.errors_total: collections.Counter[str] = collections.Counter()  # failed queries per load field
+        self.last_errors: dict[str, str] = {}  # load field -> why its last query failed (empty when all fine)
+        self._reported: str | None = None
+        self._query_errors: Counter | None = None
+        self._read_seconds: Histogram | None = None
+        if registry is not None:
+            self._query_errors = Counter(
+                "autoscaler_prometheus_query_errors",
+                "Prometheus load queries that failed, by load field",
+                ["query"],
+                registry=registry,
+            )
+            self._read_seconds = Histogram(
+                "autoscaler_prometheus_read_seconds",
+                "Seconds to read every function's load from Prometheus (all queries)",
+                registry=registry,
+                buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            )
+
+    @property
+    def url(self) -> str:
+        """The Prometheus base URL, as used in error messages."""
+        return str(self._base)
+
+    async def read(self) -> LoadSnapshot:
+        """Issue the four queries concurrently; see the module docstring for what failure gives."""
+        started = time.perf_counter()
+        now = self._clock()
+        names = list(self.queries)
+        results = await asyncio.gather(*(self._instant(name, now=now) for name in names))
+        if self._read_seconds is not None:
+            self._read_seconds.observe(time.perf_counter() - started)
+
+        vectors: dict[str, _promql.Vector] = {}
+        self.last_errors = {}
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, QueryError):
+                self.last_errors[name] = str(result)
+                self.errors_total[name] += 1
+                if self._query_errors is not None:
+                    self._query_errors.labels(query=name).inc()
+            else:
+                vectors[name] = result
+        self._report(vectors)
+
+        if not vectors:
+            causes = list(dict.fromkeys(self.last_errors.values()))
+            return LoadSnapshot(loads={}, error="; ".join(causes), queries=len(names))
+        functions: set[str] = set()
+        for found in vectors.values():
+            functions.update(found.values)
+        loads = {
+            fn: Load(**{name: vec.values.get(fn) for name, vec in vectors.items()})
+            for fn in sorted(functions)
+        }
+        return LoadSnapshot(loads=loads, queries=len(names))
+
+    async def history(self, *, query: str, start: float, end: float, step: float) -> dict[str, np.ndarray]:
+        """Range query grouped by function_name: function -> values at `start + i*step` up to `end`.
+
+        Missing points are NaN. Long ranges are fetched in chunks of at most 10,000 points (the API's
+        limit is 11,000). Raises MetricsError on any failure: this is start-up seeding, not the tick.
+        """
+        if not step > 0 or not math.isfinite(step):
+            raise ValueError(f"history step must be a positive number of seconds, got {step!r}")
+        if not end >= start:
+            raise ValueError(f"history end ({end!r}) must not be before start ({start!r})")
+        promql = query.replace("{window}", self._settings.rate_window)
+        points = math.floor((end - start) / step + 1e-9) + 1
+        where = f"Prometheus at {self.url} (range query {promql!r})"
+        series: dict[str, np.ndarray] = {}
+        for first in range(0, points, _promql.MAX_POINTS):
+            last = min(points, first + _promql.MAX_POINTS) - 1
+            params = {
+                "query": promql,
+                "start": repr(start + first * step),
+                "end": repr(start + last * step),
+                "step": _promql.duration(step),
+                "timeout": _promql.duration(self._settings.query_timeout),
+            }
+            status, body = await self._get("api/v1/query_range", params=params, where=where)
+            data = _promql.decode(body, status=status, where=where, flag="the history query")
+            _promql.matrix(data, start=start, step=step, points=points, where=where, into=series)
+        return series
+
+    async def close(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    async def _instant(self, name: str, *, now: float) -> _promql.Vector | QueryError:
+        flag = "--" + FIELDS[name].replace("_", "-")
+        where = f"Prometheus at {self.url}"
+        params = {
+            "query": self.queries[name],
+            "timeout": _promql.duration(self._settings.query_timeout),
+            # Honoured by Prometheus versions that support it: series with no sample within
+            # stale_after are not returned at all (older versions ignore the parameter).
+            "lookback_delta": _promql.duration(self._settings.stale_after),
+        }
+        try:
+            status, body = await self._get("api/v1/query", params=params, where=where)
+
+            def parse() -> _promql.Vector:
+                data = _promql.decode(body, status=status, where=where, flag=flag)
+                return _promql.vector(
+                    data,
+                    now=now,
+                    stale_after=self._settings.stale_after,
+                    where=f"the {name} query",
+                    flag=flag,
+                )
+
+            if len(body) > _THREAD_PARSE_BYTES:
+                return await asyncio.to_thread(parse)
+            return parse()
+        except QueryError as e:
+            return e
+
+    async def _get(self, path: str, *, params: dict[str, str], where: str) -> tuple[int, bytes]:
+        """One GET under the base URL; every transport failure becomes a QueryError saying what to check."""
+        timeout = self._settings.query_timeout
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+            self._own_session = True
+        try:
+            async with self._session.get(
+                self._base.join(yarl.URL(path)),
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                return response.status, await response.read()
+        except aiohttp.ClientConnectorError as e:
+            cause = e.os_error.strerror or str(e.os_error)
+            raise QueryError(f"{where} unreachable: {cause}; check --prometheus-url") from e
+        except TimeoutError as e:
+            raise QueryError(
+                f"{where} did not answer within {timeout:g}s; check its load or raise --query-timeout"
+            ) from e
+        except aiohttp.ClientError as e:
+            raise QueryError(
+                f"{where} request failed: {type(e).__name__}: {e}; check --prometheus-url"
+            ) from e
+
+    def _report(self, vectors: Mapping[str, _promql.Vector]) -> None:
+        """Log problems once when they appear or change, and once when they clear."""
+        notes: list[str] = list(dict.fromkeys(self.last_errors.values()))
+        for name, vec in vectors.items():
+            flag = "--" + FIELDS[name].replace("_", "-")
+            if vec.unlabelled:
+                notes.append(
+                    f"the {name} query returned {vec.unlabelled} series without a function_name label "
+                    f"(aggregate it `by (function_name)`; check {flag})"
+                )
+        text = "; ".join(notes) or None
+        if text != self._reported:
+            if text is None:
+                log.info("Prometheus at %s answers every load query again", self.url)
+            else:
+                log.warning("reading load: %s", text)
+            self._reported = text
+        for name, vec in vectors.items():
+            if vec.stale or vec.not_finite:
+                log.debug(
+                    "the %s query: %d stale and %d NaN/Inf samples read as no data",
+                    name,
+                    vec.stale,
+                    vec.not_finite,
+                )

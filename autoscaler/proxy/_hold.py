@@ -1,0 +1,157 @@
+"""Holding requests across a cold start: one wake-up per function, released in arrival order.
+
+When a function has no ready replica, its requests wait here instead of failing (invariant 3). The
+first one starts a single wake-up that every later one shares: mark the function active, scale it to
+max(1, min) if it is at zero, poke the control loop, then wait for readiness from the provider's
+watch. Waiters are released in the order they arrived, because the shared future runs its callbacks
+in registration order. Limits: `max_held` waiters per function (429), `hold_timeout` per request (504).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+from autoscaler.errors import AutoscalerError, NotFoundError, ProviderError
+from autoscaler.interfaces import FunctionRef, Provider
+from autoscaler.proxy._metrics import FunctionStats
+from autoscaler.proxy._tasks import Background
+from policies.model import ScalingSpec
+
+log = logging.getLogger("autoscaler.proxy")
+
+MIN_LABEL = "com.openfaas.scale.min"
+# While a function is busy, tell the provider at most this often (seconds of the injected clock).
+MARK_INTERVAL = 5.0
+
+
+class HoldError(AutoscalerError):
+    """A held request cannot be forwarded; `status` and the message go back to the caller."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FunctionState:
+    """Per-function state of the proxy: counters, the current wake-up, the round-robin cursor."""
+
+    __slots__ = ("last_mark", "ref", "rr", "stats", "wake", "woken_at")
+
+    def __init__(self, ref: FunctionRef) -> None:
+        self.ref = ref
+        self.stats = FunctionStats(ref)
+        self.wake: asyncio.Future[HoldError | None] | None = None
+        self.woken_at = float("-inf")  # loop time of the last wake-up this proxy started
+        self.last_mark = float("-inf")  # clock time of the last mark_active call
+        self.rr = 0
+
+
+def wake_replicas(labels: Mapping[str, str]) -> int:
+    """max(1, com.openfaas.scale.min): a bad label wakes the function with one replica."""
+    raw = labels.get(MIN_LABEL)
+    if raw is None:
+        return ScalingSpec().wake_replicas
+    try:
+        minimum = int(str(raw).strip())
+    except ValueError:
+        log.warning("label %s=%r is not a whole number; waking with 1 replica", MIN_LABEL, raw)
+        return 1
+    return ScalingSpec(min_replicas=max(0, minimum)).wake_replicas
+
+
+class ColdStarts:
+    """Starts shared wake-ups and parks requests until their function is ready."""
+
+    def __init__(
+        self,
+        *,
+        provider: Provider,
+        hold_timeout: float,
+        max_held: int,
+        background: Background,
+        on_wake: Callable[[FunctionRef], None] | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._provider = provider
+        self._hold_timeout = hold_timeout
+        self._max_held = max_held
+        self._background = background
+        self._on_wake = on_wake
+        self._clock = clock
+
+    async def hold(self, state: FunctionState, *, deadline: float) -> None:
+        """Wait until `state`'s function is ready, or raise HoldError (429, 503, 504, 404)."""
+        stats = state.stats
+        if stats.held >= self._max_held:
+            stats.reject("hold_limit")
+            raise HoldError(
+                429,
+                f"function {state.ref.key} is starting and already holds {self._max_held} requests "
+                "(the hold limit); retry after a few seconds",
+            )
+        wake = state.wake
+        if wake is None or wake.done():
+            wake = state.wake = asyncio.get_running_loop().create_future()
+            self._background.spawn(self._wake(state, wake), name=f"wake {state.ref.key}")
+        stats.held += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                outcome = await asyncio.shield(wake)
+        except TimeoutError:
+            stats.hold_timeouts += 1
+            raise HoldError(
+                504,
+                f"function {state.ref.key} did not become ready within the hold timeout "
+                f"({self._hold_timeout:g} s); it may still be starting, retry later",
+            ) from None
+        finally:
+            stats.held -= 1
+        if outcome is not None:
+            raise outcome
+
+    async def _wake(self, state: FunctionState, wake: asyncio.Future[HoldError | None]) -> None:
+        ref = state.ref
+        outcome: HoldError | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            info = self._provider.get(ref)
+            if info is None:
+                raise NotFoundError(f"function {ref.key} disappeared while waking it")
+            # Mark first: a scale-to-zero racing this wake-up then sees a fresh last-active time.
+            now = self._clock()
+            state.last_mark = now
+            await self._provider.mark_active(ref, now)
+            if info.replicas <= 0:
+                replicas = wake_replicas(info.labels)
+                log.info("waking %s: scaling 0 -> %d for %d held request(s)", ref.key, replicas, state.stats.held)
+                await self._provider.scale(ref, replicas)
+                state.stats.wakeups += 1
+                state.woken_at = loop.time()
+            self._poke(ref)
+            # Wait from the watch; later arrivals extend the wait for as long as anyone is held.
+            while not await self._provider.wait_ready(ref, self._hold_timeout):
+                if state.stats.held == 0:
+                    break
+            # Endpoints lag readiness: connect errors in the next moments are retried (see _proxy).
+            state.woken_at = loop.time()
+        except NotFoundError as e:
+            outcome = HoldError(404, f"function {ref.key} not found while waking it: {e}")
+        except ProviderError as e:
+            log.error("wake-up of %s failed: %s", ref.key, e)
+            outcome = HoldError(503, f"function {ref.key} could not be woken: {e}; retry later")
+        except asyncio.CancelledError:
+            outcome = HoldError(503, f"the proxy is shutting down before {ref.key} became ready; retry")
+            raise
+        finally:
+            if not wake.done():
+                wake.set_result(outcome)
+
+    def _poke(self, ref: FunctionRef) -> None:
+        if self._on_wake is None:
+            return
+        try:
+            self._on_wake(ref)
+        except Exception:
+            log.exception("on_wake callback failed for %s", ref.key)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh Debian machine, then run the checks and the test suite.
+# Used by the README and by CI (.ci/run). Safe to run again: installs are skipped when present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+if ((${#need_apt[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing Debian packages: ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "missing ${need_apt[*]}: run as root, or: sudo apt-get install -y ${need_apt[*]}" >&2
+    exit 1
+  fi
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "== ruff";          python3 -m ruff check autoscaler policies tests bench
+echo "== mypy --strict"; python3 -m mypy
+echo "== import layers"; lint-imports
+echo "== pytest";        python3 -m pytest -q "$@"

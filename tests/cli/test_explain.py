@@ -1,0 +1,84 @@
+"""`autoscaler explain` and `--help`, run as a real process the way a user types them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def autoscaler(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "autoscaler", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_explain_prints_the_decision_as_json() -> None:
+    done = autoscaler(
+        "explain", "--label", "com.openfaas.scale.type=capacity", "--label", "com.openfaas.scale.target=5",
+        "--label", "com.openfaas.scale.target-proportion=1.0", "--load", "15", "--replicas", "2", "--json",
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["desired"] == 3
+    assert result["code"] == "ScaleUp"
+    assert "capacity load 15" in result["reason"]
+
+
+def test_explain_uses_the_default_proportion_when_none_is_given() -> None:
+    done = autoscaler(
+        "explain", "--label", "com.openfaas.scale.type=capacity", "--label", "com.openfaas.scale.target=5",
+        "--load", "15", "--replicas", "2", "--json",
+    )
+    assert json.loads(done.stdout)["desired"] == 4  # 15 / (5 x 0.9) = 3.33 -> 4
+
+
+def test_explain_shows_when_an_idle_function_goes_to_zero() -> None:
+    done = autoscaler("explain", "--label", "com.openfaas.scale.zero=true", "--idle", "20m", "--load", "0", "--json")
+    result = json.loads(done.stdout)
+    assert (result["desired"], result["code"]) == (0, "ScaleToZero")
+
+
+@pytest.mark.parametrize(
+    ("label", "expected"),
+    [
+        ("com.openfaas.scale.min=abc", "com.openfaas.scale.min='abc' is invalid"),
+        ("com.openfaas.scale.type=foo", "one of rps, capacity, cpu"),
+        ("com.openfaas.scale.zero-duration=15 minutes", "Go duration"),
+        ("no-equals-sign", "is not KEY=VALUE"),
+    ],
+)
+def test_explain_with_an_invalid_label_exits_2_and_says_why(label: str, expected: str) -> None:
+    done = autoscaler("explain", "--label", label, "--load", "1")
+    assert done.returncode == 2
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_help_lists_every_command() -> None:
+    done = autoscaler("--help")
+    assert done.returncode == 0
+    for command in ("run", "proxy", "explain"):
+        assert command in done.stdout
+
+
+def test_run_help_documents_each_flag_with_its_env_var() -> None:
+    done = autoscaler("run", "--help")
+    assert done.returncode == 0
+    for flag in ("--interval", "--dry-run", "--prometheus-url", "--namespaces", "--query-rps"):
+        assert flag in done.stdout
+    assert "AUTOSCALER_INTERVAL" in done.stdout
+
+
+def test_a_bad_flag_value_exits_2_naming_the_flag() -> None:
+    done = autoscaler("run", "--interval", "soon", "--prometheus-url", "http://127.0.0.1:9")
+    assert done.returncode == 2
+    assert "--interval" in done.stderr and "'soon'" in done.stderr
+
+
+def test_run_without_prometheus_says_what_to_do() -> None:
+    done = autoscaler("run")
+    assert done.returncode == 2
+    assert "--prometheus-url" in done.stderr and "autoscaler demo" in done.stderr

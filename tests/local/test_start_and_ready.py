@@ -1,0 +1,89 @@
+"""A replica counts only once its health path answers; each has its own port, process and log name."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import aiohttp
+import pytest
+
+from autoscaler.errors import NotFoundError
+from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionRef
+
+from .support import REF, until
+
+
+async def test_a_replica_is_ready_only_once_its_health_path_answers_below_500(make_provider) -> None:
+    started = time.monotonic()
+    provider = await make_provider(env={"READY_AFTER": "0.8"})
+    await until(lambda: any(r.pid for r in provider.replicas(REF)), within=5, what="a spawned replica")
+    assert provider.endpoints(REF) == []
+    assert provider.get(REF).ready_replicas == 0
+
+    assert await provider.wait_ready(REF, timeout=10)
+    assert time.monotonic() - started >= 0.8
+    [url] = provider.endpoints(REF)
+    async with aiohttp.ClientSession() as session, session.get(url + "/") as response:
+        assert response.status == 200
+    info = provider.functions()[REF.key]
+    assert (info.replicas, info.ready_replicas) == (1, 1)
+
+
+async def test_every_replica_runs_its_own_process_on_its_own_loopback_port(make_provider) -> None:
+    provider = await make_provider(replicas=3)
+    await until(lambda: len(provider.endpoints(REF)) == 3, within=10, what="3 ready replicas")
+    urls = provider.endpoints(REF)
+    assert len(set(urls)) == 3
+    assert all(url.startswith("http://127.0.0.1:") for url in urls)
+    async with aiohttp.ClientSession() as session:
+        pids = set()
+        for url in urls:
+            async with session.get(url + "/pid") as response:
+                pids.add(int(await response.text()))
+    assert pids == {view.pid for view in provider.replicas(REF)}
+
+
+async def test_waiting_for_a_function_at_zero_times_out_with_false(make_provider) -> None:
+    provider = await make_provider(replicas=0)
+    started = time.monotonic()
+    assert await provider.wait_ready(REF, timeout=0.3) is False
+    assert time.monotonic() - started < 1.0
+    assert provider.functions()[REF.key].replicas == 0
+
+
+async def test_a_waiter_wakes_as_soon_as_a_scaled_up_replica_is_ready(make_provider) -> None:
+    provider = await make_provider(replicas=0)
+    changes: list[FunctionRef] = []
+    provider.subscribe(changes.append)
+    await provider.scale(REF, 1)
+    assert await provider.wait_ready(REF, timeout=10)
+    assert provider.cold_starts(REF) == 1
+    assert REF in changes
+
+
+async def test_replica_output_is_logged_under_the_replica_name(make_provider, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="autoscaler.functions")
+    provider = await make_provider()
+    assert await provider.wait_ready(REF, timeout=10)
+    await until(lambda: "[echo-0] listening on" in caplog.text, within=5, what="the replica's first line")
+
+
+async def test_an_unknown_function_cannot_be_scaled_and_the_error_lists_the_known_ones(make_provider) -> None:
+    provider = await make_provider(replicas=0)
+    with pytest.raises(NotFoundError, match=r"nope\.openfaas-fn .*known: echo\.openfaas-fn"):
+        await provider.scale(FunctionRef("nope", "openfaas-fn"), 1)
+    assert provider.get(FunctionRef("nope", "openfaas-fn")) is None
+    assert provider.endpoints(FunctionRef("nope", "openfaas-fn")) == []
+
+
+async def test_activity_and_events_are_kept_for_the_loop_and_the_demo(make_provider) -> None:
+    provider = await make_provider(replicas=0)
+    await provider.mark_active(REF, 1000.0)
+    await provider.mark_active(REF, 900.0)  # an older report never moves the time back
+    await provider.record_event(REF, reason="ScaleUp", message="from 0 to 1: load 3 rps")
+    info = provider.get(REF)
+    assert info.last_active == 1000.0
+    assert info.annotations[LAST_ACTIVE_ANNOTATION] == "1000.000"
+    [event] = provider.events()
+    assert (event.function, event.reason, event.message) == (REF.key, "ScaleUp", "from 0 to 1: load 3 rps")

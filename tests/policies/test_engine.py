@@ -1,0 +1,186 @@
+"""`decide` on virtual time: scaling by load, stabilization, scale-to-zero, and what "no data" means."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from policies.engine import ZERO_GRACE, FunctionState, decide
+from policies.model import NO_DATA, KeepAlive, Load, Reason, ScaleType, ScalingSpec
+
+ZERO = ScalingSpec(zero=True, zero_duration=60.0)
+
+
+def rps(value: float, started: float = 0.0, inflight: float = 0.0) -> Load:
+    return Load(rps=value, inflight=inflight, cpu=0.0, started_total=started)
+
+
+class TestScalingByLoad:
+    def test_a_burst_scales_up_at_once(self) -> None:
+        decision = decide(spec=ScalingSpec(), load=rps(200), current=1, state=FunctionState(), now=0)
+        assert (decision.desired, decision.reason) == (5, Reason.SCALE_UP)
+        assert "rps load 200" in decision.message
+
+    def test_capacity_uses_in_flight_requests(self) -> None:
+        spec = ScalingSpec(type=ScaleType.CAPACITY, target=5, target_proportion=1.0)
+        load = Load(rps=0.0, inflight=15.0, started_total=0.0)
+        assert decide(spec=spec, load=load, current=1, state=FunctionState(), now=0).desired == 3
+
+    def test_cpu_uses_millicores(self) -> None:
+        spec = ScalingSpec(type=ScaleType.CPU, target=100, target_proportion=1.0)
+        load = Load(rps=0.0, inflight=0.0, cpu=350.0, started_total=0.0)
+        assert decide(spec=spec, load=load, current=1, state=FunctionState(), now=0).desired == 4
+
+    def test_falling_load_scales_down_without_a_window(self) -> None:
+        decision = decide(spec=ScalingSpec(), load=rps(10), current=5, state=FunctionState(), now=0)
+        assert (decision.desired, decision.reason) == (1, Reason.SCALE_DOWN)
+
+    def test_steady_load_changes_nothing(self) -> None:
+        decision = decide(spec=ScalingSpec(), load=rps(90), current=2, state=FunctionState(), now=0)
+        assert not decision.changed
+        assert decision.reason is Reason.STEADY
+
+    def test_static_functions_are_never_touched(self) -> None:
+        spec = ScalingSpec(min_replicas=3, max_replicas=3)
+        decision = decide(spec=spec, load=rps(10_000), current=1, state=FunctionState(), now=0)
+        assert (decision.desired, decision.reason, decision.valid) == (1, Reason.STATIC, False)
+
+
+class TestDownWindow:
+    def test_the_highest_recommendation_in_the_window_wins(self) -> None:
+        spec = ScalingSpec(down_window=60.0)
+        state = FunctionState()
+        assert decide(spec=spec, load=rps(400), current=1, state=state, now=0).desired == 9
+        held = decide(spec=spec, load=rps(10), current=9, state=state, now=30)
+        assert (held.desired, held.reason) == (9, Reason.STABILIZING)
+        released = decide(spec=spec, load=rps(10), current=9, state=state, now=61)
+        assert (released.desired, released.reason) == (1, Reason.SCALE_DOWN)
+
+    def test_scale_up_is_never_delayed_by_the_window(self) -> None:
+        spec = ScalingSpec(down_window=300.0)
+        state = FunctionState()
+        decide(spec=spec, load=rps(10), current=1, state=state, now=0)
+        assert decide(spec=spec, load=rps(400), current=1, state=state, now=1).desired == 9
+
+
+class TestNoData:
+    def test_missing_metrics_keep_the_current_replicas(self) -> None:
+        for load in (None, NO_DATA):
+            decision = decide(spec=ScalingSpec(), load=load, current=7, state=FunctionState(), now=0)
+            assert (decision.desired, decision.reason, decision.valid) == (7, Reason.NO_DATA, False)
+
+    def test_missing_metrics_never_scale_to_zero_however_long_they_last(self) -> None:
+        state = FunctionState()
+        for now in range(0, 3600, 2):
+            decision = decide(spec=ZERO, load=None, current=1, state=state, now=now)
+            assert decision.desired == 1
+
+    def test_a_missing_field_of_another_type_does_not_matter(self) -> None:
+        load = Load(rps=100.0, inflight=None, cpu=None, started_total=None)
+        assert decide(spec=ScalingSpec(), load=load, current=1, state=FunctionState(), now=0).desired == 3
+
+
+class TestScaleToZero:
+    def test_an_idle_function_goes_to_zero_after_its_zero_duration(self) -> None:
+        state = FunctionState()
+        decide(spec=ZERO, load=rps(5, started=10), current=1, state=state, now=0)
+        assert decide(spec=ZERO, load=rps(0, started=10), current=1, state=state, now=59).desired == 1
+        decision = decide(spec=ZERO, load=rps(0, started=10), current=1, state=state, now=60)
+        assert (decision.desired, decision.reason) == (0, Reason.SCALE_TO_ZERO)
+
+    def test_each_started_invocation_restarts_the_idle_timer(self) -> None:
+        state = FunctionState()
+        decide(spec=ZERO, load=rps(0, started=1), current=1, state=state, now=0)
+        decide(spec=ZERO, load=rps(0, started=2), current=1, state=state, now=50)
+        assert decide(spec=ZERO, load=rps(0, started=2), current=1, state=state, now=100).desired == 1
+        assert decide(spec=ZERO, load=rps(0, started=2), current=1, state=state, now=110).desired == 0
+
+    def test_zero_false_functions_never_go_to_zero(self) -> None:
+        state = FunctionState()
+        for now in range(0, 7200, 60):
+            assert decide(spec=ScalingSpec(), load=rps(0), current=1, state=state, now=now).desired == 1
+
+    def test_in_flight_requests_keep_a_function_warm(self) -> None:
+        state = FunctionState()
+        decide(spec=ZERO, load=rps(0, inflight=1), current=1, state=state, now=0)
+        assert decide(spec=ZERO, load=rps(0, inflight=1), current=1, state=state, now=500).desired == 1
+
+    def test_a_busy_proxy_keeps_a_function_warm(self) -> None:
+        state = FunctionState()
+        decide(spec=ZERO, load=rps(0), current=1, state=state, now=0)
+        assert decide(spec=ZERO, load=rps(0), current=1, state=state, now=500, busy=True).desired == 1
+
+    def test_a_recent_wake_up_keeps_a_function_warm_for_its_zero_duration(self) -> None:
+        state = FunctionState()
+        decide(spec=ZERO, load=rps(0), current=1, state=state, now=0)
+        assert decide(spec=ZERO, load=rps(0), current=1, state=state, now=100, last_wake=90).desired == 1
+        assert decide(spec=ZERO, load=rps(0), current=1, state=state, now=150, last_wake=90).desired == 0
+
+    def test_a_restart_starts_the_idle_timer_instead_of_trusting_old_silence(self) -> None:
+        state = FunctionState()
+        assert decide(spec=ZERO, load=rps(0, started=99), current=1, state=state, now=10_000).desired == 1
+        assert decide(spec=ZERO, load=rps(0, started=99), current=1, state=state, now=10_060).desired == 0
+
+    def test_a_function_at_zero_stays_there_without_traffic(self) -> None:
+        state = FunctionState()
+        for now in (0, 1, 100):
+            decision = decide(spec=ZERO, load=rps(0, started=3), current=0, state=state, now=now)
+            assert decision.desired == 0
+
+    def test_traffic_wakes_a_function_at_zero(self) -> None:
+        state = FunctionState()
+        decide(spec=ZERO, load=rps(0, started=3), current=0, state=state, now=0)
+        decision = decide(spec=ZERO, load=rps(100, started=4), current=0, state=state, now=2)
+        assert (decision.desired, decision.reason) == (3, Reason.WAKE)
+
+    def test_traffic_wakes_a_function_at_zero_even_before_rates_exist(self) -> None:
+        state = FunctionState()
+        decide(spec=ZERO, load=Load(started_total=3), current=0, state=state, now=0)
+        decision = decide(spec=ZERO, load=Load(started_total=4), current=0, state=state, now=2)
+        assert (decision.desired, decision.reason) == (1, Reason.WAKE)
+
+
+class FixedWindows:
+    """A keep-alive model with given windows, to test how decide uses one."""
+
+    def __init__(self, prewarm: float, keep: float) -> None:
+        self.prewarm, self.keep, self.calls = prewarm, keep, 0
+
+    def observe_call(self, *, now: float) -> None:
+        self.calls += 1
+
+    def windows(self, *, now: float) -> tuple[float, float]:
+        return self.prewarm, self.keep
+
+
+class TestLearnedKeepAlive:
+    spec = ScalingSpec(zero=True, zero_duration=600.0, keepalive=KeepAlive.ADAPTIVE)
+
+    def test_a_predicted_gap_unloads_after_the_grace_and_prewarms_before_the_next_call(self) -> None:
+        model = FixedWindows(prewarm=300.0, keep=120.0)
+        state = FunctionState(keepalive=model)
+        decide(spec=self.spec, load=rps(0, started=1), current=1, state=state, now=0)
+        decide(spec=self.spec, load=rps(0, started=2), current=1, state=state, now=10)
+        assert model.calls == 1
+        assert decide(spec=self.spec, load=rps(0, started=2), current=1, state=state, now=10 + ZERO_GRACE - 1).desired == 1
+        assert decide(spec=self.spec, load=rps(0, started=2), current=1, state=state, now=10 + ZERO_GRACE).desired == 0
+        assert decide(spec=self.spec, load=rps(0, started=2), current=0, state=state, now=200).desired == 0
+        prewarm = decide(spec=self.spec, load=rps(0, started=2), current=0, state=state, now=320)
+        assert (prewarm.desired, prewarm.reason) == (1, Reason.PREWARM)
+        assert decide(spec=self.spec, load=rps(0, started=2), current=1, state=state, now=431).desired == 0
+
+
+@given(
+    loads=st.lists(st.one_of(st.none(), st.floats(0, 1e5)), min_size=1, max_size=40),
+    lo=st.integers(1, 5),
+    span=st.integers(0, 30),
+)
+def test_any_sequence_of_loads_keeps_replicas_within_bounds(loads: list[float | None], lo: int, span: int) -> None:
+    spec = ScalingSpec(min_replicas=lo, max_replicas=lo + span, down_window=30.0)
+    state = FunctionState()
+    current = lo
+    for step, value in enumerate(loads):
+        load = None if value is None else rps(value)
+        decision = decide(spec=spec, load=load, current=current, state=state, now=step * 2.0)
+        assert lo <= decision.desired <= lo + span
+        current = decision.desired

@@ -1,0 +1,557 @@
+"""A fake Kubernetes API server that speaks the real wire format, for tests of the kubernetes provider.
+
+No machine here can run a real API server, and patching the client library would test nothing, so
+this aiohttp server answers the unmodified kubernetes-asyncio client on a free loopback port: real
+paths, JSON lists with `metadata.resourceVersion`, chunked watch streams of JSON lines, 410 ERROR
+events for compacted versions, 409 on stale writes and `Status` error bodies. Tests drive it from
+Python: add/modify/delete Deployments, simulate pods becoming ready behind an EndpointSlice, inject
+failures and delays, drop watches, expire versions, and count requests per route.
+
+Served: apps/v1 deployments (+ /scale), discovery.k8s.io/v1 endpointslices, core/v1 events,
+events.k8s.io/v1 events and coordination.k8s.io/v1 leases (list, watch, create, get, put, patch, delete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from kubernetes_asyncio.client import Configuration
+
+from tests.support._apiserver_store import (
+    ApiError,
+    Change,
+    Kind,
+    Obj,
+    Store,
+    Watcher,
+    merge_patch,
+    parse_selector,
+    status_body,
+)
+
+DEPLOYMENTS = Kind("apps", "v1", "deployments", "Deployment")
+ENDPOINT_SLICES = Kind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
+EVENTS = Kind("", "v1", "events", "Event")
+EVENTS_V1 = Kind("events.k8s.io", "v1", "events", "Event")
+LEASES = Kind("coordination.k8s.io", "v1", "leases", "Lease")
+KINDS = (DEPLOYMENTS, ENDPOINT_SLICES, EVENTS, EVENTS_V1, LEASES)
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(slots=True)
+class Fault:
+    method: str | None
+    path: re.Pattern[str]
+    watch: bool | None
+    remaining: int
+    status: int | None = None
+    retry_after: float | None = None
+    delay: float = 0.0
+
+    def matches(self, request: web.Request) -> bool:
+        is_watch = _flag(request.query.get("watch"))
+        return (
+            self.remaining > 0
+            and (self.method is None or self.method == request.method)
+            and (self.watch is None or self.watch == is_watch)
+            and self.path.search(request.path) is not None
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    host: str
+    port: int
+    ready_delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    content_type: str
+
+
+def _flag(value: str | None) -> bool:
+    """A boolean query parameter as Go's strconv.ParseBool reads it (the client sends `True`)."""
+    return value in ("1", "t", "T", "true", "True", "TRUE")
+
+
+def _json(body: Obj, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
+
+
+def _error(e: ApiError) -> web.Response:
+    return _json(status_body(e.code, str(e), reason=e.reason), status=e.code)
+
+
+class FakeApiServer:
+    """Start with `async with FakeApiServer() as api:`; point the client at `api.configuration()`."""
+
+    def __init__(self) -> None:
+        self.store = Store()
+        self.requests: list[Request] = []
+        self.faults: list[Fault] = []
+        self._backends: dict[tuple[str, str], Backend] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> FakeApiServer:
+        app = web.Application(middlewares=[self._middleware])
+        for kind in KINDS:
+            base = f"{kind.prefix}/namespaces/{{namespace}}/{kind.plural}"
+            app.router.add_route("GET", f"{kind.prefix}/{kind.plural}", self._bind(self._collection, kind))
+            app.router.add_route("*", base, self._bind(self._collection, kind))
+            app.router.add_route("*", base + "/{name}", self._bind(self._item, kind))
+        app.router.add_route("*", DEPLOYMENTS.prefix + "/namespaces/{namespace}/deployments/{name}/scale", self._scale)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        self.store.drop_watches()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # ----- client configuration -------------------------------------------------------------
+
+    def configuration(self) -> Configuration:
+        config = Configuration(host=self.url)
+        config.verify_ssl = False
+        return config
+
+    def write_kubeconfig(self, path: Path, *, namespace: str = "default") -> Path:
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+                    "users": [{"name": "tester", "user": {"token": "test-token"}}],
+                    "contexts": [
+                        {"name": "fake", "context": {"cluster": "fake", "user": "tester", "namespace": namespace}}
+                    ],
+                    "current-context": "fake",
+                }
+            )
+        )
+        return path
+
+    # ----- fault injection and observation (test side) --------------------------------------
+
+    def fail(
+        self,
+        method: str | None,
+        path: str,
+        *,
+        status: int,
+        times: int = 1,
+        retry_after: float | None = None,
+        watch: bool | None = None,
+    ) -> None:
+        """Answer the next `times` requests matching method and path regex with a `status` Status."""
+        self.faults.append(Fault(method, re.compile(path), watch, times, status=status, retry_after=retry_after))
+
+    def delay(self, method: str | None, path: str, *, seconds: float, times: int = 1, watch: bool | None = None) -> None:
+        """Hold the next `times` matching requests for `seconds` before answering them normally."""
+        self.faults.append(Fault(method, re.compile(path), watch, times, delay=seconds))
+
+    def drop_watches(self) -> None:
+        """Cut every open watch stream (the connection closes without a final chunk)."""
+        self.store.drop_watches()
+
+    def expire_resource_versions(self) -> None:
+        """Compact history: the next watch from any version seen so far gets a 410 ERROR event."""
+        self.store.expire()
+
+    def count(self, method: str | None = None, path: str = "", *, watch: bool | None = None) -> int:
+        """Requests seen so far matching method, path regex and (optionally) watch or not."""
+        pattern = re.compile(path)
+        return sum(
+            1
+            for r in self.requests
+            if (method is None or r.method == method)
+            and pattern.search(r.path)
+            and (watch is None or _flag(r.query.get("watch")) == watch)
+        )
+
+    @property
+    def open_watches(self) -> int:
+        return len(self.store.watchers)
+
+    # ----- test-side object helpers ---------------------------------------------------------
+
+    def add_deployment(
+        self,
+        name: str,
+        *,
+        namespace: str = "openfaas-fn",
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+        replicas: int = 1,
+        ready_replicas: int | None = None,
+    ) -> Obj:
+        body: Obj = {
+            "metadata": {"name": name, "labels": dict(labels or {}), "annotations": dict(annotations or {})},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"faas_function": name}},
+                "template": {
+                    "metadata": {"labels": {"faas_function": name}},
+                    "spec": {"containers": [{"name": name, "image": f"example.com/{name}:latest"}]},
+                },
+            },
+        }
+        if ready_replicas is not None:
+            body["status"] = {"readyReplicas": ready_replicas}
+        return self._create_deployment(namespace, body, explicit_ready=ready_replicas is not None)
+
+    def update_deployment(
+        self,
+        name: str,
+        *,
+        namespace: str = "openfaas-fn",
+        labels: dict[str, str | None] | None = None,
+        annotations: dict[str, str | None] | None = None,
+        replicas: int | None = None,
+        ready_replicas: int | None = None,
+    ) -> Obj:
+        """Merge labels/annotations (None removes a key) and set replicas, as `kubectl` would."""
+        patch: Obj = {"metadata": {"labels": labels or {}, "annotations": annotations or {}}}
+        if replicas is not None:
+            patch["spec"] = {"replicas": replicas}
+        old = self.store.get(DEPLOYMENTS, namespace, name)
+        new = merge_patch(old, patch)
+        if ready_replicas is not None:
+            new["status"] = dict(new.get("status") or {}, readyReplicas=ready_replicas)
+        return self._save_deployment(new, old, explicit_ready=ready_replicas is not None)
+
+    def delete_deployment(self, name: str, *, namespace: str = "openfaas-fn") -> None:
+        self.store.delete(DEPLOYMENTS, namespace, name)
+
+    def deployment(self, name: str, *, namespace: str = "openfaas-fn") -> Obj:
+        return copy.deepcopy(self.store.get(DEPLOYMENTS, namespace, name))
+
+    def replicas(self, name: str, *, namespace: str = "openfaas-fn") -> int:
+        return int(self.store.get(DEPLOYMENTS, namespace, name)["spec"].get("replicas", 1))
+
+    def objects(self, kind: Kind, *, namespace: str | None = None) -> list[Obj]:
+        return self.store.list(kind, namespace, [])
+
+    def events(self, *, namespace: str | None = None) -> list[Obj]:
+        """Events written so far (core/v1 and events.k8s.io/v1), oldest first."""
+        found = self.objects(EVENTS, namespace=namespace) + self.objects(EVENTS_V1, namespace=namespace)
+        return sorted(found, key=lambda e: int(e["metadata"]["resourceVersion"]))
+
+    def set_backend(
+        self, name: str, *, namespace: str = "openfaas-fn", host: str, port: int, ready_delay: float = 0.0
+    ) -> None:
+        """Simulate pods at host:port: once scaled up, after `ready_delay` the Deployment reports
+        ready replicas and the function's EndpointSlice lists ready endpoints; at zero it empties."""
+        self._backends[(namespace, name)] = backend = Backend(host, port, ready_delay)
+        deployment = self.store.get(DEPLOYMENTS, namespace, name)
+        ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+        self.set_endpoints(name, namespace=namespace, port=port, endpoints=[(backend.host, True)] * ready)
+
+    def set_endpoints(
+        self, service: str, *, namespace: str = "openfaas-fn", port: int, endpoints: list[tuple[str, bool]]
+    ) -> Obj:
+        """Create or replace the Service's EndpointSlice with (address, ready) endpoints."""
+        body: Obj = {
+            "metadata": {
+                "name": f"{service}-ep",
+                "namespace": namespace,
+                "labels": {SERVICE_NAME_LABEL: service},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": [
+                {
+                    "addresses": [address],
+                    "conditions": {"ready": ready, "serving": ready, "terminating": False},
+                    "targetRef": {"kind": "Pod", "name": f"{service}-pod-{i}", "namespace": namespace},
+                }
+                for i, (address, ready) in enumerate(endpoints)
+            ],
+        }
+        try:
+            old = self.store.get(ENDPOINT_SLICES, namespace, body["metadata"]["name"])
+        except ApiError:
+            return self.store.create(ENDPOINT_SLICES, namespace, body)
+        new = copy.deepcopy(old) | {k: v for k, v in body.items() if k != "metadata"}
+        return self.store.commit(ENDPOINT_SLICES, new, old=old)
+
+    # ----- Deployment behaviour: generation, status, simulated readiness ---------------------
+
+    def _prepare_deployment(self, new: Obj, old: Obj | None, *, namespace: str, explicit_ready: bool) -> bool:
+        """Bump generation and fill status as the Deployment controller would; True when replicas changed."""
+        meta, spec = new.setdefault("metadata", {}), new.setdefault("spec", {})
+        replicas = int(spec.setdefault("replicas", 1))
+        old_replicas = None if old is None else int(old["spec"].get("replicas", 1))
+        if old is not None and old.get("spec") != spec:
+            meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
+        status = new["status"] = dict(new.get("status") or {})
+        status.update(replicas=replicas, observedGeneration=meta.get("generation", 1))
+        changed = replicas != old_replicas and not explicit_ready
+        if changed:
+            # Without a simulated backend pods are ready at once; with one they become ready later.
+            simulated = (namespace, meta["name"]) in self._backends
+            ready = int(status.get("readyReplicas") or 0)
+            status["readyReplicas"] = min(ready, replicas) if simulated else replicas
+        status["availableReplicas"] = status.get("readyReplicas", 0)
+        return changed
+
+    def _after_deployment(self, saved: Obj, *, changed: bool) -> Obj:
+        namespace, name = saved["metadata"]["namespace"], saved["metadata"]["name"]
+        backend = self._backends.get((namespace, name))
+        if backend is not None and changed:
+            if saved["spec"]["replicas"] == 0:
+                self.set_endpoints(name, namespace=namespace, port=backend.port, endpoints=[])
+            else:
+                task = asyncio.get_running_loop().create_task(self._become_ready(namespace, name, backend))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        return saved
+
+    def _create_deployment(self, namespace: str, body: Obj, *, explicit_ready: bool = False) -> Obj:
+        body.setdefault("metadata", {})
+        if not body["metadata"].get("name"):
+            raise ApiError(422, "Deployment: metadata.name: Required value")
+        changed = self._prepare_deployment(body, None, namespace=namespace, explicit_ready=explicit_ready)
+        return self._after_deployment(self.store.create(DEPLOYMENTS, namespace, body), changed=changed)
+
+    def _save_deployment(self, new: Obj, old: Obj, *, explicit_ready: bool = False) -> Obj:
+        namespace = old["metadata"]["namespace"]
+        changed = self._prepare_deployment(new, old, namespace=namespace, explicit_ready=explicit_ready)
+        return self._after_deployment(self.store.commit(DEPLOYMENTS, new, old=old), changed=changed)
+
+    async def _become_ready(self, namespace: str, name: str, backend: Backend) -> None:
+        await asyncio.sleep(backend.ready_delay)
+        try:
+            old = self.store.get(DEPLOYMENTS, namespace, name)
+        except ApiError:
+            return
+        replicas = int(old["spec"].get("replicas", 1))
+        if replicas == 0:
+            return
+        new = copy.deepcopy(old)
+        new["status"].update(readyReplicas=replicas, availableReplicas=replicas)
+        self.store.commit(DEPLOYMENTS, new, old=old)
+        self.set_endpoints(name, namespace=namespace, port=backend.port, endpoints=[(backend.host, True)] * replicas)
+
+    # ----- HTTP ------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.requests.append(Request(request.method, request.path, dict(request.query), request.content_type))
+        for fault in self.faults:
+            if fault.matches(request):
+                fault.remaining -= 1
+                if fault.delay:
+                    await asyncio.sleep(fault.delay)
+                if fault.status is not None:
+                    headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+                    body = status_body(fault.status, f"injected failure {fault.status}")
+                    return _json(body, status=fault.status, headers=headers)
+                break
+        try:
+            return await handler(request)
+        except ApiError as e:
+            return _error(e)
+
+    @staticmethod
+    def _bind(method: Callable[[Kind, web.Request], Awaitable[web.StreamResponse]], kind: Kind) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await method(kind, request)
+
+        return handler
+
+    async def _not_found(self, request: web.Request) -> web.StreamResponse:
+        return _error(ApiError(404, f"the server could not find the requested resource ({request.path})"))
+
+    async def _body(self, request: web.Request) -> Obj:
+        try:
+            body = await request.json()
+        except json.JSONDecodeError as e:
+            raise ApiError(400, f"invalid JSON body: {e}") from e
+        return body  # type: ignore[no-any-return]
+
+    async def _collection(self, kind: Kind, request: web.Request) -> web.StreamResponse:
+        namespace = request.match_info.get("namespace")
+        if request.method == "POST" and namespace is not None:
+            body = await self._body(request)
+            if kind == DEPLOYMENTS:
+                return _json(self._create_deployment(namespace, body), status=201)
+            return _json(self.store.create(kind, namespace, body), status=201)
+        if request.method != "GET":
+            raise ApiError(405, f"method {request.method} is not allowed on {request.path}")
+        selector = parse_selector(request.query.get("labelSelector"))
+        if _flag(request.query.get("watch")):
+            return await self._watch(kind, namespace, selector, request)
+        items = self.store.list(kind, namespace, selector)
+        return _json(
+            {
+                "kind": f"{kind.kind}List",
+                "apiVersion": kind.api_version,
+                "metadata": {"resourceVersion": str(self.store.rv)},
+                "items": items,
+            }
+        )
+
+    async def _watch(
+        self, kind: Kind, namespace: str | None, selector: list[tuple[str, str, str | None]], request: web.Request
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+
+        async def send(type_: str, obj: Obj) -> None:
+            await response.write(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
+
+        since = request.query.get("resourceVersion", "")
+        timeout = float(request.query.get("timeoutSeconds", "1800"))
+        deadline = asyncio.get_running_loop().time() + timeout
+        if since not in ("", "0") and self.store.too_old(int(since)):
+            message = f"too old resource version: {since} ({self.store.compacted_before})"
+            await send("ERROR", status_body(410, message, reason="Expired"))
+            await response.write_eof()
+            return response
+        watcher = Watcher(kind, namespace, selector)
+        self.store.watchers.add(watcher)
+        sent = 0
+        try:
+            if since in ("", "0"):
+                for obj in self.store.list(kind, namespace, selector):
+                    await send("ADDED", obj)
+                sent = self.store.rv
+            else:
+                sent = int(since)
+                for change in list(self.store.log):
+                    if change.rv > sent and (type_ := watcher.translate(change)) is not None:
+                        await send(type_, change.obj)
+                        sent = change.rv
+            while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    item: Change | None = await asyncio.wait_for(watcher.queue.get(), remaining)
+                except TimeoutError:
+                    break
+                if item is None:  # dropped: cut the connection without the final chunk
+                    if request.transport is not None:
+                        request.transport.close()
+                    return response
+                if item.rv > sent and (type_ := watcher.translate(item)) is not None:
+                    await send(type_, item.obj)
+                    sent = item.rv
+            if _flag(request.query.get("allowWatchBookmarks")):
+                await send("BOOKMARK", {"kind": kind.kind, "apiVersion": kind.api_version,
+                                        "metadata": {"resourceVersion": str(self.store.rv)}})
+            with contextlib.suppress(ConnectionError):
+                await response.write_eof()
+        except ConnectionError:
+            pass
+        finally:
+            self.store.watchers.discard(watcher)
+        return response
+
+    async def _item(self, kind: Kind, request: web.Request) -> web.StreamResponse:
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        if request.method == "GET":
+            return _json(copy.deepcopy(self.store.get(kind, namespace, name)))
+        if request.method == "DELETE":
+            self.store.delete(kind, namespace, name)
+            return _json({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200})
+        old = self.store.get(kind, namespace, name)
+        if request.method == "PUT":
+            body = await self._body(request)
+            self.store.check_version(old, body)
+            new = copy.deepcopy(body)
+            new["metadata"] = dict(new.get("metadata") or {}) | {
+                k: old["metadata"][k] for k in ("uid", "creationTimestamp", "namespace", "name")
+            }
+            new["kind"], new["apiVersion"] = kind.kind, kind.api_version
+        elif request.method == "PATCH":
+            new = self._apply_patch(old, await self._body(request), request.content_type)
+        else:
+            raise ApiError(405, f"method {request.method} is not allowed on {request.path}")
+        if kind == DEPLOYMENTS:
+            return _json(self._save_deployment(new, old))
+        return _json(self.store.commit(kind, new, old=old))
+
+    def _apply_patch(self, old: Obj, patch: Any, content_type: str) -> Obj:
+        if content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            if not isinstance(patch, dict):
+                raise ApiError(400, "a merge patch must be a JSON object")
+            self.store.check_version(old, patch)
+            new: Obj = merge_patch(old, patch)
+            return new
+        if content_type == "application/json-patch+json":
+            new = copy.deepcopy(old)
+            for op in patch:
+                *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+                target = new
+                for part in parents:
+                    target = target.setdefault(part, {})
+                if op["op"] in ("add", "replace"):
+                    target[last] = op["value"]
+                elif op["op"] == "remove":
+                    target.pop(last, None)
+                else:
+                    raise ApiError(422, f"json patch op {op['op']!r} is not supported by this fake")
+            return new
+        raise ApiError(415, f"the body of the request was in an unknown format: {content_type}")
+
+    async def _scale(self, request: web.Request) -> web.StreamResponse:
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        old = self.store.get(DEPLOYMENTS, namespace, name)
+        if request.method in ("PUT", "PATCH"):
+            body = await self._body(request)
+            if request.method == "PUT":
+                self.store.check_version(old, body)
+                scale = body
+            else:
+                scale = self._apply_patch(self._scale_of(old), body, request.content_type)
+            replicas = (scale.get("spec") or {}).get("replicas")
+            if not isinstance(replicas, int) or replicas < 0:
+                raise ApiError(422, f"Scale.spec.replicas: Invalid value: {replicas!r}: must be an integer >= 0")
+            new = copy.deepcopy(old)
+            new["spec"]["replicas"] = replicas
+            old = self.store.get(DEPLOYMENTS, namespace, name)
+            self._save_deployment(new, old)
+        elif request.method != "GET":
+            raise ApiError(405, f"method {request.method} is not allowed on {request.path}")
+        return _json(self._scale_of(self.store.get(DEPLOYMENTS, namespace, name)))
+
+    @staticmethod
+    def _scale_of(deployment: Obj) -> Obj:
+        meta = deployment["metadata"]
+        labels = deployment["spec"]["selector"].get("matchLabels", {})
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")},
+            "spec": {"replicas": deployment["spec"].get("replicas", 1)},
+            "status": {
+                "replicas": (deployment.get("status") or {}).get("replicas", 0),
+                "selector": ",".join(f"{k}={v}" for k, v in labels.items()),
+            },
+        }
