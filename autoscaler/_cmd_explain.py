@@ -57,7 +57,8 @@ def _render(result: dict[str, Any], *, as_json: bool) -> str:
         lines.append(
             "spec: "
             + ", ".join(
-                f"{k}={format_duration(v) if k in ('zero_duration', 'down_window') else v}" for k, v in spec.items()
+                f"{k}={format_duration(v) if k in ('zero_duration', 'down_window') else v}"
+                for k, v in spec.items()
             )
         )
     return "\n".join(lines)
@@ -85,9 +86,13 @@ async def _explain_live(args: argparse.Namespace) -> dict[str, Any]:
     metrics: MetricsSettings = build(MetricsSettings, settings_overrides(args, MetricsSettings))
     providers: ProviderSettings = build(ProviderSettings, settings_overrides(args, ProviderSettings))
     if not metrics.prometheus_url:
-        raise ConfigError("explain NAME needs --prometheus-url (or AUTOSCALER_PROMETHEUS_URL) to read the load")
+        raise ConfigError(
+            "explain NAME needs --prometheus-url (or AUTOSCALER_PROMETHEUS_URL) to read the load"
+        )
     ref = FunctionRef.parse(args.function, default_namespace=providers.namespaces[0])
-    providers = build(ProviderSettings, {**settings_overrides(args, ProviderSettings), "namespaces": [ref.namespace]})
+    providers = build(
+        ProviderSettings, {**settings_overrides(args, ProviderSettings), "namespaces": [ref.namespace]}
+    )
     provider = await KubernetesProvider.create(settings=providers)
     reader = PrometheusReader(settings=metrics)
     try:
@@ -109,7 +114,9 @@ async def _explain_live(args: argparse.Namespace) -> dict[str, Any]:
     except SpecError as e:
         return {"function": ref.key, "labels": dict(info.labels), "error": str(e), "current": info.replicas}
     state = FunctionState(last_active=info.last_active)
-    decision = decide(spec=spec, load=load, current=info.replicas, state=state, now=now, last_wake=info.last_active)
+    decision = decide(
+        spec=spec, load=load, current=info.replicas, state=state, now=now, last_wake=info.last_active
+    )
     return _result(
         spec,
         decision,

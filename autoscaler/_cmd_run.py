@@ -24,7 +24,9 @@ from autoscaler.errors import ConfigError
 log = logging.getLogger("autoscaler.run")
 
 
-async def serve(*, controller_settings: ControllerSettings, metrics: MetricsSettings, providers: ProviderSettings) -> int:
+async def serve(
+    *, controller_settings: ControllerSettings, metrics: MetricsSettings, providers: ProviderSettings
+) -> int:
     from autoscaler.metrics import PrometheusReader
     from autoscaler.providers.kubernetes import KubernetesProvider
 
@@ -88,7 +90,10 @@ async def serve(*, controller_settings: ControllerSettings, metrics: MetricsSett
 
             def on_stopped() -> None:
                 controller.metrics.is_leader.set(0)
-                log.info("lost leadership: patching stopped", extra={"fields": {"event": "leader", "leader": False}})
+                log.info(
+                    "lost leadership: patching stopped",
+                    extra={"fields": {"event": "leader", "leader": False}},
+                )
 
             tasks.append(asyncio.create_task(leader.run(on_started, on_stopped)))
         else:
@@ -126,12 +131,15 @@ def _last_tick(controller: Controller) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    controller_settings: ControllerSettings = build(ControllerSettings, settings_overrides(args, ControllerSettings))
+    controller_settings: ControllerSettings = build(
+        ControllerSettings, settings_overrides(args, ControllerSettings)
+    )
     metrics: MetricsSettings = build(MetricsSettings, settings_overrides(args, MetricsSettings))
     providers: ProviderSettings = build(ProviderSettings, settings_overrides(args, ProviderSettings))
     if not metrics.prometheus_url:
         raise ConfigError(
-            "run needs --prometheus-url (or AUTOSCALER_PROMETHEUS_URL), e.g. http://prometheus.openfaas:9090; "
+            "run needs --prometheus-url (or AUTOSCALER_PROMETHEUS_URL), "
+            "e.g. http://prometheus.openfaas:9090; "
             "to try the add-on without a cluster, use `autoscaler demo`"
         )
     return asyncio.run(serve(controller_settings=controller_settings, metrics=metrics, providers=providers))

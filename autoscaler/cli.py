@@ -22,7 +22,9 @@ from autoscaler.errors import AutoscalerError, ConfigError
 EXIT_USAGE = 2
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, model: type[BaseModel], *, skip: tuple[str, ...] = ()) -> None:
+def add_settings_flags(
+    parser: argparse.ArgumentParser, model: type[BaseModel], *, skip: tuple[str, ...] = ()
+) -> None:
     """One flag per field of `model`: `--field-name`, with the env var and default in its help."""
     group = parser.add_argument_group(model.__name__.removesuffix("Settings").lower() + " settings")
     for name, field in model.model_fields.items():
@@ -35,7 +37,9 @@ def add_settings_flags(parser: argparse.ArgumentParser, model: type[BaseModel], 
         text = f"{field.description or name} [env {env}; default {shown}]"
         text = text.replace("%", "%%")
         if field.annotation is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
         else:
             group.add_argument(flag, dest=name, default=None, metavar=name.split("_")[-1].upper(), help=text)
 
@@ -52,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"autoscaler {__version__}")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="json", choices=["json", "text"], help="log line format (stderr)")
+    parser.add_argument(
+        "--log-format", default="json", choices=["json", "text"], help="log line format (stderr)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -83,10 +89,16 @@ def _parser() -> argparse.ArgumentParser:
         "reads the function from the cluster and its load from Prometheus.",
     )
     explain.add_argument("function", nargs="?", help="NAME[.NAMESPACE] of a live function (needs a cluster)")
-    explain.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a scaling label (repeat)")
-    explain.add_argument("--load", type=float, default=None, help="load in the function's scale type (offline)")
+    explain.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="a scaling label (repeat)"
+    )
+    explain.add_argument(
+        "--load", type=float, default=None, help="load in the function's scale type (offline)"
+    )
     explain.add_argument("--replicas", type=int, default=1, help="current replicas (offline, default 1)")
-    explain.add_argument("--idle", default=None, help="time since the last started invocation, Go duration (offline)")
+    explain.add_argument(
+        "--idle", default=None, help="time since the last started invocation, Go duration (offline)"
+    )
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     add_settings_flags(explain, MetricsSettings)
     add_settings_flags(explain, ProviderSettings)

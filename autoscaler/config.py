@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from autoscaler.errors import ConfigError
 
 DEFAULT_QUERIES = {
-    "rps": 'sum by (function_name) (rate(gateway_function_invocation_total[{window}]))',
+    "rps": "sum by (function_name) (rate(gateway_function_invocation_total[{window}]))",
     "inflight": "sum by (function_name) (gateway_function_invocation_inflight)",
     "cpu": "sum by (function_name) (rate(pod_cpu_usage_seconds_total[{window}])) * 1000",
     "started": "sum by (function_name) (gateway_function_invocation_started)",
@@ -29,13 +29,22 @@ class _Base(BaseSettings):
 class MetricsSettings(_Base):
     prometheus_url: str | None = Field(
         default=None,
-        description="Prometheus base URL, e.g. http://prometheus.openfaas:9090 (unset: read load from the in-process proxy)",
+        description="Prometheus base URL, e.g. http://prometheus.openfaas:9090 "
+        "(unset: read load from the in-process proxy)",
     )
-    query_timeout: float = Field(default=5.0, gt=0, description="seconds before a Prometheus query counts as failed")
+    query_timeout: float = Field(
+        default=5.0, gt=0, description="seconds before a Prometheus query counts as failed"
+    )
     rate_window: str = Field(default="1m", description="range used by rate() in the default queries")
-    query_rps: str = Field(default=DEFAULT_QUERIES["rps"], description="PromQL for completed req/s by function_name")
-    query_inflight: str = Field(default=DEFAULT_QUERIES["inflight"], description="PromQL for in-flight requests")
-    query_cpu: str = Field(default=DEFAULT_QUERIES["cpu"], description="PromQL for CPU millicores by function_name")
+    query_rps: str = Field(
+        default=DEFAULT_QUERIES["rps"], description="PromQL for completed req/s by function_name"
+    )
+    query_inflight: str = Field(
+        default=DEFAULT_QUERIES["inflight"], description="PromQL for in-flight requests"
+    )
+    query_cpu: str = Field(
+        default=DEFAULT_QUERIES["cpu"], description="PromQL for CPU millicores by function_name"
+    )
     query_started: str = Field(
         default=DEFAULT_QUERIES["started"], description="PromQL for the started-invocations counter"
     )
@@ -45,8 +54,12 @@ class MetricsSettings(_Base):
 
 
 class ProviderSettings(_Base):
-    namespaces: Annotated[list[str], NoDecode] = Field(default=["openfaas-fn"], description="namespaces whose Deployments are functions")
-    kubeconfig: str | None = Field(default=None, description="kubeconfig path (default: in-cluster, then ~/.kube/config)")
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default=["openfaas-fn"], description="namespaces whose Deployments are functions"
+    )
+    kubeconfig: str | None = Field(
+        default=None, description="kubeconfig path (default: in-cluster, then ~/.kube/config)"
+    )
     api_timeout: float = Field(default=10.0, gt=0, description="seconds per Kubernetes API request")
 
     @field_validator("namespaces", mode="before")
@@ -62,7 +75,9 @@ class ControllerSettings(_Base):
     dry_run: bool = Field(default=False, description="log decisions without patching replicas")
     admin_port: int = Field(default=8081, ge=0, le=65535, description="port for /healthz, /readyz, /metrics")
     admin_host: str = Field(default="0.0.0.0", description="address the admin server binds")
-    leader_election: bool = Field(default=False, description="take a coordination.k8s.io Lease before patching")
+    leader_election: bool = Field(
+        default=False, description="take a coordination.k8s.io Lease before patching"
+    )
     lease_name: str = Field(default="autoscaler-controller", description="Lease object name")
     lease_namespace: str = Field(default="openfaas", description="namespace of the Lease")
 
@@ -72,7 +87,9 @@ class ProxySettings(_Base):
     port: int = Field(default=8080, ge=0, le=65535, description="port for /function/NAME routes")
     admin_port: int = Field(default=8082, ge=0, le=65535, description="port for /healthz, /readyz, /metrics")
     default_namespace: str = Field(default="openfaas-fn", description="namespace when a route has none")
-    hold_timeout: float = Field(default=60.0, gt=0, description="seconds a request may wait for a cold start (504)")
+    hold_timeout: float = Field(
+        default=60.0, gt=0, description="seconds a request may wait for a cold start (504)"
+    )
     max_held: int = Field(default=1000, gt=0, description="held requests per function before 429")
     max_body: int = Field(default=10 * 1024 * 1024, gt=0, description="request body limit in bytes (413)")
     upstream_timeout: float = Field(default=300.0, gt=0, description="seconds for an upstream response")
@@ -89,6 +106,7 @@ def build(model: type[_Base], overrides: dict[str, Any]) -> Any:
         for err in e.errors():
             name = ".".join(str(part) for part in err["loc"]) or "settings"
             problems.append(
-                f"--{name.replace('_', '-')} (env AUTOSCALER_{name.upper()}): {err['msg']} (got {err.get('input')!r})"
+                f"--{name.replace('_', '-')} (env AUTOSCALER_{name.upper()}): "
+                f"{err['msg']} (got {err.get('input')!r})"
             )
         raise ConfigError("invalid settings: " + "; ".join(problems)) from e

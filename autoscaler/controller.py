@@ -134,7 +134,9 @@ class Controller:
         snapshot = await self._read()
         report = TickReport(queries=snapshot.queries, metrics_error=snapshot.error)
         if snapshot.error:
-            log.warning("no load data this tick: %s", snapshot.error, extra={"fields": {"event": "metrics_error"}})
+            log.warning(
+                "no load data this tick: %s", snapshot.error, extra={"fields": {"event": "metrics_error"}}
+            )
             self.metrics.errors_total.labels(kind="metrics").inc()
         functions = self._provider.functions()
         views: dict[str, FunctionView] = {}
@@ -146,7 +148,11 @@ class Controller:
             if entry.spec is None:
                 assert entry.error is not None
                 decision = Decision(
-                    info.replicas, info.replicas, Reason.INVALID_SPEC, f"{entry.error}; replicas left alone", False
+                    info.replicas,
+                    info.replicas,
+                    Reason.INVALID_SPEC,
+                    f"{entry.error}; replicas left alone",
+                    False,
                 )
                 if entry.reported_error != str(entry.error):
                     entry.reported_error = str(entry.error)
@@ -189,11 +195,21 @@ class Controller:
             info.ref.key,
             info.replicas,
             error,
-            extra={"fields": {"event": "invalid_spec", "function": info.ref.key, "label": error.label, "value": error.value}},
+            extra={
+                "fields": {
+                    "event": "invalid_spec",
+                    "function": info.ref.key,
+                    "label": error.label,
+                    "value": error.value,
+                }
+            },
         )
         self._background(
             self._provider.record_event(
-                info.ref, reason="InvalidScalingLabels", message=f"{error}; replicas left at {info.replicas}", warning=True
+                info.ref,
+                reason="InvalidScalingLabels",
+                message=f"{error}; replicas left at {info.replicas}",
+                warning=True,
             )
         )
 
@@ -238,7 +254,10 @@ class Controller:
                 await self._provider.record_event(
                     info.ref,
                     reason=decision.reason.value,
-                    message=f"Scaled from {decision.current} to {decision.desired} replicas: {decision.message}",
+                    message=(
+                        f"Scaled from {decision.current} to {decision.desired} replicas: "
+                        f"{decision.message}"
+                    ),
                 )
 
         await asyncio.gather(*(apply(info, decision) for info, decision in changes))

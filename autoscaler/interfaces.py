@@ -65,7 +65,9 @@ class Provider(Protocol):
     async def scale(self, ref: FunctionRef, replicas: int) -> None:
         """Set desired replicas (the `scale` subresource). Raises ProviderError."""
 
-    async def record_event(self, ref: FunctionRef, *, reason: str, message: str, warning: bool = False) -> None:
+    async def record_event(
+        self, ref: FunctionRef, *, reason: str, message: str, warning: bool = False
+    ) -> None:
         """Write an Event about the function (best effort: failures are logged, never raised)."""
 
     async def mark_active(self, ref: FunctionRef, when: float) -> None:

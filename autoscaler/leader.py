@@ -10,7 +10,8 @@ under one second (tests could not run in moments), keeps "renewing" after anothe
 the lease, and starts the leader's work as a task whose crash nobody sees. The guarantees here:
 
 - `on_started` runs only after this candidate holds the Lease, as a task watched by the elector (a
-  crash is logged and gives the lease up, so the other replica can lead);
+  crash is logged and gives the lease up, and the crashed candidate stands back for a lease
+  duration, so the other replica leads);
 - `is_leader` turns False at the latest `renew_deadline` after the start of the last successful
   renewal, whether or not the loop is scheduled, and `on_stopped` is called then, before the task
   of `on_started` is cancelled. Another candidate waits `lease_duration` (> `renew_deadline`) after
@@ -123,7 +124,8 @@ class LeaderElector:
             await self._acquire()
             crashed = await self._lead(on_started, on_stopped)
             if crashed:
-                await asyncio.sleep(self._retry_period)
+                # Stand back for a lease duration, so a healthy candidate takes the released lease first.
+                await asyncio.sleep(self._lease_duration)
 
     # ----- following --------------------------------------------------------------------------
 

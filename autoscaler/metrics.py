@@ -152,9 +152,16 @@ class PrometheusReader:
         return series
 
     async def close(self) -> None:
+        """Close the session if the reader opened it (a borrowed session stays open)."""
         if self._own_session and self._session is not None:
             await self._session.close()
         self._session = None
+
+    async def __aenter__(self) -> PrometheusReader:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     # -- internals ---------------------------------------------------------------------------------
 

@@ -79,7 +79,9 @@ def _int(labels: Mapping[str, str], label: str, default: int, *, least: int) -> 
     return value
 
 
-def _float(labels: Mapping[str, str], label: str, default: float, *, allowed: str, upper: float | None) -> float:
+def _float(
+    labels: Mapping[str, str], label: str, default: float, *, allowed: str, upper: float | None
+) -> float:
     raw = labels.get(label)
     if raw is None:
         return default

@@ -37,11 +37,25 @@ class _FunctionCollector(Collector):
         self.views: Mapping[str, FunctionView] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        desired = GaugeMetricFamily("autoscaler_desired_replicas", "Replicas the last tick decided", labels=["function_name"])
-        replicas = GaugeMetricFamily("autoscaler_replicas", "Replicas the function had at the last tick", labels=["function_name"])
-        load = GaugeMetricFamily("autoscaler_load", "Load the last tick used, in the function's scale type", labels=["function_name", "type"])
-        target = GaugeMetricFamily("autoscaler_target", "Load per replica aimed for (target x proportion)", labels=["function_name"])
-        missing = GaugeMetricFamily("autoscaler_metrics_missing", "1 when the last tick had no load data for the function", labels=["function_name"])
+        desired = GaugeMetricFamily(
+            "autoscaler_desired_replicas", "Replicas the last tick decided", labels=["function_name"]
+        )
+        replicas = GaugeMetricFamily(
+            "autoscaler_replicas", "Replicas the function had at the last tick", labels=["function_name"]
+        )
+        load = GaugeMetricFamily(
+            "autoscaler_load",
+            "Load the last tick used, in the function's scale type",
+            labels=["function_name", "type"],
+        )
+        target = GaugeMetricFamily(
+            "autoscaler_target", "Load per replica aimed for (target x proportion)", labels=["function_name"]
+        )
+        missing = GaugeMetricFamily(
+            "autoscaler_metrics_missing",
+            "1 when the last tick had no load data for the function",
+            labels=["function_name"],
+        )
         for key, view in self.views.items():
             desired.add_metric([key], view.decision.desired)
             replicas.add_metric([key], view.decision.current)
@@ -65,16 +79,26 @@ class ControllerMetrics:
             registry=self.registry,
         )
         self.last_tick = Gauge(
-            "autoscaler_last_tick_timestamp_seconds", "Unix time of the last completed tick", registry=self.registry
+            "autoscaler_last_tick_timestamp_seconds",
+            "Unix time of the last completed tick",
+            registry=self.registry,
         )
         self.scale_total = Counter(
-            "autoscaler_scale_total", "Replica changes decided, by reason", ["function_name", "reason"], registry=self.registry
+            "autoscaler_scale_total",
+            "Replica changes decided, by reason",
+            ["function_name", "reason"],
+            registry=self.registry,
         )
         self.errors_total = Counter(
-            "autoscaler_errors_total", "Errors by kind (metrics, patch, spec, event)", ["kind"], registry=self.registry
+            "autoscaler_errors_total",
+            "Errors by kind (metrics, patch, spec, event)",
+            ["kind"],
+            registry=self.registry,
         )
         self.is_leader = Gauge(
-            "autoscaler_is_leader", "1 while this controller holds the lease and may patch", registry=self.registry
+            "autoscaler_is_leader",
+            "1 while this controller holds the lease and may patch",
+            registry=self.registry,
         )
         self.functions = _FunctionCollector()
         self.registry.register(self.functions)
@@ -85,7 +109,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -101,7 +126,9 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(*, level: str = "info", json_lines: bool = True) -> None:
     """Send the add-on's logs to stderr, as JSON lines (default) or plain text."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -20,9 +20,9 @@ from policies.model import Decision, KeepAlive, Load, Reason, ScalingSpec
 from policies.replicas import desired_replicas, raw_replicas
 from policies.stabilize import stabilized
 
-# No policy sends a function to zero sooner than this after its last activity: the proxy refreshes
-# its activity mark every few seconds while it holds or forwards requests, so this bounds the race
-# between a wake-up and a scale-to-zero decision made on lagging metrics.
+# No policy sends a function to zero sooner than this (or its zero-duration, if shorter) after its
+# last activity: the proxy refreshes its activity mark every few seconds while it holds or forwards
+# requests, so this bounds the race between a wake-up and a scale-to-zero made on lagging metrics.
 ZERO_GRACE = 30.0
 
 
@@ -50,7 +50,9 @@ class FunctionState:
     keepalive: KeepAlivePolicy | None = None  # set by the caller when spec.keepalive is ADAPTIVE
 
 
-def observe(*, state: FunctionState, load: Load | None, now: float, busy: bool, last_wake: float | None) -> bool:
+def observe(
+    *, state: FunctionState, load: Load | None, now: float, busy: bool, last_wake: float | None
+) -> bool:
     """Update the idle timer from this tick's evidence; True when the function is active right now."""
     active = busy
     if load is not None:
@@ -78,9 +80,7 @@ def _windows(*, spec: ScalingSpec, state: FunctionState, now: float) -> tuple[fl
     return 0.0, spec.zero_duration
 
 
-def _zero_decision(
-    *, spec: ScalingSpec, state: FunctionState, current: int, now: float
-) -> Decision | None:
+def _zero_decision(*, spec: ScalingSpec, state: FunctionState, current: int, now: float) -> Decision | None:
     """The scale-to-zero / pre-warm verdict for an idle `zero=true` function, or None to scale by load."""
     assert state.last_active is not None
     idle = now - state.last_active
@@ -95,8 +95,9 @@ def _zero_decision(
             )
         # At zero with no activity: nothing calls for a replica.
         return Decision(current, 0, Reason.STEADY, f"idle for {idle:.0f}s: stays at zero")
-    if idle < ZERO_GRACE:
-        # Too recent to trust any prediction (see ZERO_GRACE).
+    if idle < min(ZERO_GRACE, spec.zero_duration):
+        # Too recent to trust any prediction (see ZERO_GRACE); a fixed zero-duration shorter than the
+        # grace is the operator's explicit choice and is honoured.
         return None
     if idle >= prewarm + keep:
         return Decision(
@@ -129,7 +130,9 @@ def decide(
     """
     active = observe(state=state, load=load, now=now, busy=busy, last_wake=last_wake)
     if spec.static:
-        return Decision(current, current, Reason.STATIC, f"min = max = {spec.min_replicas}: not autoscaled", False)
+        return Decision(
+            current, current, Reason.STATIC, f"min = max = {spec.min_replicas}: not autoscaled", False
+        )
     value = None if load is None else load.value(spec.type)
     # Idleness needs evidence: the started counter and the in-flight gauge both read this tick
     # (invariant 1: missing metrics never scale to zero).
@@ -141,9 +144,13 @@ def decide(
     if value is None:
         if current == 0 and active:
             # Traffic is arriving for a function at zero: waking it needs no load figure.
-            return Decision(current, spec.wake_replicas, Reason.WAKE, "invocations arrived at zero replicas: wake")
+            return Decision(
+                current, spec.wake_replicas, Reason.WAKE, "invocations arrived at zero replicas: wake"
+            )
         # Invariant 1: missing, stale or failed metrics are not zero traffic.
-        return Decision(current, current, Reason.NO_DATA, f"no {spec.type} data: keep {current} replicas", False)
+        return Decision(
+            current, current, Reason.NO_DATA, f"no {spec.type} data: keep {current} replicas", False
+        )
     per_replica = spec.target * spec.target_proportion
     need = raw_replicas(spec=spec, load=value)
     wanted = desired_replicas(spec=spec, load=value)
@@ -154,7 +161,9 @@ def decide(
     if current == 0:
         state.recommendations.clear()
         return Decision(current, wanted, Reason.WAKE, f"{formula}: wake to {wanted}")
-    desired = stabilized(history=state.recommendations, recommendation=wanted, now=now, window=spec.down_window)
+    desired = stabilized(
+        history=state.recommendations, recommendation=wanted, now=now, window=spec.down_window
+    )
     if desired > current:
         return Decision(current, desired, Reason.SCALE_UP, f"{formula}: scale up")
     if desired < current:

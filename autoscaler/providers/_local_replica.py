@@ -135,6 +135,7 @@ class Replica:
         self._stopping = False
         self._in_backoff = False
         self._task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Future[None] | None = None
 
     @property
     def url(self) -> str:
@@ -210,7 +211,7 @@ class Replica:
         reader = spawn_logged(self._pump_output(process), name=f"logs of {self.name}")
         ready_at: float | None = None
         try:
-            if await self._probe_until_ready(process):
+            if await self._probe_until_ready(process) and not self._stopping:
                 ready_at = time.monotonic()
                 log.info("replica %s ready on %s", self.name, self.url)
                 self._set(ReplicaState.READY)
@@ -247,28 +248,32 @@ class Replica:
             self.output.append(text)
             fn_log.info("[%s] %s", self.name, text)
 
-    async def stop(self) -> None:
-        """Leave the endpoints, SIGTERM the group, wait the grace period, then SIGKILL."""
-        if self._stopping:
-            if self._task is not None:
-                await asyncio.shield(self._task)
-            return
+    def retire(self) -> None:
+        """Take the replica out of the endpoints at once; `stop` then drains it."""
         self._stopping = True
-        process = self._process
-        if process is None or process.returncode is not None or self.state is not ReplicaState.READY:
-            if process is not None and process.returncode is None:
-                signal_group(process.pid, signal.SIGKILL)  # never served: nothing to drain
-        else:
+        if self.state is ReplicaState.READY:
             self._set(ReplicaState.DRAINING)
-            await asyncio.sleep(self._timing.drain_delay)  # let routed requests reach it
-            signal_group(process.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(asyncio.shield(process.wait()), timeout=self._timing.grace)
-            except TimeoutError:
-                log.warning(
-                    "replica %s still running %.0fs after SIGTERM: SIGKILL", self.name, self._timing.grace
-                )
-                signal_group(process.pid, signal.SIGKILL)
+
+    async def stop(self) -> None:
+        """Retire, SIGTERM the group, wait the grace period, then SIGKILL (once, however often called)."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self) -> None:
+        self.retire()
+        process = self._process
+        if process is not None and process.returncode is None:
+            if self.state is ReplicaState.DRAINING:
+                await asyncio.sleep(self._timing.drain_delay)  # let requests already routed arrive
+                signal_group(process.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(asyncio.shield(process.wait()), timeout=self._timing.grace)
+                except TimeoutError:
+                    log.warning(
+                        "replica %s still running %.0fs after SIGTERM: SIGKILL", self.name, self._timing.grace
+                    )
+            signal_group(process.pid, signal.SIGKILL)  # never served, or past its grace
         if self._task is not None:
             if self._in_backoff:
                 self._task.cancel()  # waiting to restart a crashed process: nothing to stop

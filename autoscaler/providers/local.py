@@ -193,8 +193,9 @@ class LocalProvider:
             replica.start()
         if len(active) > replicas:
             # Not yet ready first (nothing to drain), then the newest.
-            order = sorted(active, key=lambda r: (r.state is ReplicaState.READY, r.index))
+            order = sorted(active, key=lambda r: (r.state is ReplicaState.READY, -r.index))
             for replica in order[: len(active) - replicas]:
+                replica.retire()
                 task = spawn_logged(replica.stop(), name=f"stop {replica.name}")
                 self._stops.add(task)
                 task.add_done_callback(self._stops.discard)

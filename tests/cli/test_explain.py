@@ -17,8 +17,18 @@ def autoscaler(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_explain_prints_the_decision_as_json() -> None:
     done = autoscaler(
-        "explain", "--label", "com.openfaas.scale.type=capacity", "--label", "com.openfaas.scale.target=5",
-        "--label", "com.openfaas.scale.target-proportion=1.0", "--load", "15", "--replicas", "2", "--json",
+        "explain",
+        "--label",
+        "com.openfaas.scale.type=capacity",
+        "--label",
+        "com.openfaas.scale.target=5",
+        "--label",
+        "com.openfaas.scale.target-proportion=1.0",
+        "--load",
+        "15",
+        "--replicas",
+        "2",
+        "--json",
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -29,14 +39,24 @@ def test_explain_prints_the_decision_as_json() -> None:
 
 def test_explain_uses_the_default_proportion_when_none_is_given() -> None:
     done = autoscaler(
-        "explain", "--label", "com.openfaas.scale.type=capacity", "--label", "com.openfaas.scale.target=5",
-        "--load", "15", "--replicas", "2", "--json",
+        "explain",
+        "--label",
+        "com.openfaas.scale.type=capacity",
+        "--label",
+        "com.openfaas.scale.target=5",
+        "--load",
+        "15",
+        "--replicas",
+        "2",
+        "--json",
     )
     assert json.loads(done.stdout)["desired"] == 4  # 15 / (5 x 0.9) = 3.33 -> 4
 
 
 def test_explain_shows_when_an_idle_function_goes_to_zero() -> None:
-    done = autoscaler("explain", "--label", "com.openfaas.scale.zero=true", "--idle", "20m", "--load", "0", "--json")
+    done = autoscaler(
+        "explain", "--label", "com.openfaas.scale.zero=true", "--idle", "20m", "--load", "0", "--json"
+    )
     result = json.loads(done.stdout)
     assert (result["desired"], result["code"]) == (0, "ScaleToZero")
 
@@ -75,10 +95,12 @@ def test_run_help_documents_each_flag_with_its_env_var() -> None:
 def test_a_bad_flag_value_exits_2_naming_the_flag() -> None:
     done = autoscaler("run", "--interval", "soon", "--prometheus-url", "http://127.0.0.1:9")
     assert done.returncode == 2
-    assert "--interval" in done.stderr and "'soon'" in done.stderr
+    assert "--interval" in done.stderr
+    assert "'soon'" in done.stderr
 
 
 def test_run_without_prometheus_says_what_to_do() -> None:
     done = autoscaler("run")
     assert done.returncode == 2
-    assert "--prometheus-url" in done.stderr and "autoscaler demo" in done.stderr
+    assert "--prometheus-url" in done.stderr
+    assert "autoscaler demo" in done.stderr

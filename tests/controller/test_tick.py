@@ -33,7 +33,9 @@ def controller(provider: MemoryProvider, reader: StaticReader, **settings: objec
 
 
 class TestActing:
-    async def test_only_functions_whose_replicas_change_are_patched(self, world: tuple[MemoryProvider, StaticReader]) -> None:
+    async def test_only_functions_whose_replicas_change_are_patched(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
         provider, reader = world
         provider.add("busy")
         provider.add("steady", replicas=2)
@@ -43,7 +45,9 @@ class TestActing:
         assert report.patched == ["busy.openfaas-fn"]
         assert report.decisions["steady.openfaas-fn"].reason is Reason.STEADY
 
-    async def test_every_patch_writes_an_event_saying_from_to_and_why(self, world: tuple[MemoryProvider, StaticReader]) -> None:
+    async def test_every_patch_writes_an_event_saying_from_to_and_why(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
         provider, reader = world
         provider.add("fn")
         reader.loads = {"fn.openfaas-fn": load(200)}
@@ -60,10 +64,18 @@ class TestActing:
         reader.loads = {"fn.openfaas-fn": load(200)}
         with caplog.at_level(logging.INFO):
             await controller(provider, reader).tick(now=0)
-        lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records if getattr(r, "fields", {}).get("event") == "scale"]
+        lines = [
+            json.loads(JsonFormatter().format(r))
+            for r in caplog.records
+            if getattr(r, "fields", {}).get("event") == "scale"
+        ]
         assert len(lines) == 1
         assert {k: lines[0][k] for k in ("function", "from", "to", "reason", "patched")} == {
-            "function": "fn.openfaas-fn", "from": 1, "to": 5, "reason": "ScaleUp", "patched": True,
+            "function": "fn.openfaas-fn",
+            "from": 1,
+            "to": 5,
+            "reason": "ScaleUp",
+            "patched": True,
         }
 
     async def test_dry_run_decides_and_logs_but_never_patches(
@@ -78,16 +90,22 @@ class TestActing:
         assert report.decisions["fn.openfaas-fn"].desired == 5
         assert any(getattr(r, "fields", {}).get("dry_run") is True for r in caplog.records)
 
-    async def test_a_follower_decides_but_never_patches(self, world: tuple[MemoryProvider, StaticReader]) -> None:
+    async def test_a_follower_decides_but_never_patches(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
         provider, reader = world
         provider.add("fn")
         reader.loads = {"fn.openfaas-fn": load(200)}
-        loop = Controller(provider=provider, reader=reader, settings=ControllerSettings(), may_patch=lambda: False)
+        loop = Controller(
+            provider=provider, reader=reader, settings=ControllerSettings(), may_patch=lambda: False
+        )
         report = await loop.tick(now=0)
         assert provider.scaled == []
         assert report.decisions["fn.openfaas-fn"].desired == 5
 
-    async def test_a_failed_patch_is_counted_and_the_others_still_happen(self, world: tuple[MemoryProvider, StaticReader]) -> None:
+    async def test_a_failed_patch_is_counted_and_the_others_still_happen(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
         provider, reader = world
         provider.add("broken")
         provider.add("fine")
@@ -116,10 +134,15 @@ class TestLeavingAlone:
         assert report.decisions["bad.openfaas-fn"].reason is Reason.INVALID_SPEC
         [(key, reason, message, warning)] = provider.events
         assert (key, reason, warning) == ("bad.openfaas-fn", "InvalidScalingLabels", True)
-        assert "com.openfaas.scale.min='abc'" in message and "left at 3" in message
-        assert len([r for r in caplog.records if getattr(r, "fields", {}).get("event") == "invalid_spec"]) == 1
+        assert "com.openfaas.scale.min='abc'" in message
+        assert "left at 3" in message
+        assert (
+            len([r for r in caplog.records if getattr(r, "fields", {}).get("event") == "invalid_spec"]) == 1
+        )
 
-    async def test_fixed_labels_are_picked_up_on_the_next_tick(self, world: tuple[MemoryProvider, StaticReader]) -> None:
+    async def test_fixed_labels_are_picked_up_on_the_next_tick(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
         provider, reader = world
         provider.add("fn", labels={"com.openfaas.scale.type": "foo"})
         reader.loads = {"fn.openfaas-fn": load(200)}
@@ -129,7 +152,9 @@ class TestLeavingAlone:
         await loop.tick(now=2)
         assert provider.scaled == [("fn.openfaas-fn", 5)]
 
-    async def test_a_prometheus_outage_never_scales_down_or_to_zero(self, world: tuple[MemoryProvider, StaticReader]) -> None:
+    async def test_a_prometheus_outage_never_scales_down_or_to_zero(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
         provider, reader = world
         provider.add("big", replicas=6)
         provider.add("idle", labels=ZERO)
@@ -141,7 +166,9 @@ class TestLeavingAlone:
         assert report.metrics_error == reader.error
         assert {d.reason for d in report.decisions.values()} == {Reason.NO_DATA}
 
-    async def test_a_function_missing_from_the_metrics_keeps_its_replicas(self, world: tuple[MemoryProvider, StaticReader]) -> None:
+    async def test_a_function_missing_from_the_metrics_keeps_its_replicas(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
         provider, reader = world
         provider.add("seen")
         provider.add("unseen", replicas=4, labels=ZERO)
@@ -166,18 +193,24 @@ class TestScaleToZero:
         assert provider.scaled == [("zero.openfaas-fn", 0)]
         assert provider.events[-1][1] == "ScaleToZero"
 
-    async def test_a_function_the_proxy_is_serving_is_never_scaled_to_zero(self, world: tuple[MemoryProvider, StaticReader]) -> None:
+    async def test_a_function_the_proxy_is_serving_is_never_scaled_to_zero(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
         provider, reader = world
         provider.add("zero", labels=ZERO)
         reader.loads = {"zero.openfaas-fn": load(0, started=5)}
-        loop = Controller(provider=provider, reader=reader, settings=ControllerSettings(), busy=lambda key: True)
+        loop = Controller(
+            provider=provider, reader=reader, settings=ControllerSettings(), busy=lambda key: True
+        )
         for now in range(0, 300, 2):
             await loop.tick(now=now)
         assert provider.scaled == []
 
 
 class TestVisibility:
-    async def test_per_function_gauges_follow_the_last_tick(self, world: tuple[MemoryProvider, StaticReader]) -> None:
+    async def test_per_function_gauges_follow_the_last_tick(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
         provider, reader = world
         provider.add("fn")
         provider.add("gone")
@@ -185,11 +218,24 @@ class TestVisibility:
         loop = controller(provider, reader)
         await loop.tick(now=0)
         registry = loop.metrics.registry
-        assert registry.get_sample_value("autoscaler_desired_replicas", {"function_name": "fn.openfaas-fn"}) == 5
+        assert (
+            registry.get_sample_value("autoscaler_desired_replicas", {"function_name": "fn.openfaas-fn"}) == 5
+        )
         assert registry.get_sample_value("autoscaler_replicas", {"function_name": "fn.openfaas-fn"}) == 1
-        assert registry.get_sample_value("autoscaler_load", {"function_name": "fn.openfaas-fn", "type": "rps"}) == 200
-        assert registry.get_sample_value("autoscaler_metrics_missing", {"function_name": "gone.openfaas-fn"}) == 1
-        assert registry.get_sample_value("autoscaler_scale_total", {"function_name": "fn.openfaas-fn", "reason": "ScaleUp"}) == 1
+        assert (
+            registry.get_sample_value("autoscaler_load", {"function_name": "fn.openfaas-fn", "type": "rps"})
+            == 200
+        )
+        assert (
+            registry.get_sample_value("autoscaler_metrics_missing", {"function_name": "gone.openfaas-fn"})
+            == 1
+        )
+        assert (
+            registry.get_sample_value(
+                "autoscaler_scale_total", {"function_name": "fn.openfaas-fn", "reason": "ScaleUp"}
+            )
+            == 1
+        )
         del provider.items["gone.openfaas-fn"]
         await loop.tick(now=2)
         assert b"gone.openfaas-fn" not in generate_latest(registry)
@@ -212,8 +258,10 @@ class TestRunning:
         stop.set()
         await asyncio.wait_for(task, 5)
 
-    async def test_the_loop_survives_a_reader_that_raises(self, world: tuple[MemoryProvider, StaticReader]) -> None:
-        provider, reader = world
+    async def test_the_loop_survives_a_reader_that_raises(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
+        provider, _reader = world
         provider.add("fn", replicas=3)
 
         class BrokenReader(StaticReader):
@@ -221,5 +269,6 @@ class TestRunning:
                 raise RuntimeError("boom")
 
         report = await controller(provider, BrokenReader()).tick(now=0)
-        assert report.metrics_error is not None and "boom" in report.metrics_error
+        assert report.metrics_error is not None
+        assert "boom" in report.metrics_error
         assert provider.scaled == []

@@ -68,8 +68,11 @@ async def test_a_replica_that_ignores_sigterm_is_killed_after_the_grace_period(m
 async def test_scaling_up_again_during_a_drain_starts_fresh_replicas(make_provider) -> None:
     provider = await make_provider()
     assert await provider.wait_ready(REF, timeout=10)
+    [old] = provider.endpoints(REF)
     await provider.scale(REF, 0)
     await provider.scale(REF, 2)
     await until(lambda: len(provider.endpoints(REF)) == 2, within=10, what="2 fresh replicas")
+    assert old not in provider.endpoints(REF)  # the draining replica is not brought back
+    await until(lambda: len(provider.replicas(REF)) == 2, within=5, what="the old replica to exit")
     assert {r.name for r in provider.replicas(REF)} == {"echo-1", "echo-2"}
     assert provider.cold_starts(REF) == 1

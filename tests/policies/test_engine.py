@@ -162,8 +162,18 @@ class TestLearnedKeepAlive:
         decide(spec=self.spec, load=rps(0, started=1), current=1, state=state, now=0)
         decide(spec=self.spec, load=rps(0, started=2), current=1, state=state, now=10)
         assert model.calls == 1
-        assert decide(spec=self.spec, load=rps(0, started=2), current=1, state=state, now=10 + ZERO_GRACE - 1).desired == 1
-        assert decide(spec=self.spec, load=rps(0, started=2), current=1, state=state, now=10 + ZERO_GRACE).desired == 0
+        assert (
+            decide(
+                spec=self.spec, load=rps(0, started=2), current=1, state=state, now=10 + ZERO_GRACE - 1
+            ).desired
+            == 1
+        )
+        assert (
+            decide(
+                spec=self.spec, load=rps(0, started=2), current=1, state=state, now=10 + ZERO_GRACE
+            ).desired
+            == 0
+        )
         assert decide(spec=self.spec, load=rps(0, started=2), current=0, state=state, now=200).desired == 0
         prewarm = decide(spec=self.spec, load=rps(0, started=2), current=0, state=state, now=320)
         assert (prewarm.desired, prewarm.reason) == (1, Reason.PREWARM)
@@ -175,7 +185,9 @@ class TestLearnedKeepAlive:
     lo=st.integers(1, 5),
     span=st.integers(0, 30),
 )
-def test_any_sequence_of_loads_keeps_replicas_within_bounds(loads: list[float | None], lo: int, span: int) -> None:
+def test_any_sequence_of_loads_keeps_replicas_within_bounds(
+    loads: list[float | None], lo: int, span: int
+) -> None:
     spec = ScalingSpec(min_replicas=lo, max_replicas=lo + span, down_window=30.0)
     state = FunctionState()
     current = lo

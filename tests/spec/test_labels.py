@@ -13,22 +13,41 @@ P = "com.openfaas.scale."
 
 def test_no_labels_give_the_openfaas_defaults() -> None:
     assert parse_labels({}) == ScalingSpec(
-        min_replicas=1, max_replicas=20, target=50, type=ScaleType.RPS, target_proportion=0.9,
-        zero=False, zero_duration=900, down_window=0,
+        min_replicas=1,
+        max_replicas=20,
+        target=50,
+        type=ScaleType.RPS,
+        target_proportion=0.9,
+        zero=False,
+        zero_duration=900,
+        down_window=0,
     )
 
 
 def test_every_label_is_read() -> None:
     spec = parse_labels(
         {
-            P + "min": "2", P + "max": "8", P + "target": "5", P + "type": "capacity",
-            P + "target-proportion": "0.7", P + "zero": "true", P + "zero-duration": "1h30m",
-            P + "down.window": "90s", "autoscaler.dev/keepalive": "adaptive",
+            P + "min": "2",
+            P + "max": "8",
+            P + "target": "5",
+            P + "type": "capacity",
+            P + "target-proportion": "0.7",
+            P + "zero": "true",
+            P + "zero-duration": "1h30m",
+            P + "down.window": "90s",
+            "autoscaler.dev/keepalive": "adaptive",
         }
     )
     assert spec == ScalingSpec(
-        min_replicas=2, max_replicas=8, target=5, type=ScaleType.CAPACITY, target_proportion=0.7,
-        zero=True, zero_duration=5400, down_window=90, keepalive=KeepAlive.ADAPTIVE,
+        min_replicas=2,
+        max_replicas=8,
+        target=5,
+        type=ScaleType.CAPACITY,
+        target_proportion=0.7,
+        zero=True,
+        zero_duration=5400,
+        down_window=90,
+        keepalive=KeepAlive.ADAPTIVE,
     )
 
 

@@ -86,7 +86,8 @@ class _Function:
     completed: _Counter
     started: _Counter
     cpu: _Counter
-    inflight: float
+    inflight: float | None  # None: no inflight series at all
+    has_cpu: bool
     code: str
 
 
@@ -95,6 +96,7 @@ class GatewayExporter:
 
     Every setter is thread-safe and takes effect at the next scrape. Rates are per second of real
     time; `cpu` is in cores (the counter is CPU seconds, so `rate(...) * 1000` reads millicores).
+    `inflight=None` or `cpu=None` leaves that series out, as when a source does not report it.
     """
 
     def __init__(
@@ -192,8 +194,8 @@ class GatewayExporter:
         *,
         rps: float = 0.0,
         started_rps: float | None = None,
-        inflight: float = 0.0,
-        cpu: float = 0.0,
+        inflight: float | None = 0.0,
+        cpu: float | None = 0.0,
         code: str = "200",
     ) -> None:
         """Add a function or replace its load. `started_rps` defaults to `rps`."""
@@ -205,8 +207,8 @@ class GatewayExporter:
         *,
         rps: float = 0.0,
         started_rps: float | None = None,
-        inflight: float = 0.0,
-        cpu: float = 0.0,
+        inflight: float | None = 0.0,
+        cpu: float | None = 0.0,
         code: str = "200",
     ) -> None:
         """Like `set_function` for many functions at once (one lock, so 10,000 is cheap)."""
@@ -222,12 +224,14 @@ class GatewayExporter:
                         started=_Counter(since=now),
                         cpu=_Counter(since=now),
                         inflight=0.0,
+                        has_cpu=True,
                         code=code,
                     )
                     self._functions[key] = fn
                 fn.completed.set_rate(rps, now)
                 fn.started.set_rate(started, now)
-                fn.cpu.set_rate(cpu, now)
+                fn.cpu.set_rate(cpu or 0.0, now)
+                fn.has_cpu = cpu is not None
                 fn.inflight = inflight
                 fn.code = code
 
@@ -239,16 +243,18 @@ class GatewayExporter:
             fn.completed.set_rate(rps, now)
             fn.started.set_rate(rps if started_rps is None else started_rps, now)
 
-    def set_inflight(self, key: str, value: float) -> None:
-        """Set one function's in-flight gauge (NaN and infinities are served as such)."""
+    def set_inflight(self, key: str, value: float | None) -> None:
+        """Set one function's in-flight gauge (NaN and infinities are served as such; None drops it)."""
         with self._lock:
             self._require(key).inflight = value
 
-    def set_cpu(self, key: str, cores: float) -> None:
-        """Set one function's CPU use in cores."""
+    def set_cpu(self, key: str, cores: float | None) -> None:
+        """Set one function's CPU use in cores (None drops its CPU series)."""
         now = self._clock()
         with self._lock:
-            self._require(key).cpu.set_rate(cores, now)
+            fn = self._require(key)
+            fn.cpu.set_rate(cores or 0.0, now)
+            fn.has_cpu = cores is not None
 
     def remove(self, key: str) -> None:
         """Drop every series of one function, as the gateway does when a function is deleted."""
@@ -286,10 +292,16 @@ class GatewayExporter:
             )
             total.append(_INFLIGHT_HEADER)
             total.extend(
-                f"gateway_function_invocation_inflight{{{f.label}}} {_number(f.inflight)}\n" for f in fns
+                f"gateway_function_invocation_inflight{{{f.label}}} {_number(f.inflight)}\n"
+                for f in fns
+                if f.inflight is not None
             )
             total.append(_CPU_HEADER)
-            total.extend(f"pod_cpu_usage_seconds_total{{{f.label}}} {_number(f.cpu.at(now))}\n" for f in fns)
+            total.extend(
+                f"pod_cpu_usage_seconds_total{{{f.label}}} {_number(f.cpu.at(now))}\n"
+                for f in fns
+                if f.has_cpu
+            )
         text = "".join(total)
         self.last_render_seconds = time.perf_counter() - started_at
         return text

@@ -25,9 +25,18 @@ class MemoryProvider:
         self.failing: set[str] = set()
         self._callbacks: list[Callable[[FunctionRef], None]] = []
 
-    def add(self, name: str, *, replicas: int = 1, labels: Mapping[str, str] | None = None, namespace: str = "openfaas-fn") -> FunctionRef:
+    def add(
+        self,
+        name: str,
+        *,
+        replicas: int = 1,
+        labels: Mapping[str, str] | None = None,
+        namespace: str = "openfaas-fn",
+    ) -> FunctionRef:
         ref = FunctionRef(name, namespace)
-        self.items[ref.key] = FunctionInfo(ref=ref, labels=dict(labels or {}), replicas=replicas, ready_replicas=replicas)
+        self.items[ref.key] = FunctionInfo(
+            ref=ref, labels=dict(labels or {}), replicas=replicas, ready_replicas=replicas
+        )
         return ref
 
     def replicas(self, key: str) -> int:
@@ -50,11 +59,17 @@ class MemoryProvider:
             raise ProviderError(f"scale {ref.key}: injected failure", status=500, retryable=True)
         info = self.items[ref.key]
         self.items[ref.key] = FunctionInfo(
-            ref=ref, labels=info.labels, replicas=replicas, ready_replicas=replicas, last_active=info.last_active
+            ref=ref,
+            labels=info.labels,
+            replicas=replicas,
+            ready_replicas=replicas,
+            last_active=info.last_active,
         )
         self.scaled.append((ref.key, replicas))
 
-    async def record_event(self, ref: FunctionRef, *, reason: str, message: str, warning: bool = False) -> None:
+    async def record_event(
+        self, ref: FunctionRef, *, reason: str, message: str, warning: bool = False
+    ) -> None:
         self.events.append((ref.key, reason, message, warning))
 
     async def mark_active(self, ref: FunctionRef, when: float) -> None:

@@ -1,0 +1,1 @@
+"""Reading load from a real Prometheus: values, "no data" and failures."""
