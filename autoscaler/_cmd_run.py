@@ -20,6 +20,7 @@ from autoscaler.cli import settings_overrides
 from autoscaler.config import ControllerSettings, MetricsSettings, ProviderSettings, build
 from autoscaler.controller import Controller
 from autoscaler.errors import ConfigError
+from autoscaler.interfaces import FunctionRef
 
 log = logging.getLogger("autoscaler.run")
 
@@ -40,7 +41,6 @@ async def serve(
         settings=controller_settings,
         may_patch=lambda: leader.is_leader if leader is not None else leading,
     )
-    provider.subscribe(lambda ref: None)
     started = asyncio.Event()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -98,7 +98,18 @@ async def serve(
             tasks.append(asyncio.create_task(leader.run(on_started, on_stopped)))
         else:
             controller.metrics.is_leader.set(1)
-        provider.subscribe(lambda ref: controller.poke(ref))
+        wakes: dict[str, float | None] = {}
+
+        def on_change(ref: FunctionRef) -> None:
+            # Only a new activity mark (a proxy woke or is serving the function) is worth an early tick;
+            # status churn and our own patches are not.
+            info = provider.get(ref)
+            mark = None if info is None else info.last_active
+            if mark is not None and wakes.get(ref.key) != mark:
+                controller.poke(ref)
+            wakes[ref.key] = mark
+
+        provider.subscribe(on_change)
         log.info(
             "control loop started",
             extra={

@@ -28,6 +28,7 @@ from policies.model import Decision, KeepAlive, Reason, ScalingSpec
 log = logging.getLogger("autoscaler.controller")
 
 _PATCH_CONCURRENCY = 16
+_MIN_SPACING = 0.1  # seconds between ticks at the least, however often the loop is poked
 
 
 @dataclass(slots=True)
@@ -95,6 +96,9 @@ class Controller:
             except Exception:  # the loop must outlive any single tick's failure
                 log.exception("tick failed; the next tick will retry")
                 self.metrics.errors_total.labels(kind="tick").inc()
+            elapsed = time.monotonic() - started
+            if elapsed < _MIN_SPACING:
+                await asyncio.sleep(_MIN_SPACING - elapsed)
             remaining = max(0.0, interval - (time.monotonic() - started))
             waiters = [asyncio.ensure_future(self._poked.wait()), asyncio.ensure_future(stop.wait())]
             try:

@@ -53,9 +53,11 @@ class ProxyLoadReader:
         loads: dict[str, Load] = {}
         for key, counters in current.items():
             samples = self._samples.setdefault(key, collections.deque([(self._since, 0.0)]))
-            if counters.completed_total < samples[-1][1]:  # the counters were reset: start over
+            if counters.completed_total < samples[-1][1]:
+                # A reset (as rate() treats it): the new count arrived since the previous read.
+                previous = samples[-1][0]
                 samples.clear()
-                samples.append((now, 0.0))
+                samples.append((previous, 0.0))
             samples.append((now, counters.completed_total))
             # Keep one sample at or before the window's start, so the rate spans the whole window.
             while len(samples) > 2 and samples[1][0] <= now - self._window:

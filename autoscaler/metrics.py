@@ -15,6 +15,7 @@ import asyncio
 import collections
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 
@@ -208,7 +209,9 @@ class PrometheusReader:
             ) as response:
                 return response.status, await response.read()
         except aiohttp.ClientConnectorError as e:
-            cause = e.os_error.strerror or str(e.os_error)
+            # asyncio words a refused connection "Connect call failed (...)"; the errno says it plainly.
+            errno = e.os_error.errno
+            cause = os.strerror(errno) if errno and errno > 0 else (e.os_error.strerror or str(e.os_error))
             raise QueryError(f"{where} unreachable: {cause}; check --prometheus-url") from e
         except TimeoutError as e:
             raise QueryError(

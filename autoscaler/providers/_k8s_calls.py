@@ -54,9 +54,8 @@ class RetryPolicy:
 
 def status_message(e: ApiException) -> str:
     """The `message` of the Status body the API server sent, else the HTTP reason."""
-    body = e.body
-    if isinstance(body, bytes | bytearray):
-        body = body.decode("utf-8", "replace")
+    raw: Any = e.body
+    body = raw.decode("utf-8", "replace") if isinstance(raw, bytes | bytearray) else raw
     if isinstance(body, str) and body:
         try:
             parsed = json.loads(body)
@@ -92,7 +91,9 @@ def wrap(e: BaseException, *, what: str) -> ProviderError:
         if status == 409:
             return ConflictError(text, status=status, retryable=True)
         if status in (401, 403):
-            text += " (check the service account's RBAC rules: see API_CALLS in autoscaler.providers.kubernetes)"
+            text += (
+                " (check the service account's RBAC rules: see API_CALLS in autoscaler.providers.kubernetes)"
+            )
         return ProviderError(text, status=status, retryable=status == 429 or status >= 500 or status == 0)
     if isinstance(e, TimeoutError):
         return ProviderError(f"{what}: timed out", retryable=True)
@@ -106,7 +107,6 @@ async def call(
     fn: Callable[[], Awaitable[T]],
     *,
     policy: RetryPolicy,
-    on_conflict: Callable[[], Awaitable[Any]] | None = None,
 ) -> T:
     """Run `fn` with retries; raise a ProviderError (subclass) once retrying cannot help."""
     for attempt in range(1, policy.attempts + 1):
@@ -124,8 +124,13 @@ async def call(
                 ) from e
             hint = retry_after(e)
             delay = policy.backoff(attempt) if hint is None else min(hint, policy.max_retry_after)
-            log.warning("%s failed (attempt %d/%d), retrying in %.2fs: %s", what, attempt, policy.attempts, delay, error)
-            if isinstance(error, ConflictError) and on_conflict is not None:
-                await on_conflict()
+            log.warning(
+                "%s failed (attempt %d/%d), retrying in %.2fs: %s",
+                what,
+                attempt,
+                policy.attempts,
+                delay,
+                error,
+            )
             await asyncio.sleep(delay)
     raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from kubernetes_asyncio.client import CoreV1Event, V1EventSource, V1ObjectMeta, V1ObjectReference
+
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionInfo, FunctionRef
 
 log = logging.getLogger(__name__)
@@ -109,25 +111,22 @@ def event_body(
     component: str,
     instance: str,
     now: float,
-) -> Obj:
+) -> CoreV1Event:
     """A new core/v1 Event about a function's Deployment (count 1)."""
-    involved: Obj = {"kind": "Deployment", "apiVersion": "apps/v1", "name": ref.name, "namespace": ref.namespace}
-    if uid:
-        involved["uid"] = uid
-    stamp = rfc3339(now)
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
+    stamp = datetime.fromtimestamp(now, UTC)
+    return CoreV1Event(
         # Named as client-go names them: object name plus a hex nanosecond timestamp.
-        "metadata": {"name": f"{ref.name}.{int(now * 1e9):x}", "namespace": ref.namespace},
-        "involvedObject": involved,
-        "reason": reason,
-        "message": message[:EVENT_MESSAGE_LIMIT],
-        "type": "Warning" if warning else "Normal",
-        "source": {"component": component},
-        "reportingComponent": component,
-        "reportingInstance": instance,
-        "count": 1,
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-    }
+        metadata=V1ObjectMeta(name=f"{ref.name}.{int(now * 1e9):x}", namespace=ref.namespace),
+        involved_object=V1ObjectReference(
+            kind="Deployment", api_version="apps/v1", name=ref.name, namespace=ref.namespace, uid=uid or None
+        ),
+        reason=reason,
+        message=message[:EVENT_MESSAGE_LIMIT],
+        type="Warning" if warning else "Normal",
+        source=V1EventSource(component=component),
+        reporting_component=component,
+        reporting_instance=instance,
+        count=1,
+        first_timestamp=stamp,
+        last_timestamp=stamp,
+    )

@@ -78,7 +78,11 @@ class Reflector:
             except ApiException as e:
                 if e.status == 410:
                     # The version we hold was compacted away: a fresh list is the only way back.
-                    log.info("watch of %s: resourceVersion %s expired, re-listing", self.what, self.resource_version)
+                    log.info(
+                        "watch of %s: resourceVersion %s expired, re-listing",
+                        self.what,
+                        self.resource_version,
+                    )
                     self.resource_version = None
                     continue
                 failures = await self._pause(failures + 1, e)
@@ -112,7 +116,9 @@ class Reflector:
             )
             async for event in stream:
                 if not isinstance(event, dict):
-                    raise ProviderError(f"watch of {self.what}: unexpected line in the stream: {str(event)[:200]!r}")
+                    raise ProviderError(
+                        f"watch of {self.what}: unexpected line in the stream: {str(event)[:200]!r}"
+                    )
                 raw: Obj = event["raw_object"]
                 version = (raw.get("metadata") or {}).get("resourceVersion")
                 delivered += 1

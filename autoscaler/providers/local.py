@@ -39,6 +39,7 @@ __all__ = ["MAX_REPLICAS", "LocalEvent", "LocalProvider", "ReplicaTiming", "Repl
 log = logging.getLogger("autoscaler.providers.local")
 
 MAX_REPLICAS = 100  # per function: a guard against a runaway loop forking the machine to death
+_EXIT_HOOK = False  # whether _kill_leftovers is registered (once per process)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,9 @@ class LocalProvider:
         if self._started:
             return
         self._started = True
-        atexit.register(_kill_leftovers)
+        global _EXIT_HOOK
+        if not _EXIT_HOOK:
+            _EXIT_HOOK = atexit.register(_kill_leftovers) is not None
         self._session = aiohttp.ClientSession()
         for spec in self._file.functions:
             ref = FunctionRef(name=spec.name, namespace=self._file.namespace)
@@ -173,6 +176,8 @@ class LocalProvider:
             )
         if fn.desired == 0 and replicas > 0:
             fn.cold_starts += 1
+            message = f"scaled from 0 to {replicas}: starting replica processes"
+            self._events.append(LocalEvent(time.time(), ref.key, "ColdStart", message))
         self._reconcile(fn, replicas)
 
     def _reconcile(self, fn: _Function, replicas: int) -> None:
@@ -231,7 +236,7 @@ class LocalProvider:
         if fn is not None and (fn.last_active is None or when > fn.last_active):
             fn.last_active = when
 
-    async def wait_ready(self, ref: FunctionRef, timeout: float) -> bool:  # noqa: ASYNC109 (the Provider API)
+    async def wait_ready(self, ref: FunctionRef, timeout: float) -> bool:
         fn = self._functions.get(ref.key)
         if fn is None:
             return False

@@ -94,7 +94,7 @@ def response_headers(src: CIMultiDict[str] | CIMultiDictProxy[str]) -> CIMultiDi
 class Forwarder:
     """Owns the shared client session; opens upstream requests and relays their responses."""
 
-    def __init__(self, *, upstream_timeout: float, max_connections_per_host: int = 1000) -> None:
+    def __init__(self, *, upstream_timeout: float, max_connections_per_host: int = 100) -> None:
         self._upstream_timeout = upstream_timeout
         self._max_per_host = max_connections_per_host
         self._session: aiohttp.ClientSession | None = None
@@ -128,8 +128,9 @@ class Forwarder:
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
             raise UpstreamConnectError(502, f"function {key} is unreachable at {url.origin()}: {e}") from e
         except TimeoutError as e:
+            limit = self._upstream_timeout
             raise UpstreamError(
-                504, f"function {key} did not answer within the upstream timeout ({self._upstream_timeout:g} s)"
+                504, f"function {key} did not answer within the upstream timeout ({limit:g} s)"
             ) from e
         except aiohttp.ClientError as e:
             raise UpstreamError(502, f"function {key} failed before answering: {e!r}") from e
@@ -151,7 +152,12 @@ class Forwarder:
         return await self._stream(request, upstream, headers, key=key)
 
     async def _stream(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], *, key: str
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        headers: CIMultiDict[str],
+        *,
+        key: str,
     ) -> web.StreamResponse:
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         reader = upstream.content

@@ -13,15 +13,14 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 
-from autoscaler.errors import AutoscalerError, NotFoundError, ProviderError
+from autoscaler.errors import AutoscalerError, NotFoundError, ProviderError, SpecError
 from autoscaler.interfaces import FunctionRef, Provider
 from autoscaler.proxy._metrics import FunctionStats
 from autoscaler.proxy._tasks import Background
-from policies.model import ScalingSpec
+from autoscaler.spec import parse_labels
 
 log = logging.getLogger("autoscaler.proxy")
 
-MIN_LABEL = "com.openfaas.scale.min"
 # While a function is busy, tell the provider at most this often (seconds of the injected clock).
 MARK_INTERVAL = 5.0
 
@@ -49,16 +48,12 @@ class FunctionState:
 
 
 def wake_replicas(labels: Mapping[str, str]) -> int:
-    """max(1, com.openfaas.scale.min): a bad label wakes the function with one replica."""
-    raw = labels.get(MIN_LABEL)
-    if raw is None:
-        return ScalingSpec().wake_replicas
+    """max(1, com.openfaas.scale.min); with invalid labels the function still wakes, with one replica."""
     try:
-        minimum = int(str(raw).strip())
-    except ValueError:
-        log.warning("label %s=%r is not a whole number; waking with 1 replica", MIN_LABEL, raw)
+        return parse_labels(labels).wake_replicas
+    except SpecError as e:
+        log.warning("waking with 1 replica: %s", e)
         return 1
-    return ScalingSpec(min_replicas=max(0, minimum)).wake_replicas
 
 
 class ColdStarts:
@@ -125,7 +120,8 @@ class ColdStarts:
             await self._provider.mark_active(ref, now)
             if info.replicas <= 0:
                 replicas = wake_replicas(info.labels)
-                log.info("waking %s: scaling 0 -> %d for %d held request(s)", ref.key, replicas, state.stats.held)
+                held = state.stats.held
+                log.info("waking %s: scaling 0 -> %d for %d held request(s)", ref.key, replicas, held)
                 await self._provider.scale(ref, replicas)
                 state.stats.wakeups += 1
                 state.woken_at = loop.time()

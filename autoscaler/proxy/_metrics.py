@@ -9,7 +9,7 @@ and `InvocationStats` snapshots feed the in-process load reader of the local mod
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -106,13 +106,14 @@ class FunctionStats:
 class StatsCollector(Collector):
     """Exports every function's FunctionStats under the gateway's and the add-on's metric names."""
 
-    def __init__(self, stats: Mapping[str, FunctionStats]) -> None:
+    def __init__(self, stats: Callable[[], Iterable[FunctionStats]]) -> None:
         self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
         name = ["function_name"]
         total = CounterMetricFamily(
-            "gateway_function_invocation", "Invocations answered, by function and status code.",
+            "gateway_function_invocation",
+            "Invocations answered, by function and status code.",
             labels=["function_name", "code"],
         )
         # The gateway exports this counter without the `_total` suffix; dashboards and the load
@@ -124,7 +125,8 @@ class StatsCollector(Collector):
             "gateway_function_invocation_inflight", "Invocations in flight (held ones included).", labels=name
         )
         seconds = HistogramMetricFamily(
-            "gateway_functions_seconds", "Invocation duration in seconds, by function and status code.",
+            "gateway_functions_seconds",
+            "Invocation duration in seconds, by function and status code.",
             labels=["function_name", "code"],
         )
         held = GaugeMetricFamily("autoscaler_held_requests", "Requests held for a cold start.", labels=name)
@@ -138,10 +140,12 @@ class StatsCollector(Collector):
             "autoscaler_hold_timeouts", "Held requests answered 504 after the hold timeout.", labels=name
         )
         rejected = CounterMetricFamily(
-            "autoscaler_hold_rejected", "Requests refused before holding (429 hold limit, 413 body size).",
+            "autoscaler_hold_rejected",
+            "Requests refused before holding (429 hold limit, 413 body size).",
             labels=["function_name", "reason"],
         )
-        for key, st in list(self._stats.items()):
+        for st in self._stats():
+            key = st.key
             started.add_metric([key], float(st.started))
             inflight.add_metric([key], float(st.inflight))
             held.add_metric([key], float(st.held))
@@ -158,5 +162,4 @@ class StatsCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         # Registration checks names against describe(); an empty pass of collect() gives them.
-        empty = StatsCollector({})
-        return empty.collect()
+        return StatsCollector(lambda: ()).collect()

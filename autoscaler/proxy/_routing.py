@@ -89,4 +89,4 @@ def check_path(path: str) -> None:
     if "/." in path:
         for part in path.split("/"):
             if part in (".", ".."):
-                raise RouteError(400, "invalid path: '.' and '..' segments are not allowed in function routes")
+                raise RouteError(400, "invalid path: '.' and '..' segments are not allowed in a route")

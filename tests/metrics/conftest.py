@@ -19,6 +19,7 @@ from aiohttp import web
 from autoscaler.config import MetricsSettings
 from tests.support.exporter import GatewayExporter
 from tests.support.prometheus import (  # noqa: F401 - fixtures re-exported for this directory
+    PrometheusFactory,
     PrometheusServer,
     module_prometheus_factory,
     prometheus_factory,
@@ -51,8 +52,9 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(module_prometheus_factory: Any) -> Iterator[Live]:
+def live(request: pytest.FixtureRequest) -> Iterator[Live]:
     """Exporter with known load scraped every second by a real Prometheus, rates settled."""
+    factory: PrometheusFactory = request.getfixturevalue("module_prometheus_factory")
     with GatewayExporter() as exporter:
         exporter.set_function(ECHO, rps=10.0, inflight=3, cpu=0.25)
         exporter.set_function(IDLE, rps=0.0, inflight=0, cpu=0.0)
@@ -61,9 +63,11 @@ def live(module_prometheus_factory: Any) -> Iterator[Live]:
         exporter.set_function(NO_CPU, rps=6.0, inflight=1, cpu=None)
         exporter.set_function(LEAVING, rps=1.0, inflight=1)
         exporter.set_functions(BULK, rps=1.0, inflight=0)
-        prometheus = module_prometheus_factory.start(targets=[exporter.target], scrape_interval=1.0)
+        prometheus = factory.start(targets=[exporter.target], scrape_interval=1.0)
         asyncio.run(
-            prometheus.wait_for_rates({ECHO: 10.0, NO_CPU: 6.0, IDLE: 0.0}, window=RATE_WINDOW, tolerance=0.05)
+            prometheus.wait_for_rates(
+                {ECHO: 10.0, NO_CPU: 6.0, IDLE: 0.0}, window=RATE_WINDOW, tolerance=0.05
+            )
         )
         yield Live(exporter=exporter, prometheus=prometheus)
 

@@ -94,7 +94,9 @@ def parse_selector(text: str | None) -> list[tuple[str, str, str | None]]:
             continue
         match = _SELECTOR_TERM.match(part)
         if match is None:
-            raise ApiError(400, f"unable to parse requirement: {part!r} (this fake supports =, ==, !=, key, !key)")
+            raise ApiError(
+                400, f"unable to parse requirement: {part!r} (this fake supports =, ==, !=, key, !key)"
+            )
         negate, key, op, value = match.groups()
         if negate:
             terms.append(("!", key, None))
@@ -181,7 +183,9 @@ class Store:
             raise ApiError(404, f'{kind.plural}.{kind.group or "core"} "{name}" not found')
         return obj
 
-    def list(self, kind: Kind, namespace: str | None, selector: list[tuple[str, str, str | None]]) -> list[Obj]:
+    def list(
+        self, kind: Kind, namespace: str | None, selector: list[tuple[str, str, str | None]]
+    ) -> list[Obj]:
         return [
             copy.deepcopy(obj)
             for (k, ns, _), obj in sorted(self.objects.items(), key=lambda item: item[0][1:])
@@ -193,7 +197,9 @@ class Store:
         meta = obj.setdefault("metadata", {})
         if not meta.get("name"):
             if not meta.get("generateName"):
-                raise ApiError(422, f"{kind.kind}: metadata.name: Required value: name or generateName is required")
+                raise ApiError(
+                    422, f"{kind.kind}: metadata.name: Required value: name or generateName is required"
+                )
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         if (kind, namespace, meta["name"]) in self.objects:
             raise ApiError(409, f'{kind.plural} "{meta["name"]}" already exists', reason="AlreadyExists")

@@ -26,25 +26,38 @@ from typing import Any
 from aiohttp import web
 from kubernetes_asyncio.client import Configuration
 
+from tests.support._apiserver_cluster import (
+    DEPLOYMENTS,
+    ENDPOINT_SLICES,
+    EVENTS,
+    EVENTS_V1,
+    KINDS,
+    LEASES,
+    SERVICE_NAME_LABEL,
+    Cluster,
+)
 from tests.support._apiserver_store import (
     ApiError,
     Change,
     Kind,
     Obj,
-    Store,
     Watcher,
     merge_patch,
     parse_selector,
     status_body,
 )
 
-DEPLOYMENTS = Kind("apps", "v1", "deployments", "Deployment")
-ENDPOINT_SLICES = Kind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
-EVENTS = Kind("", "v1", "events", "Event")
-EVENTS_V1 = Kind("events.k8s.io", "v1", "events", "Event")
-LEASES = Kind("coordination.k8s.io", "v1", "leases", "Lease")
-KINDS = (DEPLOYMENTS, ENDPOINT_SLICES, EVENTS, EVENTS_V1, LEASES)
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+__all__ = [
+    "DEPLOYMENTS",
+    "ENDPOINT_SLICES",
+    "EVENTS",
+    "EVENTS_V1",
+    "LEASES",
+    "SERVICE_NAME_LABEL",
+    "FakeApiServer",
+    "Kind",
+    "status_body",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -70,13 +83,6 @@ class Fault:
 
 
 @dataclass(frozen=True, slots=True)
-class Backend:
-    host: str
-    port: int
-    ready_delay: float
-
-
-@dataclass(frozen=True, slots=True)
 class Request:
     method: str
     path: str
@@ -90,22 +96,22 @@ def _flag(value: str | None) -> bool:
 
 
 def _json(body: Obj, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, text=json.dumps(body), content_type="application/json", headers=headers)
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/json", headers=headers
+    )
 
 
 def _error(e: ApiError) -> web.Response:
     return _json(status_body(e.code, str(e), reason=e.reason), status=e.code)
 
 
-class FakeApiServer:
+class FakeApiServer(Cluster):
     """Start with `async with FakeApiServer() as api:`; point the client at `api.configuration()`."""
 
     def __init__(self) -> None:
-        self.store = Store()
+        super().__init__()
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
-        self._backends: dict[tuple[str, str], Backend] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -116,7 +122,9 @@ class FakeApiServer:
             app.router.add_route("GET", f"{kind.prefix}/{kind.plural}", self._bind(self._collection, kind))
             app.router.add_route("*", base, self._bind(self._collection, kind))
             app.router.add_route("*", base + "/{name}", self._bind(self._item, kind))
-        app.router.add_route("*", DEPLOYMENTS.prefix + "/namespaces/{namespace}/deployments/{name}/scale", self._scale)
+        app.router.add_route(
+            "*", DEPLOYMENTS.prefix + "/namespaces/{namespace}/deployments/{name}/scale", self._scale
+        )
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -149,7 +157,10 @@ class FakeApiServer:
                     "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
                     "users": [{"name": "tester", "user": {"token": "test-token"}}],
                     "contexts": [
-                        {"name": "fake", "context": {"cluster": "fake", "user": "tester", "namespace": namespace}}
+                        {
+                            "name": "fake",
+                            "context": {"cluster": "fake", "user": "tester", "namespace": namespace},
+                        }
                     ],
                     "current-context": "fake",
                 }
@@ -170,9 +181,13 @@ class FakeApiServer:
         watch: bool | None = None,
     ) -> None:
         """Answer the next `times` requests matching method and path regex with a `status` Status."""
-        self.faults.append(Fault(method, re.compile(path), watch, times, status=status, retry_after=retry_after))
+        self.faults.append(
+            Fault(method, re.compile(path), watch, times, status=status, retry_after=retry_after)
+        )
 
-    def delay(self, method: str | None, path: str, *, seconds: float, times: int = 1, watch: bool | None = None) -> None:
+    def delay(
+        self, method: str | None, path: str, *, seconds: float, times: int = 1, watch: bool | None = None
+    ) -> None:
         """Hold the next `times` matching requests for `seconds` before answering them normally."""
         self.faults.append(Fault(method, re.compile(path), watch, times, delay=seconds))
 
@@ -198,166 +213,6 @@ class FakeApiServer:
     @property
     def open_watches(self) -> int:
         return len(self.store.watchers)
-
-    # ----- test-side object helpers ---------------------------------------------------------
-
-    def add_deployment(
-        self,
-        name: str,
-        *,
-        namespace: str = "openfaas-fn",
-        labels: dict[str, str] | None = None,
-        annotations: dict[str, str] | None = None,
-        replicas: int = 1,
-        ready_replicas: int | None = None,
-    ) -> Obj:
-        body: Obj = {
-            "metadata": {"name": name, "labels": dict(labels or {}), "annotations": dict(annotations or {})},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"faas_function": name}},
-                "template": {
-                    "metadata": {"labels": {"faas_function": name}},
-                    "spec": {"containers": [{"name": name, "image": f"example.com/{name}:latest"}]},
-                },
-            },
-        }
-        if ready_replicas is not None:
-            body["status"] = {"readyReplicas": ready_replicas}
-        return self._create_deployment(namespace, body, explicit_ready=ready_replicas is not None)
-
-    def update_deployment(
-        self,
-        name: str,
-        *,
-        namespace: str = "openfaas-fn",
-        labels: dict[str, str | None] | None = None,
-        annotations: dict[str, str | None] | None = None,
-        replicas: int | None = None,
-        ready_replicas: int | None = None,
-    ) -> Obj:
-        """Merge labels/annotations (None removes a key) and set replicas, as `kubectl` would."""
-        patch: Obj = {"metadata": {"labels": labels or {}, "annotations": annotations or {}}}
-        if replicas is not None:
-            patch["spec"] = {"replicas": replicas}
-        old = self.store.get(DEPLOYMENTS, namespace, name)
-        new = merge_patch(old, patch)
-        if ready_replicas is not None:
-            new["status"] = dict(new.get("status") or {}, readyReplicas=ready_replicas)
-        return self._save_deployment(new, old, explicit_ready=ready_replicas is not None)
-
-    def delete_deployment(self, name: str, *, namespace: str = "openfaas-fn") -> None:
-        self.store.delete(DEPLOYMENTS, namespace, name)
-
-    def deployment(self, name: str, *, namespace: str = "openfaas-fn") -> Obj:
-        return copy.deepcopy(self.store.get(DEPLOYMENTS, namespace, name))
-
-    def replicas(self, name: str, *, namespace: str = "openfaas-fn") -> int:
-        return int(self.store.get(DEPLOYMENTS, namespace, name)["spec"].get("replicas", 1))
-
-    def objects(self, kind: Kind, *, namespace: str | None = None) -> list[Obj]:
-        return self.store.list(kind, namespace, [])
-
-    def events(self, *, namespace: str | None = None) -> list[Obj]:
-        """Events written so far (core/v1 and events.k8s.io/v1), oldest first."""
-        found = self.objects(EVENTS, namespace=namespace) + self.objects(EVENTS_V1, namespace=namespace)
-        return sorted(found, key=lambda e: int(e["metadata"]["resourceVersion"]))
-
-    def set_backend(
-        self, name: str, *, namespace: str = "openfaas-fn", host: str, port: int, ready_delay: float = 0.0
-    ) -> None:
-        """Simulate pods at host:port: once scaled up, after `ready_delay` the Deployment reports
-        ready replicas and the function's EndpointSlice lists ready endpoints; at zero it empties."""
-        self._backends[(namespace, name)] = backend = Backend(host, port, ready_delay)
-        deployment = self.store.get(DEPLOYMENTS, namespace, name)
-        ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
-        self.set_endpoints(name, namespace=namespace, port=port, endpoints=[(backend.host, True)] * ready)
-
-    def set_endpoints(
-        self, service: str, *, namespace: str = "openfaas-fn", port: int, endpoints: list[tuple[str, bool]]
-    ) -> Obj:
-        """Create or replace the Service's EndpointSlice with (address, ready) endpoints."""
-        body: Obj = {
-            "metadata": {
-                "name": f"{service}-ep",
-                "namespace": namespace,
-                "labels": {SERVICE_NAME_LABEL: service},
-            },
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-            "endpoints": [
-                {
-                    "addresses": [address],
-                    "conditions": {"ready": ready, "serving": ready, "terminating": False},
-                    "targetRef": {"kind": "Pod", "name": f"{service}-pod-{i}", "namespace": namespace},
-                }
-                for i, (address, ready) in enumerate(endpoints)
-            ],
-        }
-        try:
-            old = self.store.get(ENDPOINT_SLICES, namespace, body["metadata"]["name"])
-        except ApiError:
-            return self.store.create(ENDPOINT_SLICES, namespace, body)
-        new = copy.deepcopy(old) | {k: v for k, v in body.items() if k != "metadata"}
-        return self.store.commit(ENDPOINT_SLICES, new, old=old)
-
-    # ----- Deployment behaviour: generation, status, simulated readiness ---------------------
-
-    def _prepare_deployment(self, new: Obj, old: Obj | None, *, namespace: str, explicit_ready: bool) -> bool:
-        """Bump generation and fill status as the Deployment controller would; True when replicas changed."""
-        meta, spec = new.setdefault("metadata", {}), new.setdefault("spec", {})
-        replicas = int(spec.setdefault("replicas", 1))
-        old_replicas = None if old is None else int(old["spec"].get("replicas", 1))
-        if old is not None and old.get("spec") != spec:
-            meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
-        status = new["status"] = dict(new.get("status") or {})
-        status.update(replicas=replicas, observedGeneration=meta.get("generation", 1))
-        changed = replicas != old_replicas and not explicit_ready
-        if changed:
-            # Without a simulated backend pods are ready at once; with one they become ready later.
-            simulated = (namespace, meta["name"]) in self._backends
-            ready = int(status.get("readyReplicas") or 0)
-            status["readyReplicas"] = min(ready, replicas) if simulated else replicas
-        status["availableReplicas"] = status.get("readyReplicas", 0)
-        return changed
-
-    def _after_deployment(self, saved: Obj, *, changed: bool) -> Obj:
-        namespace, name = saved["metadata"]["namespace"], saved["metadata"]["name"]
-        backend = self._backends.get((namespace, name))
-        if backend is not None and changed:
-            if saved["spec"]["replicas"] == 0:
-                self.set_endpoints(name, namespace=namespace, port=backend.port, endpoints=[])
-            else:
-                task = asyncio.get_running_loop().create_task(self._become_ready(namespace, name, backend))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        return saved
-
-    def _create_deployment(self, namespace: str, body: Obj, *, explicit_ready: bool = False) -> Obj:
-        body.setdefault("metadata", {})
-        if not body["metadata"].get("name"):
-            raise ApiError(422, "Deployment: metadata.name: Required value")
-        changed = self._prepare_deployment(body, None, namespace=namespace, explicit_ready=explicit_ready)
-        return self._after_deployment(self.store.create(DEPLOYMENTS, namespace, body), changed=changed)
-
-    def _save_deployment(self, new: Obj, old: Obj, *, explicit_ready: bool = False) -> Obj:
-        namespace = old["metadata"]["namespace"]
-        changed = self._prepare_deployment(new, old, namespace=namespace, explicit_ready=explicit_ready)
-        return self._after_deployment(self.store.commit(DEPLOYMENTS, new, old=old), changed=changed)
-
-    async def _become_ready(self, namespace: str, name: str, backend: Backend) -> None:
-        await asyncio.sleep(backend.ready_delay)
-        try:
-            old = self.store.get(DEPLOYMENTS, namespace, name)
-        except ApiError:
-            return
-        replicas = int(old["spec"].get("replicas", 1))
-        if replicas == 0:
-            return
-        new = copy.deepcopy(old)
-        new["status"].update(readyReplicas=replicas, availableReplicas=replicas)
-        self.store.commit(DEPLOYMENTS, new, old=old)
-        self.set_endpoints(name, namespace=namespace, port=backend.port, endpoints=[(backend.host, True)] * replicas)
 
     # ----- HTTP ------------------------------------------------------------------------------
 
@@ -419,7 +274,11 @@ class FakeApiServer:
         )
 
     async def _watch(
-        self, kind: Kind, namespace: str | None, selector: list[tuple[str, str, str | None]], request: web.Request
+        self,
+        kind: Kind,
+        namespace: str | None,
+        selector: list[tuple[str, str, str | None]],
+        request: web.Request,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
@@ -463,8 +322,14 @@ class FakeApiServer:
                     await send(type_, item.obj)
                     sent = item.rv
             if _flag(request.query.get("allowWatchBookmarks")):
-                await send("BOOKMARK", {"kind": kind.kind, "apiVersion": kind.api_version,
-                                        "metadata": {"resourceVersion": str(self.store.rv)}})
+                await send(
+                    "BOOKMARK",
+                    {
+                        "kind": kind.kind,
+                        "apiVersion": kind.api_version,
+                        "metadata": {"resourceVersion": str(self.store.rv)},
+                    },
+                )
             with contextlib.suppress(ConnectionError):
                 await response.write_eof()
         except ConnectionError:
@@ -532,7 +397,9 @@ class FakeApiServer:
                 scale = self._apply_patch(self._scale_of(old), body, request.content_type)
             replicas = (scale.get("spec") or {}).get("replicas")
             if not isinstance(replicas, int) or replicas < 0:
-                raise ApiError(422, f"Scale.spec.replicas: Invalid value: {replicas!r}: must be an integer >= 0")
+                raise ApiError(
+                    422, f"Scale.spec.replicas: Invalid value: {replicas!r}: must be an integer >= 0"
+                )
             new = copy.deepcopy(old)
             new["spec"]["replicas"] = replicas
             old = self.store.get(DEPLOYMENTS, namespace, name)
@@ -548,7 +415,9 @@ class FakeApiServer:
         return {
             "kind": "Scale",
             "apiVersion": "autoscaling/v1",
-            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")},
+            "metadata": {
+                k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+            },
             "spec": {"replicas": deployment["spec"].get("replicas", 1)},
             "status": {
                 "replicas": (deployment.get("status") or {}).get("replicas", 0),

@@ -42,8 +42,12 @@ Series = dict[str, float]  # query result keyed by function_name (or by the rend
 
 
 def find_binary() -> str | None:
-    """Path of the Prometheus server binary, or None when it is not installed."""
-    candidates = [os.environ.get("PROMETHEUS_BIN"), shutil.which("prometheus"), "/usr/bin/prometheus"]
+    """Path of the Prometheus server binary, or None when it is not installed.
+
+    `$PROMETHEUS_BIN`, when set, is the only candidate (an explicit choice is never second-guessed).
+    """
+    explicit = os.environ.get("PROMETHEUS_BIN")
+    candidates = [explicit] if explicit else [shutil.which("prometheus"), "/usr/bin/prometheus"]
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
@@ -204,7 +208,7 @@ class PrometheusServer:
         query: str,
         predicate: Callable[[Series], bool],
         *,
-        timeout: float = 15.0,  # noqa: ASYNC109 - bounds a poll loop; the failure names the last answer
+        timeout: float = 15.0,
     ) -> Series:
         """Poll `query` until `predicate(result)` holds; returns that result or fails naming the last one."""
         deadline = time.monotonic() + timeout
@@ -228,7 +232,7 @@ class PrometheusServer:
         *,
         window: str = "5s",
         tolerance: float = 0.1,
-        timeout: float = 20.0,  # noqa: ASYNC109 - bounds a poll loop; the failure names the last answer
+        timeout: float = 20.0,
     ) -> Series:
         """Wait until `rate()` of the gateway counter over `window` is within `tolerance` (relative,
         or absolute near 0) of `expected[key]` for every key: rate() needs a full window of scrapes

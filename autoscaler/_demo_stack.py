@@ -1,0 +1,153 @@
+"""The whole product on one machine: local provider, wake-up proxy and control loop in one process.
+
+`autoscaler demo` runs this stack under a scripted load, `autoscaler demo --serve` runs it until
+Ctrl-C. Load comes straight from the proxy's counters (no Prometheus to install) unless a Prometheus
+URL is given, and shutdown goes in the order that loses nothing: stop deciding, drain the proxy, then
+drain the replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from autoscaler.config import ControllerSettings, MetricsSettings, ProxySettings
+from autoscaler.controller import Controller
+from autoscaler.functionsfile import FunctionsFile
+from autoscaler.inprocess import ProxyLoadReader
+from autoscaler.interfaces import FunctionRef, LoadReader
+from autoscaler.metrics import PrometheusReader
+from autoscaler.providers.local import LocalProvider
+from autoscaler.proxy import Proxy
+from autoscaler.spec import ZERO, ZERO_DURATION, format_duration, parse_labels
+
+log = logging.getLogger("autoscaler.demo")
+
+
+@dataclass(frozen=True, slots=True)
+class StackSettings:
+    """The knobs of a local stack; the demo shortens the clocks so a run fits in a minute."""
+
+    port: int = 0  # proxy port; 0 picks a free one
+    admin_port: int = 0  # the proxy's /metrics and health port; 0 picks a free one
+    prometheus_url: str | None = None  # unset: load straight from the proxy's counters
+    interval: float = 0.5  # seconds between ticks
+    rate_window: float = 3.0  # seconds of the in-process rps window
+    hold_timeout: float = 30.0
+    drain_grace: float = 5.0
+
+
+def shorten_zero_durations(functions: FunctionsFile, *, seconds: float) -> tuple[FunctionsFile, list[str]]:
+    """Set the zero-duration of every `zero=true` function to `seconds`; returns notes saying so."""
+    notes = []
+    changed = []
+    for fn in functions.functions:
+        if fn.labels.get(ZERO, "false").strip().lower() == "true":
+            before = format_duration(parse_labels(fn.labels).zero_duration)
+            after = format_duration(seconds)
+            notes.append(f"{fn.name}: zero-duration shortened from {before} to {after} for the demo")
+            fn = dataclasses.replace(fn, labels={**fn.labels, ZERO_DURATION: after})
+        changed.append(fn)
+    return dataclasses.replace(functions, functions=tuple(changed)), notes
+
+
+class LocalStack:
+    """Provider + proxy + loop on loopback, started and stopped as one."""
+
+    def __init__(self, *, functions: FunctionsFile, settings: StackSettings) -> None:
+        self.functions = functions
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.provider = LocalProvider(functions=functions)
+        self.proxy = Proxy(
+            settings=ProxySettings(
+                host="127.0.0.1",
+                port=settings.port,
+                admin_port=settings.admin_port,
+                default_namespace=functions.namespace,
+                hold_timeout=settings.hold_timeout,
+                shutdown_grace=settings.drain_grace,
+            ),
+            provider=self.provider,
+            registry=self.registry,
+            on_wake=self._poke,
+        )
+        self.reader: LoadReader
+        if settings.prometheus_url:
+            self.reader = PrometheusReader(
+                settings=MetricsSettings(prometheus_url=settings.prometheus_url), registry=self.registry
+            )
+        else:
+            self.reader = ProxyLoadReader(
+                stats=self.proxy.invocation_stats,
+                window=settings.rate_window,
+                known=lambda: self.provider.functions().keys(),
+            )
+        self.controller = Controller(
+            provider=self.provider,
+            reader=self.reader,
+            settings=ControllerSettings(interval=settings.interval, admin_host="127.0.0.1", admin_port=0),
+            registry=self.registry,
+            busy=self.proxy.busy,
+        )
+        self.refs = [FunctionRef(fn.name, functions.namespace) for fn in functions.functions]
+        self._stop = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def _poke(self, ref: FunctionRef) -> None:
+        self.controller.poke(ref)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy.port}"
+
+    async def start(self, *, ready_timeout: float = 30.0) -> None:
+        """Start replicas and the proxy; return once every function with replicas has a ready one."""
+        await self.proxy.start()  # first: a port in use fails fast, before any replica starts
+        await self.provider.start()
+        self.provider.subscribe(self._poke)
+        waiting = [
+            ref for ref in self.refs if (info := self.provider.get(ref)) is not None and info.replicas > 0
+        ]
+        ready = await asyncio.gather(*(self.provider.wait_ready(ref, ready_timeout) for ref in waiting))
+        for ref, ok in zip(waiting, ready, strict=True):
+            if not ok:
+                log.warning(
+                    "%s has no ready replica after %.0fs; the proxy will hold its requests",
+                    ref.key,
+                    ready_timeout,
+                )
+        self._loop_task = asyncio.create_task(self._run_loop(), name="control loop")
+
+    async def _run_loop(self) -> None:
+        try:
+            await self.controller.run(stop=self._stop)
+        except Exception:
+            log.exception("the control loop crashed; replicas stay as they are")
+            raise
+
+    def sample(self, key: str, name: str) -> float:
+        """A sample of the proxy's metrics for one function (0 when it has none yet)."""
+        value = self.registry.get_sample_value(name, {"function_name": key})
+        return value or 0.0
+
+    async def close(self) -> None:
+        """Stop deciding, drain the proxy, drain and stop every replica; safe to call twice."""
+        self._stop.set()
+        if self._loop_task is not None:
+            with contextlib.suppress(Exception):
+                await self._loop_task
+            self._loop_task = None
+        with contextlib.suppress(Exception):
+            await self.proxy.drain(grace=self.settings.drain_grace)
+        try:
+            await self.provider.close()
+        finally:
+            await self.proxy.stop()
+            await self.controller.close()
+            await self.reader.close()

@@ -1,0 +1,152 @@
+"""Each policy wired to the view of a function it would have in production.
+
+The project's policies (`openfaas`, `fixed-10m`, `adaptive`) run through `policies.engine.decide`,
+the loop's own decision, reading Prometheus. Knative's KPA reads windowed concurrency; KEDA with
+the HPA reads the same Prometheus rate as the loop. Each driver also names the ticks at which its
+policy's inputs change, so the engine can skip the rest without changing a single decision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from autoscaler._sim_views import ConcurrencyView, PrometheusView
+from autoscaler.errors import ConfigError
+from policies.baselines import KedaHpa, KnativeKPA
+from policies.engine import ZERO_GRACE, FunctionState, KeepAlivePolicy, decide
+from policies.model import KeepAlive, Load, ScaleType, ScalingSpec
+
+Floats = npt.NDArray[np.float64]
+
+
+def desired_replicas_array(spec: ScalingSpec, load: Floats) -> npt.NDArray[np.int64]:
+    """`policies.replicas.desired_replicas` for a whole array of loads (tested to agree with it)."""
+    per_replica = spec.target * spec.target_proportion
+    raw = np.where(load <= 0, 0, np.ceil(load / per_replica - 1e-9))
+    return np.clip(raw, max(spec.min_replicas, 1), spec.max_replicas).astype(np.int64)
+
+
+def _first_ticks(changed_scrapes: npt.NDArray[np.int64], *, scrape: float, tick: float) -> Floats:
+    return np.ceil(changed_scrapes * scrape / tick - 1e-9) * tick
+
+
+def _changes(*keys: npt.NDArray[np.generic]) -> npt.NDArray[np.int64]:
+    """Indices where any key differs from the one before (index 0 always counts)."""
+    changed = np.zeros(keys[0].size, dtype=bool)
+    changed[0] = True
+    for key in keys:
+        changed[1:] |= key[1:] != key[:-1]
+    return np.flatnonzero(changed)
+
+
+class DecideDriver:
+    """`policies.engine.decide` on Prometheus's view of a function, as the control loop runs it."""
+
+    def __init__(
+        self, *, spec: ScalingSpec, view: PrometheusView, tick: float, keepalive: KeepAlivePolicy | None = None
+    ) -> None:
+        if spec.type is ScaleType.CPU:
+            raise ConfigError("the simulator has no CPU model: use a policy with scale type rps or capacity")
+        self.spec, self.view, self.tick = spec, view, tick
+        self.state = FunctionState(keepalive=keepalive if spec.keepalive is KeepAlive.ADAPTIVE else None)
+        self._rps = view.rps.tolist()
+        self._inflight = view.inflight.astype(np.float64).tolist()
+        self._started = view.started.astype(np.float64).tolist()
+
+    def candidates(self) -> Floats:
+        view, scrape = self.view, self.view.scrape_interval
+        value = view.rps if self.spec.type is ScaleType.RPS else view.inflight.astype(np.float64)
+        busy = view.inflight > 0
+        changed = _changes(view.started, busy, desired_replicas_array(self.spec, value))
+        first = _first_ticks(changed, scrape=scrape, tick=self.tick)
+        # In-flight requests are activity at every tick that sees them: the last such tick sets the
+        # idle timer, so it is evaluated too.
+        held = np.flatnonzero(busy)
+        last = (np.ceil((held + 1) * scrape / self.tick - 1e-9) - 1) * self.tick
+        last = last[last >= _first_ticks(held, scrape=scrape, tick=self.tick)]
+        return np.unique(np.concatenate([first, last]))
+
+    def evaluate(self, *, now: float, current: int, ready: int, busy: bool, last_wake: float | None) -> int:
+        j = self.view.index(now)
+        load = Load(rps=self._rps[j], inflight=self._inflight[j], started_total=self._started[j])
+        return decide(
+            spec=self.spec, load=load, current=current, state=self.state, now=now, busy=busy, last_wake=last_wake
+        ).desired
+
+    def next_wakeup(self, *, now: float) -> float | None:
+        spec, state = self.spec, self.state
+        times: list[float] = []
+        if spec.down_window > 0 and state.recommendations:
+            times.append(now + self.tick)  # a down window remembers every tick: evaluate them all
+        if spec.zero and state.last_active is not None:
+            prewarm, keep = 0.0, spec.zero_duration
+            if spec.keepalive is KeepAlive.ADAPTIVE and state.keepalive is not None:
+                prewarm, keep = state.keepalive.windows(now=now)
+            for offset in (ZERO_GRACE, prewarm, prewarm + keep):
+                when = state.last_active + offset
+                if when > now - 1e-6:  # a timer due in this very tick may trip on the next one
+                    times.append(when)
+        return min(times) if times else None
+
+    def on_wake(self, *, now: float) -> None:
+        """The proxy's activity mark reaches `decide` as `last_wake`."""
+
+
+class KpaDriver:
+    """Knative's KPA on windowed concurrency, ticking every 2 s like its decider."""
+
+    def __init__(self, *, kpa: KnativeKPA, view: ConcurrencyView, end: float) -> None:
+        self.kpa, self.view, self.end = kpa, view, end
+        self.tick = kpa.config.tick
+
+    def candidates(self) -> Floats:
+        cfg = self.kpa.config
+        ticks = self.view.busy_ticks(tick=self.tick, reach=cfg.stable_window, end=self.end)
+        if ticks.size == 0:
+            return ticks
+        stable = self.kpa.pod_counts(self.view.average(ticks, cfg.stable_window))
+        panic = self.kpa.pod_counts(self.view.average(ticks, cfg.panic_window))
+        gap = np.concatenate([[True], np.diff(ticks) > self.tick * 1.5])  # after a gap both were 0
+        changed = np.zeros(ticks.size, dtype=bool)
+        changed[1:] = (stable[1:] != stable[:-1]) | (panic[1:] != panic[:-1])
+        changed |= gap & ((stable > 0) | (panic > 0))
+        changed[0] = True
+        return ticks[changed]
+
+    def evaluate(self, *, now: float, current: int, ready: int, busy: bool, last_wake: float | None) -> int:
+        cfg = self.kpa.config
+        at = np.array([now])
+        stable = float(self.view.average(at, cfg.stable_window)[0])
+        panic = float(self.view.average(at, cfg.panic_window)[0])
+        return self.kpa.decide(
+            now=now, stable_concurrency=stable, panic_concurrency=panic, ready=ready, current=current
+        )
+
+    def next_wakeup(self, *, now: float) -> float | None:
+        return self.kpa.next_wakeup(now=now)
+
+    def on_wake(self, *, now: float) -> None:
+        self.kpa.on_wake(now=now)
+
+
+class HpaDriver:
+    """KEDA + HPA on Prometheus's request rate, at the HPA's 15 s sync period."""
+
+    def __init__(self, *, hpa: KedaHpa, view: PrometheusView) -> None:
+        self.hpa, self.view = hpa, view
+        self.tick = hpa.config.sync_period
+        self._rps = view.rps.tolist()
+
+    def candidates(self) -> Floats:
+        changed = _changes(self.view.rps)
+        return np.unique(_first_ticks(changed, scrape=self.view.scrape_interval, tick=self.tick))
+
+    def evaluate(self, *, now: float, current: int, ready: int, busy: bool, last_wake: float | None) -> int:
+        return self.hpa.decide(now=now, metric=self._rps[self.view.index(now)], current=current)
+
+    def next_wakeup(self, *, now: float) -> float | None:
+        return self.hpa.next_wakeup(now=now)
+
+    def on_wake(self, *, now: float) -> None:
+        self.hpa.on_wake(now=now)

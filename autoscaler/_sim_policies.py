@@ -1,0 +1,160 @@
+"""The policies the simulator compares, and the replay of one function through each of them.
+
+The project's three policies are built from labels by `autoscaler.spec.parse_labels`, exactly as
+the loop builds a function's spec, and decided by `policies.engine.decide`; the peers come from
+`policies.baselines`. Everything a policy needs about a function (arrivals, Prometheus's view,
+Knative's concurrency windows) is computed once per function and shared by all policies.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from autoscaler._sim_account import account, concurrency
+from autoscaler._sim_drivers import DecideDriver, HpaDriver, KpaDriver
+from autoscaler._sim_engine import Driver, run
+from autoscaler._sim_trace import TraceFunction, spread_arrivals
+from autoscaler._sim_views import ConcurrencyView, PrometheusView, concurrency_view, prometheus_view
+from autoscaler.spec import KEEPALIVE, ZERO, ZERO_DURATION, parse_labels
+from policies.adaptive import HybridHistogram
+from policies.baselines import KedaHpa, KnativeKPA
+from policies.model import ScalingSpec
+
+# The project's policies as labels on a function (OpenFaaS Pro defaults for everything not given:
+# type rps, target 50, target-proportion 0.90, min 1, max 20, zero-duration 15m; see
+# docs.openfaas.com/architecture/autoscaling).
+PROJECT_LABELS: dict[str, dict[str, str]] = {
+    # The adaptive keep-alive, falling back to the same 10-minute window as fixed-10m.
+    "adaptive": {ZERO: "true", ZERO_DURATION: "10m", KEEPALIVE: "adaptive"},
+    # Keep warm 10 minutes after the last call: the fixed keep-alive baseline of Shahrad et al.
+    "fixed-10m": {ZERO: "true", ZERO_DURATION: "10m"},
+    # OpenFaaS Pro with scale to zero switched on and every other default: zero after 15 m idle.
+    "openfaas": {ZERO: "true"},
+}
+POLICY_NAMES = ("adaptive", "fixed-10m", "openfaas", "knative", "keda-hpa")
+DESCRIPTIONS = {
+    "adaptive": "policies.engine.decide + policies.adaptive.HybridHistogram (labels "
+    + ", ".join(f"{k}={v}" for k, v in PROJECT_LABELS["adaptive"].items())
+    + ")",
+    "fixed-10m": "policies.engine.decide, fixed keep-alive 10 m (labels "
+    + ", ".join(f"{k}={v}" for k, v in PROJECT_LABELS["fixed-10m"].items())
+    + ")",
+    "openfaas": "policies.engine.decide with OpenFaaS Pro defaults: rps, target 50, proportion 0.9, zero after 15 m",
+    "knative": "policies.baselines.KnativeKPA: 60 s stable / 6 s panic windows, panic at 200 %, target "
+    "utilization 70 % of min(100, pod concurrency), scale-up rate 1000, scale-down rate 2, 30 s grace to zero",
+    "keda-hpa": "policies.baselines.KedaHpa: HPA ratio on the Prometheus rate with target 50/replica, 10 % "
+    "tolerance, 300 s scale-down stabilization, 15 s sync; KEDA 30 s polling, zero after a 300 s cooldown",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    """The simulator's assumptions (all stated in the JSON report)."""
+
+    cold_start: float = 2.0  # seconds from scale-up to a ready pod
+    tick: float = 2.0  # the project loop's interval (ControllerSettings.interval default)
+    scrape_interval: float = 15.0  # Prometheus scrape interval of the proxy's metrics
+    rate_window: float = 60.0  # the rate() window of the default queries (MetricsSettings.rate_window)
+    seed: int = 0
+
+
+@dataclass(slots=True)
+class FunctionResult:
+    """One function under one policy: the figures the report sums."""
+
+    invocations: int
+    cold_starts: int
+    waits: npt.NDArray[np.float64]
+    replica_seconds: float
+    idle_replica_seconds: float
+    wasted_memory_gb_s: float
+    scale_events: int
+    evaluations: int
+    changes: list[tuple[float, int]] = field(default_factory=list)  # kept only for the plotted function
+
+
+@functools.lru_cache(maxsize=None)
+def project_spec(name: str) -> ScalingSpec:
+    """The ScalingSpec the loop would build from the policy's labels."""
+    return parse_labels(PROJECT_LABELS[name])
+
+
+@dataclass(slots=True)
+class _Inputs:
+    fn: TraceFunction
+    arrivals: npt.NDArray[np.float64]
+    end: float
+    settings: SimSettings
+    _prometheus: PrometheusView | None = None
+    _concurrency: ConcurrencyView | None = None
+
+    @property
+    def prometheus(self) -> PrometheusView:
+        if self._prometheus is None:
+            s = self.settings
+            self._prometheus = prometheus_view(
+                self.arrivals,
+                duration=self.fn.duration,
+                end=self.end,
+                scrape_interval=s.scrape_interval,
+                rate_window=s.rate_window,
+            )
+        return self._prometheus
+
+    @property
+    def concurrency(self) -> ConcurrencyView:
+        if self._concurrency is None:
+            self._concurrency = concurrency_view(self.arrivals, duration=self.fn.duration)
+        return self._concurrency
+
+
+def make_driver(name: str, inputs: _Inputs, *, per_pod: int) -> Driver:
+    """A fresh policy object (no memory of other functions) wired to this function's inputs."""
+    if name in PROJECT_LABELS:
+        spec = project_spec(name)
+        keepalive = HybridHistogram(fixed_keepalive=spec.zero_duration) if name == "adaptive" else None
+        return DecideDriver(spec=spec, view=inputs.prometheus, tick=inputs.settings.tick, keepalive=keepalive)
+    if name == "knative":
+        kpa = KnativeKPA(container_concurrency=float(per_pod))
+        return KpaDriver(kpa=kpa, view=inputs.concurrency, end=inputs.end)
+    if name == "keda-hpa":
+        target = project_spec("openfaas").target  # the same per-replica rate as the project's policies
+        return HpaDriver(hpa=KedaHpa(target=target), view=inputs.prometheus)
+    raise ValueError(f"unknown policy {name!r}: choose from {', '.join(POLICY_NAMES)}")
+
+
+def simulate_function(
+    fn: TraceFunction,
+    *,
+    policies: tuple[str, ...],
+    settings: SimSettings,
+    end: float,
+    every_tick: bool = False,
+    keep_changes: bool = False,
+) -> dict[str, FunctionResult]:
+    """Replay one function through each policy; the arrivals are the same for all of them."""
+    arrivals = spread_arrivals(fn.counts, seed=settings.seed, key=fn.key)
+    arrivals = arrivals[arrivals < end]
+    inputs = _Inputs(fn, arrivals, end, settings)
+    per_pod = concurrency(target=project_spec("openfaas").target, duration=fn.duration)
+    results: dict[str, FunctionResult] = {}
+    for name in policies:
+        driver = make_driver(name, inputs, per_pod=per_pod)
+        outcome = run(driver, arrivals=arrivals, end=end, cold_start=settings.cold_start, every_tick=every_tick)
+        acc = account(outcome, arrivals=arrivals, duration=fn.duration, per_pod=per_pod, end=end)
+        results[name] = FunctionResult(
+            invocations=acc.invocations,
+            cold_starts=acc.cold_starts,
+            waits=acc.waits,
+            replica_seconds=acc.replica_seconds,
+            idle_replica_seconds=acc.idle_replica_seconds,
+            wasted_memory_gb_s=acc.idle_replica_seconds * fn.memory_mb / 1024.0,
+            scale_events=acc.scale_events,
+            evaluations=outcome.evaluations,
+            changes=list(outcome.changes) if keep_changes else [],
+        )
+    return results

@@ -1,0 +1,160 @@
+"""Read an Azure Functions 2019 trace and turn its per-minute counts into arrival times.
+
+The simulator replays real production traffic, and the public trace is the Azure Functions 2019 day
+(Shahrad et al., ATC 2020; CC-BY 4.0). Files are read by column name, never by position, because
+published samples differ in column order. The trace has minute resolution; where inside its minute
+each call starts is the simulator's own, stated and seeded rule (`spread_arrivals`).
+"""
+
+from __future__ import annotations
+
+import csv
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from autoscaler.errors import ConfigError
+
+INVOCATIONS = "invocations.csv"
+DURATIONS = "durations.csv"
+MEMORY = "memory.csv"
+ARRIVAL_RULE = (
+    "each minute's N calls start at N independent uniform offsets inside the minute (a Poisson process "
+    "conditioned on the count), drawn by numpy PCG64 seeded with [seed, crc32(HashFunction)]"
+)
+
+
+class TraceError(ConfigError):
+    """A trace directory or file is missing, or lacks a column the simulator needs."""
+
+
+@dataclass(frozen=True, slots=True)
+class TraceFunction:
+    """One function of the trace: its calls per minute, average duration and memory."""
+
+    key: str  # HashFunction
+    app: str  # HashApp
+    trigger: str
+    counts: npt.NDArray[np.int64] = field(repr=False)  # calls started in each minute
+    duration: float  # seconds, the trace's average execution time (cold start excluded)
+    memory_mb: float  # the app's average allocated memory
+
+    @property
+    def invocations(self) -> int:
+        return int(self.counts.sum())
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """The functions of one trace directory, in file order, plus what had to be filled in."""
+
+    path: Path
+    functions: list[TraceFunction]
+    minutes: int
+    durations_filled: int = 0  # functions without a duration row (given the trace's median)
+    memory_filled: int = 0  # functions without a memory row (given the trace's median)
+
+    @property
+    def seconds(self) -> float:
+        return self.minutes * 60.0
+
+
+def _rows(path: Path, required: tuple[str, ...]) -> Iterator[dict[str, str]]:
+    if not path.is_file():
+        raise TraceError(
+            f"{path} not found: a trace directory needs {INVOCATIONS}, {DURATIONS} and {MEMORY} "
+            "in the Azure Functions 2019 layout (see the trace README)"
+        )
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = [name.strip() for name in next(reader, [])]
+        missing = [name for name in required if name not in header]
+        if missing:
+            raise TraceError(
+                f"{path} lacks column(s) {', '.join(missing)} (it has {', '.join(header[:8])}"
+                f"{', ...' if len(header) > 8 else ''}): the Azure 2019 layout names its columns "
+                f"{', '.join(required)}"
+            )
+        for number, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise TraceError(f"{path} line {number}: {len(row)} fields where the header has {len(header)}")
+            yield dict(zip(header, row, strict=True))
+
+
+def _minute_columns(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        header = [name.strip() for name in next(csv.reader(handle), [])]
+    minutes = sorted((name for name in header if name.isdigit()), key=int)
+    if not minutes or [int(m) for m in minutes] != list(range(1, len(minutes) + 1)):
+        raise TraceError(f"{path} needs minute columns named 1, 2, ... N (one per minute of the day)")
+    return minutes
+
+
+def _number(path: Path, row: dict[str, str], column: str) -> float:
+    try:
+        return float(row[column])
+    except ValueError:
+        raise TraceError(f"{path}: column {column} holds {row[column]!r}, which is not a number") from None
+
+
+def read_trace(directory: Path, *, functions: int | None = None) -> Trace:
+    """Read `directory`; keep the first `functions` functions (file order) when given."""
+    if not directory.is_dir():
+        raise TraceError(f"trace directory {directory} does not exist (pass --trace DIR)")
+    if functions is not None and functions < 1:
+        raise TraceError(f"--functions must be at least 1, got {functions}")
+    inv_path = directory / INVOCATIONS
+    minutes = _minute_columns(inv_path) if inv_path.is_file() else []
+    picked: list[tuple[str, str, str, npt.NDArray[np.int64]]] = []
+    for row in _rows(inv_path, ("HashApp", "HashFunction", *minutes)):
+        try:
+            counts = np.array([int(row[m]) for m in minutes], dtype=np.int64)
+        except ValueError:
+            raise TraceError(f"{inv_path}: function {row['HashFunction']} has a non-integer count") from None
+        if (counts < 0).any():
+            raise TraceError(f"{inv_path}: function {row['HashFunction']} has a negative count")
+        picked.append((row["HashApp"], row["HashFunction"], row.get("Trigger", "unknown"), counts))
+        if functions is not None and len(picked) >= functions:
+            break
+    if not picked:
+        raise TraceError(f"{inv_path} has no functions")
+    dur_path = directory / DURATIONS
+    durations = {
+        (row["HashApp"], row["HashFunction"]): _number(dur_path, row, "Average") / 1000.0
+        for row in _rows(dur_path, ("HashApp", "HashFunction", "Average"))
+    }
+    mem_path = directory / MEMORY
+    memory: dict[tuple[str, str], float] = {}
+    for row in _rows(mem_path, ("HashApp", "AverageAllocatedMb")):
+        # The official file is per app; some samples are per function (they add HashFunction).
+        memory[(row["HashApp"], row.get("HashFunction", ""))] = _number(mem_path, row, "AverageAllocatedMb")
+    median_duration = float(np.median(list(durations.values()))) if durations else 1.0
+    median_memory = float(np.median(list(memory.values()))) if memory else 256.0
+    result: list[TraceFunction] = []
+    filled_d = filled_m = 0
+    for app, key, trigger, counts in picked:
+        duration = durations.get((app, key))
+        if duration is None:
+            duration, filled_d = median_duration, filled_d + 1
+        mem = memory.get((app, key), memory.get((app, "")))
+        if mem is None:
+            mem, filled_m = median_memory, filled_m + 1
+        # A 0 ms average would make concurrency meaningless; the trace's resolution is 1 ms.
+        result.append(TraceFunction(key, app, trigger, counts, max(duration, 0.001), mem))
+    return Trace(directory, result, len(minutes), filled_d, filled_m)
+
+
+def spread_arrivals(counts: npt.NDArray[np.int64], *, seed: int, key: str) -> npt.NDArray[np.float64]:
+    """Arrival times in seconds from the start of the trace, sorted; see ARRIVAL_RULE."""
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))])
+    total = int(counts.sum())
+    starts = np.repeat(np.arange(counts.size, dtype=np.float64) * 60.0, counts)
+    arrivals = starts + rng.random(total) * 60.0
+    arrivals.sort()
+    return arrivals

@@ -1,0 +1,321 @@
+"""The wake-up proxy: forwards warm traffic, holds cold traffic, and never scales a busy function away.
+
+One aiohttp low-level server takes every request (no router or middleware on the hot path), resolves
+it to a function the provider knows, and either forwards it at once or holds it through a cold start
+(`_hold`). Counters are plain numbers exported on scrape (`_metrics`). The proxy tells the provider
+that a function is active at most every few seconds while it holds or forwards requests for it, and
+`busy()` and `invocation_stats()` expose the same facts to the control loop (invariant 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Mapping
+
+import aiohttp
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+from prometheus_client import CollectorRegistry
+from yarl import URL
+
+from autoscaler.config import ProxySettings
+from autoscaler.interfaces import FunctionRef, InvocationStats, Provider
+from autoscaler.proxy._admin import admin_app, error_response
+from autoscaler.proxy._forward import Forwarder, UpstreamConnectError, UpstreamError, request_headers
+from autoscaler.proxy._hold import MARK_INTERVAL, ColdStarts, FunctionState, HoldError
+from autoscaler.proxy._metrics import StatsCollector
+from autoscaler.proxy._routing import RouteError, Router
+from autoscaler.proxy._tasks import Background
+
+log = logging.getLogger("autoscaler.proxy")
+
+# Right after a wake-up, endpoints lag readiness: connect errors are retried for this long after it.
+WAKE_RETRY_WINDOW = 10.0
+RETRY_FIRST_DELAY = 0.02
+RETRY_MAX_DELAY = 0.25
+# A held request whose hold limit is full is told to come back after this many seconds.
+RETRY_AFTER = "2"
+# Status recorded for a request whose client went away (or that shutdown cut) before an answer.
+CLIENT_CLOSED = 499
+
+
+class Proxy:
+    """The `/function/NAME[.NAMESPACE]/...` data path plus its admin port."""
+
+    def __init__(
+        self,
+        *,
+        settings: ProxySettings,
+        provider: Provider,
+        registry: CollectorRegistry | None = None,
+        on_wake: Callable[[FunctionRef], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._provider = provider
+        self._registry = registry if registry is not None else CollectorRegistry()
+        self._clock = clock
+        self._router = Router(default_namespace=settings.default_namespace)
+        self._states: dict[str, FunctionState] = {}
+        self._background = Background()
+        self._cold = ColdStarts(
+            provider=provider,
+            hold_timeout=settings.hold_timeout,
+            max_held=settings.max_held,
+            background=self._background,
+            on_wake=on_wake,
+            clock=clock,
+        )
+        self._forwarder = Forwarder(upstream_timeout=settings.upstream_timeout)
+        self._collector = StatsCollector(lambda: [state.stats for state in list(self._states.values())])
+        self._registry.register(self._collector)
+        self._runner: web.ServerRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._port = 0
+        self._admin_port = 0
+        self._started = False
+        self._draining = False
+        self._inflight = 0
+        self._idle = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the data and admin ports (port 0 picks a free one) and start serving."""
+        settings = self._settings
+        await self._forwarder.start()
+        server = web.Server(
+            self._handle,
+            request_factory=self._make_request,
+            handler_cancellation=True,
+            access_log=None,
+            auto_decompress=False,
+        )
+        self._runner = web.ServerRunner(server, shutdown_timeout=1.0)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, settings.host, settings.port)
+        await self._site.start()
+        self._port = _bound_port(self._runner)
+        self._admin_runner = web.AppRunner(
+            admin_app(ready=self.ready, registry=self._registry), access_log=None
+        )
+        await self._admin_runner.setup()
+        await web.TCPSite(self._admin_runner, settings.host, settings.admin_port).start()
+        self._admin_port = _bound_port(self._admin_runner)
+        self._started = True
+        log.info("proxy listening on %s:%d (admin %d)", settings.host, self._port, self._admin_port)
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def admin_port(self) -> int:
+        return self._admin_port
+
+    def ready(self) -> bool:
+        return self._started and not self._draining
+
+    async def drain(self, *, grace: float) -> None:
+        """Stop accepting, let in-flight and held requests finish for up to `grace` seconds."""
+        self._draining = True
+        if self._site is not None:
+            await self._site.stop()  # closes the listener: new connections are refused
+            self._site = None
+        if self._runner is not None and self._runner.server is not None:
+            self._runner.server.pre_shutdown()  # idle keep-alive connections close after their request
+        if self._inflight > 0:
+            log.info("draining: waiting up to %g s for %d request(s)", grace, self._inflight)
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout=grace)
+            except TimeoutError:
+                log.warning("drain grace of %g s is over; %d request(s) are cut", grace, self._inflight)
+
+    async def stop(self) -> None:
+        """Close everything at once (after `drain` for a graceful stop)."""
+        self._draining = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
+        await self._background.close()
+        await self._forwarder.close()
+        with contextlib.suppress(KeyError):
+            self._registry.unregister(self._collector)
+
+    # -- what the control loop reads ---------------------------------------------------------------
+
+    def invocation_stats(self) -> Mapping[str, InvocationStats]:
+        """Per-function counters keyed by NAME.NAMESPACE; `inflight` includes held requests."""
+        return {key: state.stats.snapshot() for key, state in list(self._states.items())}
+
+    def busy(self, key: str) -> bool:
+        """True while the proxy holds or forwards requests for the function `key`."""
+        state = self._states.get(key)
+        return state is not None and state.stats.inflight > 0
+
+    # -- the data path -------------------------------------------------------------------------------
+
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        return web.BaseRequest(
+            message, payload, protocol, writer, task, protocol._loop, client_max_size=self._settings.max_body
+        )
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            ref, path = self._router.resolve(request.raw_path)
+        except RouteError as e:
+            return error_response(e.status, e.message)
+        info = self._provider.get(ref)
+        if info is None:
+            return error_response(
+                404,
+                f"function {ref.key} not found: no such function is deployed in namespace "
+                f"{ref.namespace!r} (check the name, the namespace and that the function is opted in)",
+            )
+        state = self._states.get(ref.key)
+        if state is None:
+            state = self._states[ref.key] = FunctionState(ref)
+        stats = state.stats
+        loop_time = asyncio.get_running_loop().time
+        arrived = loop_time()
+        stats.started += 1
+        stats.inflight += 1
+        self._inflight += 1
+        cold = info.ready_replicas <= 0
+        if not cold:  # a wake-up marks the function itself, before it scales
+            now = self._clock()
+            if now - state.last_mark >= MARK_INTERVAL:
+                state.last_mark = now
+                self._background.spawn(self._provider.mark_active(ref, now), name=f"mark-active {ref.key}")
+        status = CLIENT_CLOSED
+        try:
+            response = await self._serve(request, state, path, cold=cold, arrived=arrived)
+            status = response.status
+            return response
+        finally:
+            stats.finish(status, loop_time() - arrived)
+            self._inflight -= 1
+            if self._draining and self._inflight == 0:
+                self._idle.set()
+
+    async def _serve(
+        self, request: web.BaseRequest, state: FunctionState, path: str, *, cold: bool, arrived: float
+    ) -> web.StreamResponse:
+        settings = self._settings
+        body: bytes | None = None
+        if request.body_exists:
+            length = request.content_length
+            if length is not None and length > settings.max_body:
+                return self._too_large(state, length)
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return self._too_large(state, None)
+        loop = asyncio.get_running_loop()
+        retry_until: float | None = None
+        held = cold or not self._provider.endpoints(state.ref)
+        if held:
+            deadline = arrived + settings.hold_timeout
+            try:
+                await self._cold.hold(state, deadline=deadline)
+            except HoldError as e:
+                headers = {"Retry-After": RETRY_AFTER} if e.status == 429 else None
+                return error_response(e.status, str(e), headers=headers)
+            retry_until = deadline
+        elif loop.time() - state.woken_at < WAKE_RETRY_WINDOW:
+            retry_until = loop.time() + WAKE_RETRY_WINDOW
+        try:
+            upstream = await self._open(request, state, path, body, retry_until=retry_until)
+            if held:
+                state.stats.cold_start.observe(loop.time() - arrived)
+            return await self._forwarder.relay(request, upstream, key=state.ref.key)
+        except UpstreamError as e:
+            return error_response(e.status, str(e))
+
+    async def _open(
+        self,
+        request: web.BaseRequest,
+        state: FunctionState,
+        path: str,
+        body: bytes | None,
+        *,
+        retry_until: float | None,
+    ) -> aiohttp.ClientResponse:
+        ref = state.ref
+        headers = request_headers(request)
+        loop = asyncio.get_running_loop()
+        delay = RETRY_FIRST_DELAY
+        failures = 0
+        while True:
+            endpoints = self._provider.endpoints(ref)
+            if endpoints:
+                state.rr += 1
+                url = URL(endpoints[state.rr % len(endpoints)] + path, encoded=True)
+                try:
+                    return await self._forwarder.open(
+                        method=request.method, url=url, headers=headers, body=body, key=ref.key
+                    )
+                except UpstreamConnectError as e:
+                    failures += 1
+                    error: UpstreamError = e
+                    if retry_until is None and failures < len(endpoints):
+                        continue  # another replica may answer
+            else:
+                error = UpstreamError(503, f"function {ref.key} has no ready endpoint; retry later")
+            if retry_until is None or loop.time() + delay > retry_until:
+                raise error
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY)
+
+    def _too_large(self, state: FunctionState, length: int | None) -> web.Response:
+        state.stats.reject("body_too_large")
+        got = f" (got {length} bytes)" if length is not None else ""
+        response = error_response(
+            413, f"request body too large: the limit is {self._settings.max_body} bytes{got}; send less"
+        )
+        response.force_close()
+        return response
+
+
+def _bound_port(runner: web.BaseRunner) -> int:
+    for address in runner.addresses:
+        return int(address[1])
+    raise RuntimeError("the server did not bind any address")
+
+
+async def serve_forever(proxy: Proxy, *, grace: float) -> int:
+    """Serve until SIGTERM or SIGINT, then drain for up to `grace` seconds and stop; returns 0."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        if not proxy.ready():
+            await proxy.start()
+        await stop.wait()
+        log.info("signal received: draining for up to %g s", grace)
+        await proxy.drain(grace=grace)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await proxy.stop()
+    return 0

@@ -1,0 +1,250 @@
+"""Benchmark: one control-loop tick over 10,000 functions, against one query per function.
+
+Why it exists: the loop must stay cheap as the cluster grows. It reads load with a constant number
+of PromQL queries (`sum by (function_name)`) instead of one query per function; this measures both
+in the same run, against a real Prometheus scraping a gateway-style exporter.
+
+Set-up: the exporter (in a child process, so its rendering does not share this process's GIL)
+serves N functions; Prometheus scrapes it every 2 s. We then time
+  * ours: `Controller.tick()` (PrometheusReader.read() + a decision per function + patching), and
+    `PrometheusReader.read()` alone;
+  * baseline: one instant query per function (its rps figure), issued one after another on a
+    keep-alive session, for a fixed sample of functions (default 200) and extrapolated to N, plus the
+    same decision time as ours.
+Goal: a tick over 10,000 functions under 1 s with at most 5 queries.
+
+    python bench/loop_bench.py [--functions 10000] [--ticks 5] [--sample 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import multiprocessing.connection
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from autoscaler.config import ControllerSettings, MetricsSettings
+from autoscaler.controller import Controller
+from autoscaler.interfaces import FunctionInfo, FunctionRef, LoadSnapshot
+from autoscaler.metrics import PrometheusReader
+from tests.support.exporter import GatewayExporter
+from tests.support.prometheus import PrometheusServer, find_binary
+
+NAMESPACE = "openfaas-fn"
+SCRAPE_INTERVAL = 2.0
+RATE_WINDOW = "10s"  # five scrapes at 2 s
+
+
+def function_keys(count: int) -> list[str]:
+    return [f"fn-{i:05d}.{NAMESPACE}" for i in range(count)]
+
+
+def serve_exporter(count: int, conn: multiprocessing.connection.Connection) -> None:
+    """Child process: serve `count` functions with varied load until told to stop."""
+    with GatewayExporter() as exporter:
+        for i, key in enumerate(function_keys(count)):
+            exporter.set_function(key, rps=(i % 100) * 0.5, inflight=i % 7, cpu=(i % 10) * 0.05)
+        conn.send(exporter.target)
+        conn.recv()  # any message means stop
+
+
+class BenchProvider:
+    """A `Provider` holding functions in a dict; `scale()` stores the new replica count."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.items: dict[str, FunctionInfo] = {}
+        self.scaled = 0
+        for i, key in enumerate(keys):
+            ref = FunctionRef.parse(key, default_namespace=NAMESPACE)
+            labels = {"com.openfaas.scale.max": "50"}
+            if i % 3 == 1:
+                labels.update({"com.openfaas.scale.type": "capacity", "com.openfaas.scale.target": "5"})
+            if i % 5 == 0:
+                labels.update({"com.openfaas.scale.zero": "true", "com.openfaas.scale.zero-duration": "5m"})
+            self.items[key] = FunctionInfo(ref=ref, labels=labels, replicas=1, ready_replicas=1)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def functions(self) -> Mapping[str, FunctionInfo]:
+        return dict(self.items)
+
+    def get(self, ref: FunctionRef) -> FunctionInfo | None:
+        return self.items.get(ref.key)
+
+    async def scale(self, ref: FunctionRef, replicas: int) -> None:
+        old = self.items[ref.key]
+        self.items[ref.key] = FunctionInfo(
+            ref=ref,
+            labels=old.labels,
+            replicas=replicas,
+            ready_replicas=replicas,
+            annotations=old.annotations,
+        )
+        self.scaled += 1
+
+    async def record_event(
+        self, ref: FunctionRef, *, reason: str, message: str, warning: bool = False
+    ) -> None:
+        return None
+
+    async def mark_active(self, ref: FunctionRef, when: float) -> None:
+        return None
+
+    async def wait_ready(self, ref: FunctionRef, timeout: float) -> bool:
+        return True
+
+    def endpoints(self, ref: FunctionRef) -> list[str]:
+        return []
+
+    def subscribe(self, callback: Callable[[FunctionRef], None]) -> None:
+        return None
+
+
+async def wait_for_all(prometheus: PrometheusServer, count: int, *, timeout: float) -> None:
+    query = f"count(sum by (function_name) (rate(gateway_function_invocation_total[{RATE_WINDOW}])))"
+    await prometheus.wait_for_series(query, lambda r: next(iter(r.values()), 0) >= count, timeout=timeout)
+
+
+async def baseline(url: str, keys: list[str]) -> float:
+    """Seconds for one rps query per function in `keys`, one after another on a keep-alive session."""
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        for key in keys:
+            query = f'sum(rate(gateway_function_invocation_total{{function_name="{key}"}}[{RATE_WINDOW}]))'
+            async with session.get(f"{url}/api/v1/query", params={"query": query}) as response:
+                body = await response.json()
+                if body.get("status") != "success":
+                    raise RuntimeError(f"baseline query failed: {body}")
+        return time.perf_counter() - started
+
+
+class TimedReader:
+    """Wraps the reader to time each read the controller makes (read time vs. decision time)."""
+
+    def __init__(self, reader: PrometheusReader) -> None:
+        self.reader = reader
+        self.last_seconds = 0.0
+        self.last_snapshot: LoadSnapshot | None = None
+
+    async def read(self) -> LoadSnapshot:
+        started = time.perf_counter()
+        self.last_snapshot = await self.reader.read()
+        self.last_seconds = time.perf_counter() - started
+        return self.last_snapshot
+
+    async def close(self) -> None:
+        await self.reader.close()
+
+
+async def measure(args: argparse.Namespace, prometheus: PrometheusServer) -> None:
+    keys = function_keys(args.functions)
+    settings = MetricsSettings(prometheus_url=prometheus.url, rate_window=RATE_WINDOW, query_timeout=10.0)
+    provider = BenchProvider(keys)
+    async with PrometheusReader(settings=settings) as reader:
+        timed = TimedReader(reader)
+        controller = Controller(
+            provider=provider, reader=timed, settings=ControllerSettings(), registry=CollectorRegistry()
+        )
+        first = await controller.tick(now=time.time())  # patches every function whose load calls for it
+        reads, ticks, queries = [], [], set()
+        for _ in range(args.ticks):
+            report = await controller.tick(now=time.time())
+            snapshot = timed.last_snapshot
+            if snapshot is None or snapshot.error or len(snapshot.loads) < args.functions:
+                raise RuntimeError(f"read incomplete: {snapshot}")
+            if len(report.decisions) != args.functions:
+                raise RuntimeError(f"tick decided {len(report.decisions)} of {args.functions} functions")
+            ticks.append(report.seconds)
+            reads.append(timed.last_seconds)
+            queries.add(report.queries)
+        await controller.close()
+
+    sample = keys[:: max(1, len(keys) // args.sample)][: args.sample]
+    sample_seconds = await baseline(prometheus.url, sample)
+    tick = statistics.median(ticks)
+    read = statistics.median(reads)
+    decide = statistics.median(t - r for t, r in zip(ticks, reads, strict=True))
+    per_query = sample_seconds / len(sample)
+    base_tick = per_query * args.functions + decide
+
+    print(f"functions: {args.functions}, scrape interval {SCRAPE_INTERVAL:g}s, rate window {RATE_WINDOW}")
+    print(f"first tick (patches {len(first.patched)} functions): {first.seconds * 1000:.0f} ms")
+    low, high = min(ticks) * 1000, max(ticks) * 1000
+    print(
+        f"ours:     tick median {tick * 1000:.0f} ms over {len(ticks)} ticks (min {low:.0f}, max {high:.0f})"
+    )
+    print(f"          of which read() {read * 1000:.0f} ms, decisions {decide * 1000:.0f} ms (medians)")
+    print(f"          queries per tick: {sorted(queries)}")
+    print(
+        f"baseline: 1 query per function, sequential; measured {len(sample)} queries in "
+        f"{sample_seconds * 1000:.0f} ms ({per_query * 1000:.2f} ms each);"
+    )
+    print(
+        f"          extrapolated to {args.functions}: {base_tick:.2f} s per tick "
+        f"with {args.functions} queries (plus the same decision time)"
+    )
+    print(f"ratio baseline/ours: {base_tick / tick:.1f}x time, {args.functions / max(queries):.0f}x queries")
+    ok = tick < 1.0 and max(queries) <= 5
+    print(f"goal (tick < 1 s, <= 5 queries over {args.functions} functions): {'met' if ok else 'NOT met'}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--functions", type=int, default=10_000, help="functions the exporter serves")
+    parser.add_argument("--ticks", type=int, default=5, help="measured ticks (after one warm-up tick)")
+    parser.add_argument(
+        "--sample", type=int, default=200, help="functions queried one by one for the baseline"
+    )
+    args = parser.parse_args()
+    if args.functions < 1 or args.ticks < 1 or args.sample < 1:
+        parser.error("--functions, --ticks and --sample must be positive")
+    args.sample = min(args.sample, args.functions)
+    if find_binary() is None:
+        print(
+            "the prometheus binary is missing: install it with apt-get install -y prometheus", file=sys.stderr
+        )
+        return 2
+
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    exporter = context.Process(target=serve_exporter, args=(args.functions, child), daemon=True)
+    exporter.start()
+    with tempfile.TemporaryDirectory(prefix="loop-bench-") as tmp:
+        prometheus = PrometheusServer(
+            data_dir=Path(tmp), targets=[], scrape_interval=SCRAPE_INTERVAL, binary=find_binary()
+        )
+        try:
+            if not parent.poll(60):
+                raise RuntimeError("the exporter did not start within 60 s")
+            prometheus.targets = [parent.recv()]
+            prometheus.start()
+            started = time.monotonic()
+            asyncio.run(wait_for_all(prometheus, args.functions, timeout=60))
+            print(f"prometheus has all {args.functions} functions after {time.monotonic() - started:.1f} s")
+            asyncio.run(measure(args, prometheus))
+        finally:
+            prometheus.stop()
+            parent.send("stop")
+            exporter.join(timeout=10)
+            if exporter.is_alive():
+                exporter.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

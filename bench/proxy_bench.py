@@ -1,0 +1,289 @@
+"""Benchmark of the wake-up proxy against nginx, measured in one run on loopback.
+
+Warm path, with `wrk` against one small static response served by nginx (one worker) as the function:
+  (a) direct to nginx, (b) through nginx as a reverse proxy (one worker, upstream keep-alive),
+  (c) through our proxy (one process, uvloop, an in-memory provider pointing at nginx).
+Throughput uses `-c CONNECTIONS`; latency uses `-c 1 -t 1` (wrk2's fixed-rate mode is not packaged in
+Debian, so "added latency" is p50 of (c) minus p50 of (a) at concurrency 1, which runs well above
+1,000 req/s). Cold path: N concurrent requests to a function that becomes ready 2 s after its
+wake-up; every request must be answered 200, and the time from readiness to the last answer is printed.
+
+Run: `python bench/proxy_bench.py` (from the project root; needs `nginx` and `wrk` on PATH).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BODY = "hello from the function\n"
+
+FUNCTION_CONF = """
+worker_processes 1;
+daemon off;
+pid {prefix}/function.pid;
+error_log {prefix}/function-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ default_type text/plain; return 200 "{body}"; }}
+    }}
+}}
+"""
+
+PROXY_CONF = """
+worker_processes 1;
+daemon off;
+pid {prefix}/proxy.pid;
+error_log {prefix}/proxy-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    upstream fn {{ server 127.0.0.1:{function_port}; keepalive 128; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location /function/hello/ {{
+            proxy_pass http://fn/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Host $host;
+        }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@contextlib.contextmanager
+def nginx(prefix: Path, name: str, conf: str) -> Iterator[None]:
+    path = prefix / f"{name}.conf"
+    path.write_text(conf)
+    user = "user root;\n" if _is_root() else ""
+    path.write_text(user + conf)
+    process = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(path)], stderr=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _is_root() -> bool:
+    import os
+
+    return os.geteuid() == 0
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip())
+    if match is None:
+        raise ValueError(f"cannot read wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def wrk(url: str, *, connections: int, seconds: int, threads: int = 1) -> WrkResult:
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", url],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    if "Non-2xx" in out or "Socket errors" in out:
+        print(f"  warning: wrk reported errors for {url}:\n{out}")
+    return WrkResult(rps=rps, p50_ms=p50, p99_ms=p99)
+
+
+# -- the proxy under test, in its own process -----------------------------------------------------
+
+
+async def serve_proxy(*, function_url: str, port: int, admin_port: int, ready_delay: float) -> int:
+    import uvloop  # noqa: F401  (the caller runs this under uvloop)
+
+    from autoscaler.config import ProxySettings
+    from autoscaler.proxy import Proxy, serve_forever
+    from tests.support.fakeprovider import FakeProvider
+
+    provider = FakeProvider(ready_delay=ready_delay)
+    await provider.add("hello", url=function_url)
+    cold = await provider.add("cold", warm=False, url=function_url)
+
+    def on_change(ref: object) -> None:
+        info = provider.get(cold)
+        if ref == cold and info is not None and info.ready_replicas > 0:
+            print(json.dumps({"ready_at": time.monotonic()}), flush=True)
+
+    provider.subscribe(on_change)
+    settings = ProxySettings(host="127.0.0.1", port=port, admin_port=admin_port)
+    proxy = Proxy(settings=settings, provider=provider)
+    await proxy.start()
+    print(json.dumps({"port": proxy.port}), flush=True)
+    return await serve_forever(proxy, grace=5)
+
+
+def start_proxy_process(function_url: str, *, ready_delay: float) -> tuple[subprocess.Popen[str], int]:
+    port, admin = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--serve-proxy", "--function-url", function_url, "--port", str(port),
+         "--admin-port", str(admin), "--ready-delay", str(ready_delay)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    return process, int(json.loads(line)["port"])
+
+
+# -- cold path ----------------------------------------------------------------------------------------
+
+
+async def cold_burst(url: str, count: int) -> tuple[int, list[float]]:
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        done: list[float] = []
+
+        async def one(index: int) -> int:
+            async with session.post(url, data=f"request-{index}".encode()) as response:
+                await response.read()
+                done.append(time.monotonic())
+                return response.status
+
+        statuses = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
+    ok = sum(1 for status in statuses if status == 200)
+    return ok, done
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=8, help="duration of each wrk run")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections for throughput")
+    parser.add_argument("--cold-requests", type=int, default=1000)
+    parser.add_argument("--serve-proxy", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--function-url", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--admin-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ready-delay", type=float, default=2.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.serve_proxy:
+        import uvloop
+
+        return uvloop.run(
+            serve_proxy(
+                function_url=args.function_url, port=args.port, admin_port=args.admin_port,
+                ready_delay=args.ready_delay,
+            )
+        )  # fmt: skip
+
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is not installed (Debian package `{tool}`); it is needed for this benchmark")
+            return 2
+
+    with tempfile.TemporaryDirectory(prefix="proxy-bench-") as tmp:
+        prefix = Path(tmp)
+        (prefix / "logs").mkdir()
+        fn_port, ngx_proxy_port = free_port(), free_port()
+        fn_conf = FUNCTION_CONF.format(prefix=prefix, port=fn_port, body=BODY.replace("\n", "\\n"))
+        px_conf = PROXY_CONF.format(prefix=prefix, port=ngx_proxy_port, function_port=fn_port)
+        with nginx(prefix, "function", fn_conf), nginx(prefix, "proxy", px_conf):
+            wait_port(fn_port)
+            wait_port(ngx_proxy_port)
+            function_url = f"http://127.0.0.1:{fn_port}"
+            proxy, port = start_proxy_process(function_url, ready_delay=2.0)
+            try:
+                targets = {
+                    "(a) direct to nginx": f"{function_url}/",
+                    "(b) nginx as proxy": f"http://127.0.0.1:{ngx_proxy_port}/function/hello/",
+                    "(c) our proxy": f"http://127.0.0.1:{port}/function/hello/",
+                }
+                for url in targets.values():  # warm up connections and caches
+                    wrk(url, connections=args.connections, seconds=1)
+                through = {name: wrk(url, connections=args.connections, seconds=args.seconds)
+                           for name, url in targets.items()}  # fmt: skip
+                single = {name: wrk(url, connections=1, seconds=max(3, args.seconds // 2))
+                          for name, url in targets.items()}  # fmt: skip
+                report(through, single, connections=args.connections)
+                cold(proxy, port, args.cold_requests)
+            finally:
+                proxy.terminate()
+                proxy.wait(timeout=15)
+    return 0
+
+
+def report(through: dict[str, WrkResult], single: dict[str, WrkResult], *, connections: int) -> None:
+    print(f"\nwarm path, wrk -t1 -c{connections} (throughput) and -t1 -c1 (latency):")
+    print(f"{'':24}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}   {'c=1 req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, result in through.items():
+        one = single[name]
+        print(
+            f"{name:24}{result.rps:>10.0f}{result.p50_ms:>9.3f}{result.p99_ms:>9.3f}"
+            f"   {one.rps:>10.0f}{one.p50_ms:>9.3f}{one.p99_ms:>9.3f}"
+        )
+    a, b, c = (through[k] for k in ("(a) direct to nginx", "(b) nginx as proxy", "(c) our proxy"))
+    print(f"ratio throughput (c)/(a) = {c.rps / a.rps:.3f}")
+    print(f"ratio throughput (c)/(b) = {c.rps / b.rps:.3f}   (goal >= 0.25)")
+    added = single["(c) our proxy"].p50_ms - single["(a) direct to nginx"].p50_ms
+    print(f"p50 added latency at c=1: {added:.3f} ms (goal < 0.5 ms)")
+
+
+def cold(proxy: subprocess.Popen[str], port: int, count: int) -> None:
+    url = f"http://127.0.0.1:{port}/function/cold/"
+    started = time.monotonic()
+    ok, done = asyncio.run(cold_burst(url, count))
+    assert proxy.stdout is not None
+    ready_at = json.loads(proxy.stdout.readline())["ready_at"]
+    last = max(done) if done else float("nan")
+    print(f"\ncold path: {count} concurrent requests, function ready 2 s after its wake-up:")
+    print(f"answered 200: {ok}/{count}   lost: {count - ok}")
+    print(f"readiness after first request: {ready_at - started:.3f} s")
+    print(f"readiness -> last held request answered: {(last - ready_at) * 1000:.1f} ms (goal < 100 ms)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

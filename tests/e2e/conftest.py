@@ -1,0 +1,5 @@
+"""Fixtures for end-to-end runs: exporter -> real Prometheus -> `autoscaler run` process -> API server."""
+
+from __future__ import annotations
+
+from tests.support.prometheus import prometheus_factory  # noqa: F401 - fixture re-exported

@@ -1,0 +1,140 @@
+"""The whole control path with real parts: gateway metrics -> Prometheus -> `autoscaler run` -> API server.
+
+The controller runs as a real process (`python -m autoscaler run`) against a real Prometheus that
+scrapes an exporter serving the OpenFaaS gateway's metric names, and against an HTTP server that speaks
+the Kubernetes API's wire format. Times are measured from what Prometheus itself answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.apiserver import FakeApiServer
+from tests.support.exporter import GatewayExporter
+from tests.support.prometheus import PrometheusFactory, PrometheusServer
+
+INTERVAL = 1.0
+WINDOW = "5s"
+BURSTY = "bursty"
+SLEEPY = "sleepy"  # zero=true
+STEADY = "steady"  # zero=false, idle
+SLEEPY_LABELS = {"com.openfaas.scale.zero": "true", "com.openfaas.scale.zero-duration": "4s"}
+
+
+@dataclass
+class Cluster:
+    api: FakeApiServer
+    exporter: GatewayExporter
+    prometheus: PrometheusServer
+    log: Path
+
+    async def wait_replicas(self, name: str, want: int, *, timeout: float) -> float:
+        """Wait until the Deployment has `want` replicas; return the monotonic time it was seen."""
+        deadline = time.monotonic() + timeout
+        while self.api.replicas(name) != want:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{name} has {self.api.replicas(name)} replicas, not {want}, after {timeout}s; "
+                    f"controller log tail:\n{self.log.read_text()[-3000:]}"
+                )
+            await asyncio.sleep(0.05)
+        return time.monotonic()
+
+    def scale_writes(self) -> int:
+        return self.api.count("PATCH", "/scale") + self.api.count("PUT", "/scale")
+
+
+@pytest.fixture
+async def cluster(prometheus_factory: PrometheusFactory, tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with FakeApiServer() as api:
+        api.add_deployment(BURSTY, labels={"faas_function": BURSTY}, replicas=1)
+        api.add_deployment(SLEEPY, labels={"faas_function": SLEEPY, **SLEEPY_LABELS}, replicas=1)
+        api.add_deployment(STEADY, labels={"faas_function": STEADY}, replicas=1)
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        with GatewayExporter() as exporter:
+            for name in (BURSTY, SLEEPY, STEADY):
+                exporter.set_function(f"{name}.openfaas-fn", rps=0.0, inflight=0)
+            prometheus = prometheus_factory.start(targets=[exporter.target], scrape_interval=0.5)
+            await prometheus.wait_for_rates({f"{BURSTY}.openfaas-fn": 0.0}, window=WINDOW)
+            log = tmp_path / "controller.log"
+            with log.open("w") as sink:
+                process = subprocess.Popen(
+                    [
+                        sys.executable, "-m", "autoscaler", "--log-format", "text", "run",
+                        "--prometheus-url", prometheus.url, "--kubeconfig", str(kubeconfig),
+                        "--interval", str(INTERVAL), "--rate-window", WINDOW, "--admin-port", "0",
+                        "--admin-host", "127.0.0.1", "--query-timeout", "1",
+                    ],
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+                try:
+                    deadline = time.monotonic() + 20
+                    while "control loop started" not in log.read_text():
+                        assert process.poll() is None, log.read_text()
+                        assert time.monotonic() < deadline, log.read_text()
+                        await asyncio.sleep(0.1)
+                    yield Cluster(api=api, exporter=exporter, prometheus=prometheus, log=log)
+                finally:
+                    process.send_signal(signal.SIGTERM)
+                    try:
+                        code = await asyncio.to_thread(process.wait, 15)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+                        raise
+                assert code == 0, log.read_text()[-3000:]
+
+
+def rate_at_least(key: str, value: float) -> Callable[[dict[str, float]], bool]:
+    return lambda series: series.get(key, 0.0) >= value
+
+
+async def test_a_burst_scales_up_within_two_ticks_of_prometheus_seeing_it(cluster: Cluster) -> None:
+    key = f"{BURSTY}.openfaas-fn"
+    cluster.exporter.set_rate(key, 300.0)
+    want = math.ceil(300.0 / (50 * 0.9))
+    query = f"sum by (function_name) (rate(gateway_function_invocation_total[{WINDOW}]))"
+    # "Seeing it" = Prometheus answers a rate that already calls for the full replica count.
+    await cluster.prometheus.wait_for_series(query, rate_at_least(key, (want - 1) * 45 + 1), timeout=20)
+    seen = time.monotonic()
+    scaled = await cluster.wait_replicas(BURSTY, want, timeout=10)
+    assert scaled - seen <= 2 * INTERVAL + 0.5
+    events = [e for e in cluster.api.events() if e["involvedObject"]["name"] == BURSTY]
+    assert any("to 7 replicas" in e["message"] and e["reason"] == "ScaleUp" for e in events)
+
+
+async def test_silence_scales_a_zero_function_to_zero_and_never_a_zero_false_one(cluster: Cluster) -> None:
+    await cluster.wait_replicas(SLEEPY, 0, timeout=20)
+    await asyncio.sleep(3 * INTERVAL)
+    assert cluster.api.replicas(STEADY) == 1
+    assert cluster.api.replicas(BURSTY) == 1
+    [event] = [e for e in cluster.api.events() if e["involvedObject"]["name"] == SLEEPY]
+    assert event["reason"] == "ScaleToZero"
+    assert "Scaled from 1 to 0" in event["message"]
+
+
+async def test_with_prometheus_killed_nothing_is_scaled_down(cluster: Cluster) -> None:
+    bursty, sleepy = f"{BURSTY}.openfaas-fn", f"{SLEEPY}.openfaas-fn"
+    cluster.exporter.set_rate(bursty, 300.0)
+    cluster.exporter.set_rate(sleepy, 2.0)
+    await cluster.wait_replicas(BURSTY, 7, timeout=20)
+    cluster.prometheus.kill()
+    writes = cluster.scale_writes()
+    cluster.exporter.set_rate(bursty, 0.0)
+    cluster.exporter.set_rate(sleepy, 0.0)
+    await asyncio.sleep(8 * INTERVAL)  # twice the sleepy function's zero-duration
+    assert cluster.scale_writes() == writes
+    assert (cluster.api.replicas(BURSTY), cluster.api.replicas(SLEEPY)) == (7, 1)
+    assert "unreachable" in cluster.log.read_text()

@@ -1,0 +1,108 @@
+"""The functions file: what it accepts, and errors that name the function and the field."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoscaler.errors import ConfigError
+from autoscaler.functionsfile import load, load_builtin
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "functions.yml"
+    path.write_text(text)
+    return path
+
+
+def test_a_function_is_its_command_with_the_interpreter_and_file_directory_filled_in(tmp_path) -> None:
+    path = write(
+        tmp_path,
+        """
+functions:
+  hello:
+    command: "{python} '{dir}/hello world.py' --flag"
+    labels: {com.openfaas.scale.min: 2, com.openfaas.scale.zero: true}
+    environment: {RETRIES: 3}
+    health_path: /healthz
+""",
+    )
+    file = load(path)
+    [fn] = file.functions
+    assert file.namespace == "openfaas-fn"
+    assert fn.argv == (sys.executable, f"{tmp_path}/hello world.py", "--flag")
+    assert fn.labels == {"com.openfaas.scale.min": "2", "com.openfaas.scale.zero": "true"}
+    assert fn.environment == {"RETRIES": "3"}
+    assert fn.health_path == "/healthz"
+    assert fn.initial_replicas == 2  # the min label, as a Deployment would start
+
+
+def test_replicas_override_the_initial_count_and_health_defaults_to_root(tmp_path) -> None:
+    path = write(tmp_path, "namespace: dev\nfunctions:\n  sleepy: {command: ./run, replicas: 0}\n")
+    file = load(path)
+    assert file.namespace == "dev"
+    assert (file.functions[0].initial_replicas, file.functions[0].health_path) == (0, "/")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("  hello: {labels: {}}", r"function 'hello': field command: Field required"),
+        (
+            "  hello: {command: run, lables: {}}",
+            r"function 'hello': field lables: unknown field; allowed: command",
+        ),
+        (
+            "  hello: {command: run, health_path: healthz}",
+            r"function 'hello': field health_path: must start with '/'",
+        ),
+        (
+            "  hello: {command: run, environment: {PORT: 80}}",
+            r"function 'hello': field environment: must not set PORT",
+        ),
+        (
+            "  hello: {command: run, replicas: -1}",
+            r"function 'hello': field replicas: .*greater than or equal to 0",
+        ),
+        ('  hello: {command: "\'unclosed"}', r"function 'hello': field command: cannot be split"),
+        ("  hello: run", r"function 'hello': field settings: expected a mapping"),
+        ("  Hello_World: {command: run}", r"function 'Hello_World': the name must be lower-case"),
+        (
+            "  hello: {command: run, labels: {com.openfaas.scale.min: many}}",
+            r"function 'hello': field labels.com.openfaas.scale.min: 'many' is invalid, expected a whole",
+        ),
+    ],
+)
+def test_an_invalid_function_is_reported_by_name_and_field(tmp_path, body: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load(write(tmp_path, "functions:\n" + body + "\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("functions: {}", r"must map at least one function"),
+        ("- hello", r"expected a mapping with a 'functions:' key"),
+        ("functions: [", r"not valid YAML"),
+    ],
+)
+def test_a_malformed_file_says_what_shape_is_expected(tmp_path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load(write(tmp_path, text))
+
+
+def test_a_missing_file_is_a_config_error_naming_the_path(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read functions file .*nope\.yml"):
+        load(tmp_path / "nope.yml")
+
+
+def test_the_builtin_file_has_a_warm_function_and_one_that_scales_to_zero() -> None:
+    file = load_builtin()
+    by_name = {fn.name: fn for fn in file.functions}
+    assert set(by_name) == {"hello", "wordcount"}
+    assert by_name["hello"].initial_replicas == 1
+    assert by_name["wordcount"].labels["com.openfaas.scale.zero"] == "true"
+    assert by_name["wordcount"].initial_replicas == 0
+    assert all(Path(fn.argv[1]).is_file() for fn in file.functions)

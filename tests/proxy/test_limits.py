@@ -1,0 +1,92 @@
+"""Holding has limits, each answered with its own status and a body that says what to do."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from tests.proxy.conftest import MakeProxy, base, wait_held
+from tests.support.fakeprovider import FakeProvider
+
+
+async def metrics_text(client: aiohttp.ClientSession, admin_port: int) -> str:
+    async with client.get(f"http://127.0.0.1:{admin_port}/metrics") as response:
+        return await response.text()
+
+
+async def test_a_request_held_past_the_hold_timeout_gets_504_saying_so(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("slow-start", warm=False, ready_delay=30)
+    proxy = await make_proxy(hold_timeout=0.3)
+    async with client.get(base(proxy) + "/function/slow-start/") as response:
+        assert response.status == 504
+        text = await response.text()
+    assert "did not become ready within the hold timeout (0.3 s)" in text
+    stats = proxy.invocation_stats()[ref.key]
+    assert (stats.inflight, stats.held, stats.completed_total) == (0, 0, 1)
+    metrics = await metrics_text(client, proxy.admin_port)
+    assert 'autoscaler_hold_timeouts_total{function_name="slow-start.openfaas-fn"} 1.0' in metrics
+    assert (
+        'gateway_function_invocation_total{code="504",function_name="slow-start.openfaas-fn"} 1.0' in metrics
+    )
+
+
+async def test_requests_beyond_the_hold_limit_get_429_with_retry_after_and_the_held_ones_are_served(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("busy", warm=False, ready_delay=30)
+    proxy = await make_proxy(max_held=3)
+    held = []
+    for index in range(3):
+        held.append(asyncio.create_task(client.get(base(proxy) + "/function/busy/")))
+        await wait_held(proxy, ref.key, index + 1)
+    async with client.get(base(proxy) + "/function/busy/") as response:
+        assert response.status == 429
+        assert response.headers["Retry-After"] == "2"
+        assert "holds 3 requests (the hold limit)" in await response.text()
+    provider.ready_now(ref)
+    assert [r.status for r in await asyncio.gather(*held)] == [200, 200, 200]
+    metrics = await metrics_text(client, proxy.admin_port)
+    assert (
+        'autoscaler_hold_rejected_total{function_name="busy.openfaas-fn",reason="hold_limit"} 1.0' in metrics
+    )
+
+
+async def test_a_body_over_the_limit_gets_413_and_never_reaches_the_function(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("echo")
+    proxy = await make_proxy(max_body=1000)
+    async with client.post(base(proxy) + "/function/echo/", data=b"x" * 1001) as response:
+        assert response.status == 413
+        assert "the limit is 1000 bytes (got 1001 bytes)" in await response.text()
+
+    async def chunked() -> object:
+        for _ in range(4):
+            yield b"y" * 500
+
+    async with client.post(base(proxy) + "/function/echo/", data=chunked()) as response:
+        assert response.status == 413
+        assert "the limit is 1000 bytes" in await response.text()
+    async with client.post(base(proxy) + "/function/echo/", data=b"z" * 1000) as response:
+        assert response.status == 200
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    assert [len(r.body) for r in upstream.received] == [1000]
+    metrics = await metrics_text(client, proxy.admin_port)
+    assert (
+        'autoscaler_hold_rejected_total{function_name="echo.openfaas-fn",reason="body_too_large"} 2.0'
+        in metrics
+    )
+
+
+async def test_a_cold_request_over_the_body_limit_is_refused_without_waking_the_function(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    await provider.add("cold", warm=False)
+    proxy = await make_proxy(max_body=10)
+    async with client.post(base(proxy) + "/function/cold/", data=b"x" * 11) as response:
+        assert response.status == 413
+    assert provider.scale_calls == []

@@ -1,0 +1,57 @@
+"""When the function fails, the caller learns it clearly: 502/504 before an answer, a cut connection after."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+
+from tests.proxy.conftest import MakeProxy, base
+from tests.support.fakeprovider import FakeProvider
+
+
+async def test_a_function_that_resets_a_small_response_mid_body_gives_502(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    await provider.add("flaky")
+    proxy = await make_proxy()
+    async with client.get(base(proxy) + "/function/flaky/reset?size=20000") as response:
+        assert response.status == 502
+        assert "flaky.openfaas-fn broke off its response" in await response.text()
+
+
+async def test_a_function_that_resets_a_streamed_response_cuts_the_client_connection(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    await provider.add("flaky")
+    proxy = await make_proxy()
+    async with client.get(base(proxy) + "/function/flaky/reset?size=400000") as response:
+        assert response.status == 200  # already sent when the function broke off
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+    # The proxy itself is fine afterwards.
+    async with client.get(base(proxy) + "/function/flaky/") as response:
+        assert response.status == 200
+
+
+async def test_a_warm_function_that_refuses_connections_gives_502_naming_it(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("gone")
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    await upstream.stop()  # the replica died; the endpoint is still listed
+    proxy = await make_proxy()
+    async with client.get(base(proxy) + "/function/gone/") as response:
+        assert response.status == 502
+        assert "function gone.openfaas-fn is unreachable" in await response.text()
+    assert proxy.invocation_stats()[ref.key].inflight == 0
+
+
+async def test_a_function_slower_than_the_upstream_timeout_gives_504(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    await provider.add("sloth")
+    proxy = await make_proxy(upstream_timeout=0.2)
+    async with client.get(base(proxy) + "/function/sloth/slow?seconds=1") as response:
+        assert response.status == 504
+        assert "did not answer within the upstream timeout (0.2 s)" in await response.text()
