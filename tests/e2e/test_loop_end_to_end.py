@@ -11,7 +11,6 @@ import asyncio
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -69,29 +68,45 @@ async def cluster(prometheus_factory: PrometheusFactory, tmp_path: Path) -> Asyn
             await prometheus.wait_for_rates({f"{BURSTY}.openfaas-fn": 0.0}, window=WINDOW)
             log = tmp_path / "controller.log"
             with log.open("w") as sink:
-                process = subprocess.Popen(
-                    [
-                        sys.executable, "-m", "autoscaler", "--log-format", "text", "run",
-                        "--prometheus-url", prometheus.url, "--kubeconfig", str(kubeconfig),
-                        "--interval", str(INTERVAL), "--rate-window", WINDOW, "--admin-port", "0",
-                        "--admin-host", "127.0.0.1", "--query-timeout", "1",
+                process = await asyncio.create_subprocess_exec(
+                    *[
+                        sys.executable,
+                        "-m",
+                        "autoscaler",
+                        "--log-format",
+                        "text",
+                        "run",
+                        "--prometheus-url",
+                        prometheus.url,
+                        "--kubeconfig",
+                        str(kubeconfig),
+                        "--interval",
+                        str(INTERVAL),
+                        "--rate-window",
+                        WINDOW,
+                        "--admin-port",
+                        "0",
+                        "--admin-host",
+                        "127.0.0.1",
+                        "--query-timeout",
+                        "1",
                     ],
                     stdout=sink,
-                    stderr=subprocess.STDOUT,
+                    stderr=asyncio.subprocess.STDOUT,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 )
                 try:
                     deadline = time.monotonic() + 20
                     while "control loop started" not in log.read_text():
-                        assert process.poll() is None, log.read_text()
+                        assert process.returncode is None, log.read_text()
                         assert time.monotonic() < deadline, log.read_text()
                         await asyncio.sleep(0.1)
                     yield Cluster(api=api, exporter=exporter, prometheus=prometheus, log=log)
                 finally:
                     process.send_signal(signal.SIGTERM)
                     try:
-                        code = await asyncio.to_thread(process.wait, 15)
-                    except subprocess.TimeoutExpired:
+                        code = await asyncio.wait_for(process.wait(), 15)
+                    except TimeoutError:
                         process.kill()
                         raise
                 assert code == 0, log.read_text()[-3000:]
