@@ -15,6 +15,8 @@ import signal
 import socket
 import time
 
+from prometheus_client import CollectorRegistry
+
 from autoscaler.admin import AdminServer
 from autoscaler.cli import settings_overrides
 from autoscaler.config import ControllerSettings, MetricsSettings, ProviderSettings, build
@@ -32,13 +34,15 @@ async def serve(
     from autoscaler.providers.kubernetes import KubernetesProvider
 
     provider = await KubernetesProvider.create(settings=providers)
-    reader = PrometheusReader(settings=metrics)
+    registry = CollectorRegistry()
+    reader = PrometheusReader(settings=metrics, registry=registry)
     leader = None
     leading = not controller_settings.leader_election
     controller = Controller(
         provider=provider,
         reader=reader,
         settings=controller_settings,
+        registry=registry,
         may_patch=lambda: leader.is_leader if leader is not None else leading,
     )
     started = asyncio.Event()
@@ -69,6 +73,12 @@ async def serve(
         ready=ready,
     )
     await admin.start()
+    log.info(
+        "admin server on http://%s:%d (/healthz, /readyz, /metrics)",
+        controller_settings.admin_host,
+        admin.port,
+        extra={"fields": {"event": "admin", "port": admin.port}},
+    )
     tasks: list[asyncio.Task[None]] = []
     try:
         await provider.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.support.apiserver import FakeApiServer
@@ -153,3 +155,19 @@ async def test_with_prometheus_killed_nothing_is_scaled_down(cluster: Cluster) -
     assert cluster.scale_writes() == writes
     assert (cluster.api.replicas(BURSTY), cluster.api.replicas(SLEEPY)) == (7, 1)
     assert "unreachable" in cluster.log.read_text()
+
+
+async def test_the_admin_port_serves_health_and_the_loops_metrics(cluster: Cluster) -> None:
+    port = int(re.search(r"admin server on http://127.0.0.1:(\d+)", cluster.log.read_text()).group(1))  # type: ignore[union-attr]
+    await cluster.wait_replicas(SLEEPY, 0, timeout=20)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+            assert response.status == 200
+        async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+            assert response.status == 200
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            text = await response.text()
+    assert 'autoscaler_desired_replicas{function_name="steady.openfaas-fn"} 1.0' in text
+    assert 'autoscaler_scale_total{function_name="sleepy.openfaas-fn",reason="ScaleToZero"} 1.0' in text
+    assert "autoscaler_tick_seconds_count" in text
+    assert "autoscaler_is_leader 1.0" in text
