@@ -14,15 +14,20 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from autoscaler import keepalive
 from autoscaler.admin import AdminServer
 from autoscaler.cli import settings_overrides
 from autoscaler.config import ControllerSettings, MetricsSettings, ProviderSettings, build
 from autoscaler.controller import Controller
 from autoscaler.errors import ConfigError
 from autoscaler.interfaces import FunctionRef
+from autoscaler.spec import KEEPALIVE
+from policies.model import KeepAlive
 
 log = logging.getLogger("autoscaler.run")
 
@@ -38,7 +43,10 @@ async def serve(
     reader = PrometheusReader(settings=metrics, registry=registry)
     leader = None
     leading = not controller_settings.leader_election
+    histories: dict[str, Any] = {}
+    seeded_at = time.time()
     controller = Controller(
+        keepalive_factory=keepalive.factory(histories, end=seeded_at),
         provider=provider,
         reader=reader,
         settings=controller_settings,
@@ -82,6 +90,8 @@ async def serve(
     tasks: list[asyncio.Task[None]] = []
     try:
         await provider.start()
+        adaptive = [key for key, info in provider.functions().items() if _adaptive(info.labels)]
+        histories.update(await keepalive.read_histories(reader, keys=adaptive, now=seeded_at))
         started.set()
         if controller_settings.leader_election:
             from autoscaler.leader import LeaderElector
@@ -142,6 +152,10 @@ async def serve(
         await provider.close()
         await admin.stop()
     return 0
+
+
+def _adaptive(labels: Mapping[str, str]) -> bool:
+    return labels.get(KEEPALIVE, "").strip().lower() == KeepAlive.ADAPTIVE.value
 
 
 def _last_tick(controller: Controller) -> float:

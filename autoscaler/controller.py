@@ -81,6 +81,11 @@ class Controller:
         self.last_report: TickReport | None = None
         self.views: dict[str, FunctionView] = {}
 
+    def state(self, key: str) -> FunctionState | None:
+        """What the loop remembers of one function (idle timer, down window, keep-alive model)."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry.state
+
     def poke(self, ref: FunctionRef | None = None) -> None:
         """Tick as soon as possible (a cold start is waiting); safe to call from any callback."""
         self._poked.set()

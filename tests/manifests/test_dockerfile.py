@@ -49,7 +49,8 @@ def test_the_image_runs_as_a_numeric_non_root_user_with_an_exec_form_entrypoint(
     users = [arg for op, arg in final if op == "USER"]
     assert users, "the final stage sets no USER: it would run as root"
     uid = users[-1].split(":")[0]
-    assert uid.isdigit() and int(uid) != 0, "USER must be numeric (runAsNonRoot checks it) and not 0"
+    assert uid.isdigit(), "USER must be numeric: runAsNonRoot cannot check a user name"
+    assert int(uid) != 0, "USER must not be root"
     entrypoint = [arg for op, arg in final if op == "ENTRYPOINT"]
     assert json.loads(entrypoint[-1]) == ["autoscaler"], "exec form: no shell needed at runtime"
     assert [arg for op, arg in final if op == "RUN"] == [], "the runtime stage runs nothing at build time"
