@@ -9,6 +9,7 @@ write downstream); anything larger or of unknown length is streamed chunk by chu
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import aiohttp
@@ -17,6 +18,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from autoscaler.errors import AutoscalerError
+from autoscaler.proxy._deadlines import Deadlines
+from autoscaler.proxy._tasks import Background
 
 log = logging.getLogger("autoscaler.proxy")
 
@@ -94,9 +97,13 @@ def response_headers(src: CIMultiDict[str] | CIMultiDictProxy[str]) -> CIMultiDi
 class Forwarder:
     """Owns the shared client session; opens upstream requests and relays their responses."""
 
-    def __init__(self, *, upstream_timeout: float, max_connections_per_host: int = 100) -> None:
+    def __init__(
+        self, *, upstream_timeout: float, background: Background, max_connections_per_host: int = 100
+    ) -> None:
         self._upstream_timeout = upstream_timeout
         self._max_per_host = max_connections_per_host
+        self._background = background
+        self._deadlines = Deadlines(resolution=min(1.0, upstream_timeout / 4))
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -106,15 +113,19 @@ class Forwarder:
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=CONNECT_TIMEOUT, sock_read=self._upstream_timeout
-            ),
+            # Reads are timed by self._deadlines (see _deadlines: a timer per read costs too much).
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=None),
         )
+        self._background.spawn(self._deadlines.run(), name="upstream deadlines")
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _timed_out(self, key: str) -> UpstreamError:
+        limit = self._upstream_timeout
+        return UpstreamError(504, f"function {key} did not answer within the upstream timeout ({limit:g} s)")
 
     async def open(
         self, *, method: str, url: URL, headers: CIMultiDict[str], body: bytes | None, key: str
@@ -123,17 +134,21 @@ class Forwarder:
         session = self._session
         if session is None:
             raise UpstreamError(503, "the proxy is not started or already stopped")
+        task = self._deadlines.arm(self._upstream_timeout)
         try:
             return await session.request(method, url, headers=headers, data=body, allow_redirects=False)
+        except asyncio.CancelledError:
+            if self._deadlines.disarm(task):
+                raise self._timed_out(key) from None
+            raise
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
             raise UpstreamConnectError(502, f"function {key} is unreachable at {url.origin()}: {e}") from e
         except TimeoutError as e:
-            limit = self._upstream_timeout
-            raise UpstreamError(
-                504, f"function {key} did not answer within the upstream timeout ({limit:g} s)"
-            ) from e
+            raise self._timed_out(key) from e
         except aiohttp.ClientError as e:
             raise UpstreamError(502, f"function {key} failed before answering: {e!r}") from e
+        finally:
+            self._deadlines.disarm(task)
 
     async def relay(
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, *, key: str
@@ -142,11 +157,18 @@ class Forwarder:
         headers = response_headers(upstream.headers)
         length = upstream.content_length
         if length is not None and length <= SMALL_BODY:
+            task = self._deadlines.arm(self._upstream_timeout)
             try:
                 body = await upstream.read()
+            except asyncio.CancelledError:
+                if self._deadlines.disarm(task):
+                    upstream.close()
+                    raise self._timed_out(key) from None
+                raise
             except (aiohttp.ClientError, TimeoutError) as e:
                 raise UpstreamError(502, f"function {key} broke off its response: {e!r}") from e
             finally:
+                self._deadlines.disarm(task)
                 upstream.release()
             return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
         return await self._stream(request, upstream, headers, key=key)
@@ -160,16 +182,13 @@ class Forwarder:
         key: str,
     ) -> web.StreamResponse:
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-        reader = upstream.content
         try:
             await out.prepare(request)
             while True:
-                try:
-                    chunk = await reader.readany()
-                except (aiohttp.ClientError, TimeoutError) as e:
+                chunk = await self._read_chunk(upstream, key=key)
+                if chunk is None:
                     # The status line is gone already: cut the client's connection so that a
                     # truncated body can never pass for a whole one.
-                    log.warning("function %s broke off its response mid-body: %r", key, e)
                     upstream.close()
                     if request.transport is not None:
                         request.transport.close()
@@ -182,3 +201,19 @@ class Forwarder:
         finally:
             upstream.release()
         return out
+
+    async def _read_chunk(self, upstream: aiohttp.ClientResponse, *, key: str) -> bytes | None:
+        """The next piece of the body (b"" at its end), or None when the function broke off or stalled."""
+        task = self._deadlines.arm(self._upstream_timeout)
+        try:
+            return await upstream.content.readany()
+        except asyncio.CancelledError:
+            if not self._deadlines.disarm(task):
+                raise
+            log.warning("function %s sent nothing for %g s mid-body", key, self._upstream_timeout)
+            return None
+        except (aiohttp.ClientError, TimeoutError) as e:
+            log.warning("function %s broke off its response mid-body: %r", key, e)
+            return None
+        finally:
+            self._deadlines.disarm(task)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from autoscaler.errors import ConfigError
 from autoscaler.interfaces import FunctionRef
 
 PREFIX = "/function/"
@@ -39,8 +40,8 @@ class Router:
 
     def __init__(self, *, default_namespace: str) -> None:
         if not _DNS_LABEL.fullmatch(default_namespace):
-            raise ValueError(
-                f"default namespace {default_namespace!r} is not a valid Kubernetes namespace name "
+            raise ConfigError(
+                f"--default-namespace {default_namespace!r} is not a valid Kubernetes namespace name "
                 "(lower-case letters, digits and '-', at most 63 characters)"
             )
         self._default_namespace = default_namespace

@@ -90,3 +90,24 @@ async def test_a_cold_request_over_the_body_limit_is_refused_without_waking_the_
     async with client.post(base(proxy) + "/function/cold/", data=b"x" * 11) as response:
         assert response.status == 413
     assert provider.scale_calls == []
+
+
+async def test_a_client_that_gives_up_while_held_frees_its_place_in_the_hold(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("cold", warm=False, ready_delay=30)
+    proxy = await make_proxy(max_held=1)
+    impatient = asyncio.create_task(client.get(base(proxy) + "/function/cold/"))
+    await wait_held(proxy, ref.key, 1)
+    impatient.cancel()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while proxy.invocation_stats()[ref.key].held:
+        assert loop.time() < deadline, "the abandoned request was never released"
+        await asyncio.sleep(0.01)
+    patient = asyncio.create_task(client.get(base(proxy) + "/function/cold/"))
+    await wait_held(proxy, ref.key, 1)
+    provider.ready_now(ref)
+    assert (await patient).status == 200
+    metrics = await metrics_text(client, proxy.admin_port)
+    assert 'gateway_function_invocation_total{code="499",function_name="cold.openfaas-fn"} 1.0' in metrics

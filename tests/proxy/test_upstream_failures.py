@@ -55,3 +55,16 @@ async def test_a_function_slower_than_the_upstream_timeout_gives_504(
     async with client.get(base(proxy) + "/function/sloth/slow?seconds=1") as response:
         assert response.status == 504
         assert "did not answer within the upstream timeout (0.2 s)" in await response.text()
+
+
+async def test_a_function_that_stalls_mid_stream_longer_than_the_upstream_timeout_is_cut_off(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    await provider.add("staller")
+    proxy = await make_proxy(upstream_timeout=0.3)
+    async with client.get(base(proxy) + "/function/staller/stream?chunks=3") as response:
+        assert response.status == 200
+        assert await response.content.readline() == b"chunk-0\n"
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()  # the function never sends the rest
+    assert proxy.invocation_stats()["staller.openfaas-fn"].inflight == 0
