@@ -54,9 +54,9 @@ class HistogramConfig:
 class HybridHistogram:
     """Per-function idle-time histogram that chooses (pre-warm, keep-alive); see the module docstring.
 
-    Calls observed less than one bin apart belong to the same burst: the gap between them is not an
-    idle time (the loop sees calls at its scrape resolution, many times a minute while a function
-    is busy). Implements `policies.engine.KeepAlivePolicy`.
+    Every gap between two observed calls is an idle time, short ones included: a busy function's
+    histogram piles up in the first bin, so it is kept warm briefly after its bursts. Implements
+    `policies.engine.KeepAlivePolicy`.
     """
 
     def __init__(self, *, fixed_keepalive: float, config: HistogramConfig | None = None) -> None:
@@ -76,7 +76,7 @@ class HybridHistogram:
     def observe_call(self, *, now: float) -> None:
         """A started invocation (or a batch of them) was seen at `now`; record the idle time before it."""
         last = self.last_call
-        if last is not None and now - last >= self.config.bin_width:
+        if last is not None and now > last:
             self.record_idle(seconds=now - last)
         if last is None or now > last:
             self.last_call = now

@@ -104,4 +104,7 @@ async def test_a_port_in_use_exits_2_and_says_to_pick_another() -> None:
         demo = await autoscaler("demo", "--serve", "--port", str(port))
         _, err = await asyncio.wait_for(demo.communicate(), timeout=30)
     assert demo.returncode == 2
-    assert f"port {port} is in use; pass --port" in err.decode()
+    message = err.decode()
+    assert f"127.0.0.1:{port}" in message
+    assert "in use" in message
+    assert "--port" in message
