@@ -77,7 +77,7 @@ class FunctionResult:
     changes: list[tuple[float, int]] = field(default_factory=list)  # kept only for the plotted function
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def project_spec(name: str) -> ScalingSpec:
     """The ScalingSpec the loop would build from the policy's labels."""
     return parse_labels(PROJECT_LABELS[name])

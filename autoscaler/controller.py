@@ -21,6 +21,7 @@ from autoscaler.config import ControllerSettings
 from autoscaler.errors import AutoscalerError, ProviderError, SpecError
 from autoscaler.interfaces import FunctionInfo, FunctionRef, LoadReader, LoadSnapshot, Provider
 from autoscaler.spec import parse_labels
+from autoscaler.tasks import Background
 from autoscaler.telemetry import ControllerMetrics, FunctionView, log_decision
 from policies.engine import FunctionState, KeepAlivePolicy, decide
 from policies.model import Decision, KeepAlive, Reason, ScalingSpec
@@ -77,7 +78,7 @@ class Controller:
         self.metrics = ControllerMetrics(registry)
         self._entries: dict[str, _Entry] = {}
         self._poked = asyncio.Event()
-        self._pending: set[asyncio.Task[None]] = set()
+        self._background = Background()
         self.last_report: TickReport | None = None
         self.views: dict[str, FunctionView] = {}
 
@@ -213,24 +214,15 @@ class Controller:
                 }
             },
         )
-        self._background(
+        self._background.spawn(
             self._provider.record_event(
                 info.ref,
                 reason="InvalidScalingLabels",
                 message=f"{error}; replicas left at {info.replicas}",
                 warning=True,
-            )
+            ),
+            name=f"event for {info.ref.key}",
         )
-
-    def _background(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
-        self._pending.add(task)
-        task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed: %s", task.exception())
 
     async def _act(self, changes: list[tuple[FunctionInfo, Decision]], report: TickReport) -> None:
         dry_run = self._settings.dry_run
@@ -264,8 +256,7 @@ class Controller:
                     info.ref,
                     reason=decision.reason.value,
                     message=(
-                        f"Scaled from {decision.current} to {decision.desired} replicas: "
-                        f"{decision.message}"
+                        f"Scaled from {decision.current} to {decision.desired} replicas: {decision.message}"
                     ),
                 )
 
@@ -273,5 +264,4 @@ class Controller:
 
     async def close(self) -> None:
         """Wait for background Events still being written."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._background.wait()

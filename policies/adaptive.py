@@ -22,6 +22,7 @@ when a call is observed, never with the passage of time, so the simulator may sk
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -77,7 +78,10 @@ class HybridHistogram:
         """A started invocation (or a batch of them) was seen at `now`; record the idle time before it."""
         last = self.last_call
         if last is not None and now > last:
-            self.record_idle(seconds=now - last)
+            width = self.config.bin_width
+            idle_bins = math.floor(now / width) - math.floor(last / width) - 1
+            if idle_bins >= 0:
+                self.record_idle(seconds=idle_bins * width)
         if last is None or now > last:
             self.last_call = now
 

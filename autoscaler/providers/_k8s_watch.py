@@ -5,7 +5,8 @@ follow the cluster through everything a long-lived watch meets: the server closi
 its timeout (reconnect at once from the last resourceVersion), a 410 Gone for a compacted version
 (re-list: the list replaces the cache, so nothing that changed meanwhile is lost), a dropped
 connection or failing API (reconnect with capped exponential backoff and jitter), and bugs in a
-handler (logged, the stream goes on). `guarded()` restarts a loop that still crashes, with a log line.
+handler (logged, the stream goes on). `autoscaler.tasks.restarting()` restarts a loop that still
+crashes, with a log line.
 """
 
 from __future__ import annotations
@@ -142,20 +143,3 @@ class Reflector:
         log.warning("%s; reconnecting in %.2fs (failure %d)", self.last_error, delay, failures)
         await asyncio.sleep(delay)
         return failures
-
-
-def guarded(run: Callable[[], Awaitable[None]], *, name: str, restart_delay: float) -> asyncio.Task[None]:
-    """Start `run` as a task that logs a crash (or an unexpected return) and starts it again."""
-
-    async def guard() -> None:
-        while True:
-            try:
-                await run()
-                log.error("%s returned unexpectedly; restarting in %.2fs", name, restart_delay)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s crashed; restarting in %.2fs", name, restart_delay)
-            await asyncio.sleep(restart_delay)
-
-    return asyncio.get_running_loop().create_task(guard(), name=name)

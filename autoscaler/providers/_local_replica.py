@@ -20,14 +20,14 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 import aiohttp
 
 from autoscaler.functionsfile import LocalFunction
+from autoscaler.tasks import spawn
 
 log = logging.getLogger("autoscaler.providers.local")
 
@@ -63,18 +63,6 @@ class ReplicaTiming:
     backoff_max: float = 10.0
     stable_after: float = 10.0  # seconds ready after which the crash count resets
     probe_interval: float = 0.05
-
-
-def spawn_logged(coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
-    """Start a background task whose crash is logged, never silent."""
-    task = asyncio.create_task(coro, name=name)
-
-    def _done(t: asyncio.Task[Any]) -> None:
-        if not t.cancelled() and t.exception() is not None:
-            log.error("background task %s crashed", name, exc_info=t.exception())
-
-    task.add_done_callback(_done)
-    return task
 
 
 def free_port() -> int:
@@ -155,7 +143,7 @@ class Replica:
         )
 
     def start(self) -> None:
-        self._task = spawn_logged(self._supervise(), name=f"replica {self.name}")
+        self._task = spawn(self._supervise(), name=f"replica {self.name}")
 
     def _set(self, state: ReplicaState) -> None:
         if state is not self.state:
@@ -208,7 +196,7 @@ class Replica:
         process = self._process
         LIVE_GROUPS.add(process.pid)
         log.info("replica %s started: pid %d, port %d", self.name, process.pid, self.port)
-        reader = spawn_logged(self._pump_output(process), name=f"logs of {self.name}")
+        reader = spawn(self._pump_output(process), name=f"logs of {self.name}")
         ready_at: float | None = None
         try:
             if await self._probe_until_ready(process) and not self._stopping:

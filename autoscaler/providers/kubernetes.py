@@ -39,7 +39,8 @@ from autoscaler.providers._k8s_objects import (
     rfc3339,
     slice_urls,
 )
-from autoscaler.providers._k8s_watch import Reflector, guarded
+from autoscaler.providers._k8s_watch import Reflector
+from autoscaler.tasks import restarting
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class KubernetesProvider:
             self.reflectors.append(self._reflector_slices(namespace))
         for reflector in self.reflectors:
             self._tasks.append(
-                guarded(reflector.run, name=f"watch {reflector.what}", restart_delay=self._retry.max_delay)
+                restarting(reflector.run, name=f"watch {reflector.what}", restart_delay=self._retry.max_delay)
             )
         waits = [reflector.synced.wait() for reflector in self.reflectors]
         try:

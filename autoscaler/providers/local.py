@@ -31,8 +31,8 @@ from autoscaler.providers._local_replica import (
     ReplicaTiming,
     ReplicaView,
     signal_group,
-    spawn_logged,
 )
+from autoscaler.tasks import spawn
 
 __all__ = ["MAX_REPLICAS", "LocalEvent", "LocalProvider", "ReplicaTiming", "ReplicaView"]
 
@@ -201,7 +201,7 @@ class LocalProvider:
             order = sorted(active, key=lambda r: (r.state is ReplicaState.READY, -r.index))
             for replica in order[: len(active) - replicas]:
                 replica.retire()
-                task = spawn_logged(replica.stop(), name=f"stop {replica.name}")
+                task = spawn(replica.stop(), name=f"stop {replica.name}")
                 self._stops.add(task)
                 task.add_done_callback(self._stops.discard)
         if changed:

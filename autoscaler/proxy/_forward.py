@@ -19,7 +19,7 @@ from yarl import URL
 
 from autoscaler.errors import AutoscalerError
 from autoscaler.proxy._deadlines import Deadlines
-from autoscaler.proxy._tasks import Background
+from autoscaler.tasks import Background
 
 log = logging.getLogger("autoscaler.proxy")
 

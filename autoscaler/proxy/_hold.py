@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from autoscaler.errors import AutoscalerError, NotFoundError, ProviderError, SpecError
 from autoscaler.interfaces import FunctionRef, Provider
 from autoscaler.proxy._metrics import FunctionStats
-from autoscaler.proxy._tasks import Background
 from autoscaler.spec import parse_labels
+from autoscaler.tasks import Background
 
 log = logging.getLogger("autoscaler.proxy")
 

@@ -34,7 +34,7 @@ from autoscaler.proxy._forward import Forwarder, UpstreamConnectError, UpstreamE
 from autoscaler.proxy._hold import MARK_INTERVAL, ColdStarts, FunctionState, HoldError
 from autoscaler.proxy._metrics import StatsCollector
 from autoscaler.proxy._routing import RouteError, Router
-from autoscaler.proxy._tasks import Background
+from autoscaler.tasks import Background
 
 log = logging.getLogger("autoscaler.proxy")
 

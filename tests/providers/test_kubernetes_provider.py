@@ -10,7 +10,7 @@ import pytest
 
 from autoscaler.errors import ProviderError
 from autoscaler.interfaces import FunctionRef
-from autoscaler.providers._k8s_watch import guarded
+from autoscaler.tasks import restarting
 from tests.support.apiserver import FakeApiServer
 
 from .support import eventually, fn_labels
@@ -185,7 +185,7 @@ async def test_a_crashed_background_loop_is_logged_and_restarted(caplog: pytest.
         done.set()
         await asyncio.Event().wait()
 
-    task = guarded(flaky, name="watch flaky", restart_delay=0.01)
+    task = restarting(flaky, name="watch flaky", restart_delay=0.01)
     await asyncio.wait_for(done.wait(), 2)
     task.cancel()
 

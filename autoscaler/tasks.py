@@ -1,0 +1,87 @@
+"""The one guarded way to start background work: no task of the add-on dies silently.
+
+asyncio keeps only weak references to tasks and reports a crashed task's exception, if at all, when it
+is garbage collected. Every background task of the loop, the proxy and the providers starts here: it
+stays referenced until it ends, its crash is logged with its name, and its owner can cancel the rest
+at shutdown. `restarting` is for loops that must outlive their own crashes (watches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+log = logging.getLogger("autoscaler.tasks")
+
+
+class Background:
+    """A set of named background tasks whose failures are logged; `close()` cancels the rest."""
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        _report(task)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def wait(self) -> None:
+        """Wait for the tasks running now to end (their failures are logged, not raised)."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _report(task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("background task %s crashed: %r", task.get_name(), exc, exc_info=exc)
+
+
+_detached: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+    """Start one background task that has no owner set; referenced until done, crash logged."""
+    task = asyncio.get_running_loop().create_task(coro, name=name)
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
+    task.add_done_callback(_report)
+    return task
+
+
+def restarting(run: Callable[[], Awaitable[None]], *, name: str, restart_delay: float) -> asyncio.Task[None]:
+    """Start `run` as a task that logs a crash (or an unexpected return) and starts it again."""
+
+    async def guard() -> None:
+        while True:
+            try:
+                await run()
+                log.error("%s returned unexpectedly; restarting in %.2fs", name, restart_delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s crashed; restarting in %.2fs", name, restart_delay)
+            await asyncio.sleep(restart_delay)
+
+    return asyncio.get_running_loop().create_task(guard(), name=name)
