@@ -55,9 +55,13 @@ def observe(
 ) -> bool:
     """Update the idle timer from this tick's evidence; True when the function is active right now."""
     active = busy
+    first_count = False
     if load is not None:
         started = load.started_total
         if started is not None:
+            # First sight of the counter: what it already counts started at an unknown time, maybe
+            # while there was no data (invariant 1), so the idle timer restarts without waking it.
+            first_count = state.last_started_total is None
             if state.last_started_total is not None and started != state.last_started_total:
                 # Any change counts, a counter reset (proxy restart) included: it cannot mean idleness.
                 active = True
@@ -68,7 +72,7 @@ def observe(
             active = True
     if last_wake is not None and (state.last_active is None or last_wake > state.last_active):
         state.last_active = last_wake
-    if active or state.last_active is None:
+    if active or first_count or state.last_active is None:
         # First sight of a function (e.g. after a restart) starts its idle timer without waking it.
         state.last_active = now
     return active

@@ -1,4 +1,4 @@
-"""Invariant 2 with the real control loop: a scale-to-zero tick fired in the middle of a cold start is refused.
+"""Invariant 2 with the real control loop: a scale-to-zero tick fired during a cold start is refused.
 
 The real `Proxy` and the real `Controller` share one process, as in the local mode: the loop gets the
 proxy's `busy` signal and reads load either from metrics that lag behind the burst (they still show the
@@ -26,7 +26,7 @@ from autoscaler.inprocess import ProxyLoadReader
 from autoscaler.interfaces import FunctionRef, LoadReader
 from autoscaler.proxy import Proxy
 from policies.model import Load, Reason
-from tests.proxy.conftest import base, wait_held
+from tests.proxy.conftest import VirtualClock, base, wait_held
 from tests.support.fakeprovider import FakeProvider
 from tests.support.memory import StaticReader
 
@@ -82,7 +82,8 @@ async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
 
 def refused_zero(report: TickReport, key: str) -> None:
     decision = report.decisions[key]
-    assert decision.reason is not Reason.SCALE_TO_ZERO and decision.desired >= 1, decision
+    assert decision.reason is not Reason.SCALE_TO_ZERO, decision
+    assert decision.desired >= 1, decision
     assert key not in report.failed
 
 
@@ -117,7 +118,9 @@ async def test_ticks_fired_while_requests_are_held_or_inside_the_function_never_
         await wait_held(proxy, key, REQUESTS)
         await asyncio.wait_for(asyncio.gather(*racing), timeout=5)
         assert len(racing) == 1
+        refused_zero(reports[-1], key)
         await tick(far + 1)
+        refused_zero(reports[-1], key)
         assert proxy.invocation_stats()[key].held == REQUESTS
 
         # 3. While every request is inside the function.
@@ -130,14 +133,13 @@ async def test_ticks_fired_while_requests_are_held_or_inside_the_function_never_
         stats = proxy.invocation_stats()[key]
         assert (stats.held, stats.inflight) == (0, REQUESTS)
         await tick(far + 2)
+        refused_zero(reports[-1], key)
 
         results = await asyncio.wait_for(asyncio.gather(*calls), timeout=20)
 
     assert [status for status, _ in results] == [200] * REQUESTS
     assert [digest for _, digest in results] == [hashlib.sha256(body).hexdigest() for body in bodies]
     assert len(reports) == 3
-    for report in reports:
-        refused_zero(report, key)
     assert provider.scale_calls == [(ref, 1)]
 
     # 4. Done and idle, but active within the zero-duration: still refused.
@@ -149,3 +151,45 @@ async def test_ticks_fired_while_requests_are_held_or_inside_the_function_never_
     assert reports[-1].decisions[key].reason is Reason.SCALE_TO_ZERO
     assert reports[-1].patched == [key]
     assert provider.scale_calls == [(ref, 1), (ref, 0)]
+
+
+async def test_traffic_the_metrics_first_show_after_it_ended_still_gets_its_whole_zero_duration() -> None:
+    # Prometheus scrapes a function's series only after the proxy served it (a 15 s scrape interval is
+    # common): the loop's first sample of the started counter may come after the traffic, and the
+    # proxy refreshes its activity mark only every few seconds. The idle time must not include traffic.
+    clock = VirtualClock()
+    provider = FakeProvider(ready_delay=0.05)
+    ref = await provider.add("late", warm=False, labels=LABELS)
+    proxy = Proxy(
+        settings=ProxySettings(host="127.0.0.1", port=0, admin_port=0), provider=provider, clock=clock
+    )
+    await proxy.start()
+    reader = StaticReader()  # no sample of the function yet
+    controller = Controller(
+        provider=provider, reader=reader, settings=ControllerSettings(interval=1.0), busy=proxy.busy
+    )
+    try:
+        await controller.tick(now=clock.now)
+        woken = clock.now
+        async with aiohttp.ClientSession() as client:
+            for step in (0.0, 4.0):  # the wake-up, then warm calls within the mark interval
+                clock.now = woken + step
+                for _ in range(3):
+                    async with client.get(f"{base(proxy)}/function/late/") as response:
+                        assert response.status == 200
+        assert [when for _, when in provider.mark_active_calls] == [woken]
+        last_call = clock.now
+        stats = proxy.invocation_stats()[ref.key]
+        clock.now = last_call + 0.5  # the first scrape: everything is already over
+        reader.loads = {ref.key: Load(rps=0.0, inflight=0.0, started_total=stats.started_total)}
+        await controller.tick(now=clock.now)
+
+        report = await controller.tick(now=woken + ZERO_DURATION + 1)  # idle only ZERO_DURATION - 3
+        refused_zero(report, ref.key)
+        report = await controller.tick(now=last_call + ZERO_DURATION + 1)
+        assert report.decisions[ref.key].reason is Reason.SCALE_TO_ZERO
+        assert provider.scale_calls == [(ref, 1), (ref, 0)]
+    finally:
+        await controller.close()
+        await proxy.stop()
+        await provider.close()

@@ -59,14 +59,16 @@ class ServiceProcess:
         return f"--- {self.name} log (tail) ---\n{self.text()[-chars:]}"
 
     async def wait_for(self, pattern: str, *, timeout: float) -> re.Match[str]:
-        """Wait until the log matches `pattern`; fail with the log tail if the process exits or time runs out."""
+        """Wait until the log matches `pattern`; fail with the log tail on an exit or after `timeout`."""
         deadline = time.monotonic() + timeout
         compiled = re.compile(pattern)
         while (found := compiled.search(self.text())) is None:
             if self.process.returncode is not None:
                 raise AssertionError(f"{self.name} exited with {self.process.returncode}\n{self.tail()}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: no {pattern!r} in its log after {timeout}s\n{self.tail()}")
+                raise AssertionError(
+                    f"{self.name}: no {pattern!r} in its log after {timeout}s\n{self.tail()}"
+                )
             await asyncio.sleep(0.05)
         return found
 
@@ -79,7 +81,9 @@ class ServiceProcess:
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
-            raise AssertionError(f"{self.name} did not exit within {timeout}s of SIGTERM\n{self.tail()}") from None
+            raise AssertionError(
+                f"{self.name} did not exit within {timeout}s of SIGTERM\n{self.tail()}"
+            ) from None
 
 
 @dataclass
