@@ -40,6 +40,7 @@ log = logging.getLogger("autoscaler.proxy")
 
 # Right after a wake-up, endpoints lag readiness: connect errors are retried for this long after it.
 WAKE_RETRY_WINDOW = 10.0
+CONNECT_RETRY_WINDOW = 5.0  # warm path: how long refused connections are retried before 502
 RETRY_FIRST_DELAY = 0.02
 RETRY_MAX_DELAY = 0.25
 # A held request whose hold limit is full is told to come back after this many seconds.
@@ -265,6 +266,11 @@ class Proxy:
             retry_until = deadline
         elif loop.time() - state.woken_at < WAKE_RETRY_WINDOW:
             retry_until = loop.time() + WAKE_RETRY_WINDOW
+        else:
+            # A refused connection never reached the function, so retrying is safe even for a POST:
+            # a replica that stopped listening before its endpoint left the EndpointSlice costs a
+            # short delay, not an error.
+            retry_until = loop.time() + min(settings.hold_timeout, CONNECT_RETRY_WINDOW)
         try:
             upstream = await self._open(
                 request, state, path, body, endpoints=None if held else endpoints, retry_until=retry_until
@@ -294,6 +300,7 @@ class Proxy:
         while True:
             if endpoints is None:
                 endpoints = self._provider.endpoints(ref)
+                failures = 0
             if endpoints:
                 state.rr += 1
                 url = URL(endpoints[state.rr % len(endpoints)] + path, encoded=True)
@@ -304,7 +311,7 @@ class Proxy:
                 except UpstreamConnectError as e:
                     failures += 1
                     error: UpstreamError = e
-                    if retry_until is None and failures < len(endpoints):
+                    if failures < len(endpoints):
                         continue  # another replica may answer
             else:
                 error = UpstreamError(503, f"function {ref.key} has no ready endpoint; retry later")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -45,6 +47,26 @@ async def test_a_warm_function_that_refuses_connections_gives_502_naming_it(
         assert response.status == 502
         assert "function gone.openfaas-fn is unreachable" in await response.text()
     assert proxy.invocation_stats()[ref.key].inflight == 0
+
+
+async def test_a_replica_that_stops_listening_briefly_costs_a_delay_not_an_error(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("restarting")
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    await upstream.stop()  # e.g. the container restarts while its endpoint is still listed
+    proxy = await make_proxy()
+
+    async def back_soon() -> None:
+        await asyncio.sleep(0.5)
+        await upstream.start()  # same port: the endpoint is valid again
+
+    restart = asyncio.create_task(back_soon())
+    async with client.post(base(proxy) + "/function/restarting/echo", data=b"kept") as response:
+        assert response.status == 200
+        assert (await response.json())["body"] == "kept"
+    await restart
 
 
 async def test_a_function_slower_than_the_upstream_timeout_gives_504(
