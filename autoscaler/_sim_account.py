@@ -21,10 +21,11 @@ from autoscaler._sim_engine import Outcome
 Floats = npt.NDArray[np.float64]
 
 SERVICE_MODEL = (
-    "a pod serves up to ceil(target x duration) requests at once (Little's law at the target rate, at least 1); "
+    "a pod serves up to ceil(target x duration) requests at once (Little's law at the target rate, "
+    "at least 1); "
     "every request runs for its function's average duration; a request with no ready pod waits for the first "
     "one (a cold start); one that finds all slots taken waits for a slot or a new pod, whichever is first "
-    "(a cold start if it is the new pod)"
+    "(a cold start if it is the new pod); calls waiting at the same time are not queued against each other"
 )
 
 
@@ -60,23 +61,25 @@ def _ready_steps(outcome: Outcome) -> tuple[Floats, npt.NDArray[np.int64]]:
     return np.concatenate([[-math.inf], times]), np.concatenate([[0], counts])
 
 
-def _union_length(starts: Floats, duration: float, end: float) -> float:
-    """Length of the union of [s, s + duration) clipped to `end`, for sorted `starts`."""
+def _union_length(starts: Floats, duration: float, begin: float, end: float) -> float:
+    """Length of the union of [s, s + duration) clipped to [begin, end], for sorted `starts`."""
     if starts.size == 0:
         return 0.0
     nxt = np.concatenate([starts[1:], [math.inf]])
     stop = np.minimum(np.minimum(starts + duration, nxt), end)
-    return float(np.maximum(stop - np.minimum(starts, end), 0.0).sum())
+    return float(np.maximum(stop - np.clip(starts, begin, end), 0.0).sum())
 
 
-def _busy_pods(starts: Floats, *, duration: float, steps: tuple[Floats, npt.NDArray[np.int64]], end: float) -> float:
+def _busy_pods(
+    starts: Floats, *, duration: float, steps: tuple[Floats, npt.NDArray[np.int64]], begin: float, end: float
+) -> float:
     """Integral of min(ready pods, requests in flight): the pod-seconds spent serving."""
     times = np.concatenate([starts, starts + duration])
     deltas = np.concatenate([np.ones(starts.size, np.int64), -np.ones(starts.size, np.int64)])
     order = np.argsort(times, kind="stable")
     times, inflight = times[order], np.cumsum(deltas[order])
-    grid = np.unique(np.concatenate([times, steps[0][1:], [end]]))
-    grid = grid[grid <= end]
+    grid = np.unique(np.concatenate([times, steps[0][1:], [begin, end]]))
+    grid = grid[(grid >= begin) & (grid <= end)]
     flight = np.concatenate([[0], inflight])[np.searchsorted(times, grid, side="right")]
     ready = steps[1][np.searchsorted(steps[0], grid, side="right") - 1]
     serving = np.minimum(ready, flight).astype(np.float64)
@@ -84,9 +87,12 @@ def _busy_pods(starts: Floats, *, duration: float, steps: tuple[Floats, npt.NDAr
 
 
 def account(
-    outcome: Outcome, *, arrivals: Floats, duration: float, per_pod: int, end: float
+    outcome: Outcome, *, arrivals: Floats, duration: float, per_pod: int, end: float, begin: float = 0.0
 ) -> Accounting:
-    """Cold starts, waits and pod time of one function under one policy's `outcome`."""
+    """Cold starts, waits and pod time of one function under one policy's `outcome`.
+
+    Only calls from `begin` on, and pod time within [begin, end], count (an unmeasured warm-up before).
+    """
     steps = _ready_steps(outcome)
     step_times, step_counts = steps
     at = np.searchsorted(step_times, arrivals, side="right") - 1
@@ -119,16 +125,17 @@ def account(
         waits[full] = np.maximum(np.minimum(slot, pod) - arrivals[full], 0.0)
         cold[np.flatnonzero(full)[pod < slot]] = True
     starts = np.sort(arrivals + waits)
-    replica_seconds = sum(min(stop, end) - start for start, _, stop in outcome.pods if start < end)
+    replica_seconds = sum(max(0.0, min(stop, end) - max(start, begin)) for start, _, stop in outcome.pods)
     if int(step_counts.max()) > 1:
-        busy = _busy_pods(starts, duration=duration, steps=steps, end=end)
+        busy = _busy_pods(starts, duration=duration, steps=steps, begin=begin, end=end)
     else:
-        busy = _union_length(starts, duration, end)
+        busy = _union_length(starts, duration, begin, end)
+    counted = arrivals >= begin
     return Accounting(
-        invocations=int(arrivals.size),
-        cold_starts=int(cold.sum()),
-        waits=waits[waits > 0],
+        invocations=int(counted.sum()),
+        cold_starts=int((cold & counted).sum()),
+        waits=waits[(waits > 0) & counted],
         replica_seconds=float(replica_seconds),
         busy_replica_seconds=min(busy, float(replica_seconds)),
-        scale_events=outcome.scale_events,
+        scale_events=sum(1 for when, _ in outcome.changes if when >= begin),
     )

@@ -28,7 +28,8 @@ def desired_replicas_array(spec: ScalingSpec, load: Floats) -> npt.NDArray[np.in
 
 
 def _first_ticks(changed_scrapes: npt.NDArray[np.int64], *, scrape: float, tick: float) -> Floats:
-    return np.ceil(changed_scrapes * scrape / tick - 1e-9) * tick
+    ticks: Floats = np.ceil(changed_scrapes * scrape / tick - 1e-9) * tick
+    return ticks
 
 
 def _changes(*keys: npt.NDArray[np.generic]) -> npt.NDArray[np.int64]:
@@ -44,7 +45,12 @@ class DecideDriver:
     """`policies.engine.decide` on Prometheus's view of a function, as the control loop runs it."""
 
     def __init__(
-        self, *, spec: ScalingSpec, view: PrometheusView, tick: float, keepalive: KeepAlivePolicy | None = None
+        self,
+        *,
+        spec: ScalingSpec,
+        view: PrometheusView,
+        tick: float,
+        keepalive: KeepAlivePolicy | None = None,
     ) -> None:
         if spec.type is ScaleType.CPU:
             raise ConfigError("the simulator has no CPU model: use a policy with scale type rps or capacity")
@@ -60,9 +66,10 @@ class DecideDriver:
         busy = view.inflight > 0
         changed = _changes(view.started, busy, desired_replicas_array(self.spec, value))
         first = _first_ticks(changed, scrape=scrape, tick=self.tick)
-        # In-flight requests are activity at every tick that sees them: the last such tick sets the
-        # idle timer, so it is evaluated too.
-        held = np.flatnonzero(busy)
+        # In-flight requests are activity at every tick that sees them. Where the next scrape shows
+        # no activity, the last tick that still sees them sets the idle timer: evaluate it too.
+        quiet_next = np.concatenate([~busy[1:] & (view.started[1:] == view.started[:-1]), [False]])
+        held = np.flatnonzero(busy & quiet_next)
         last = (np.ceil((held + 1) * scrape / self.tick - 1e-9) - 1) * self.tick
         last = last[last >= _first_ticks(held, scrape=scrape, tick=self.tick)]
         return np.unique(np.concatenate([first, last]))
@@ -71,7 +78,13 @@ class DecideDriver:
         j = self.view.index(now)
         load = Load(rps=self._rps[j], inflight=self._inflight[j], started_total=self._started[j])
         return decide(
-            spec=self.spec, load=load, current=current, state=self.state, now=now, busy=busy, last_wake=last_wake
+            spec=self.spec,
+            load=load,
+            current=current,
+            state=self.state,
+            now=now,
+            busy=busy,
+            last_wake=last_wake,
         ).desired
 
     def next_wakeup(self, *, now: float) -> float | None:
@@ -80,12 +93,20 @@ class DecideDriver:
         if spec.down_window > 0 and state.recommendations:
             times.append(now + self.tick)  # a down window remembers every tick: evaluate them all
         if spec.zero and state.last_active is not None:
+            if state.last_active >= now:
+                # Active right now: nothing can go to zero within the grace; decide again then.
+                times.append(now + ZERO_GRACE)
+                return min(times)
             prewarm, keep = 0.0, spec.zero_duration
             if spec.keepalive is KeepAlive.ADAPTIVE and state.keepalive is not None:
                 prewarm, keep = state.keepalive.windows(now=now)
+                change = getattr(state.keepalive, "next_change", None)
+                when = change(now=now) if change is not None else None
+                if when is not None:
+                    times.append(when)  # the windows themselves move on at this time
             for offset in (ZERO_GRACE, prewarm, prewarm + keep):
                 when = state.last_active + offset
-                if when > now - 1e-6:  # a timer due in this very tick may trip on the next one
+                if offset > 0 and when > now - 1e-6:  # a timer due in this very tick may trip on the next one
                     times.append(when)
         return min(times) if times else None
 
@@ -99,28 +120,41 @@ class KpaDriver:
     def __init__(self, *, kpa: KnativeKPA, view: ConcurrencyView, end: float) -> None:
         self.kpa, self.view, self.end = kpa, view, end
         self.tick = kpa.config.tick
+        self._known: dict[float, tuple[float, float]] = {}  # tick -> (stable, panic) averages
 
     def candidates(self) -> Floats:
         cfg = self.kpa.config
         ticks = self.view.busy_ticks(tick=self.tick, reach=cfg.stable_window, end=self.end)
         if ticks.size == 0:
             return ticks
-        stable = self.kpa.pod_counts(self.view.average(ticks, cfg.stable_window))
-        panic = self.kpa.pod_counts(self.view.average(ticks, cfg.panic_window))
+        stable = self.view.average(ticks, cfg.stable_window)
+        panic = self.view.average(ticks, cfg.panic_window)
+        self._known = dict(
+            zip(ticks.tolist(), zip(stable.tolist(), panic.tolist(), strict=True), strict=True)
+        )
+        stable_pods = self.kpa.pod_counts(stable)
+        # Outside panic mode the panic count matters only once it reaches the threshold (2 pods at
+        # the least); in panic mode the KPA re-decides every tick anyway.
+        panic_pods = self.kpa.pod_counts(panic)
+        panic_pods = np.where(panic_pods < self.kpa.config.panic_threshold, 0, panic_pods)
         gap = np.concatenate([[True], np.diff(ticks) > self.tick * 1.5])  # after a gap both were 0
         changed = np.zeros(ticks.size, dtype=bool)
-        changed[1:] = (stable[1:] != stable[:-1]) | (panic[1:] != panic[:-1])
-        changed |= gap & ((stable > 0) | (panic > 0))
+        changed[1:] = (stable_pods[1:] != stable_pods[:-1]) | (panic_pods[1:] != panic_pods[:-1])
+        changed |= gap & ((stable_pods > 0) | (panic_pods > 0))
         changed[0] = True
         return ticks[changed]
 
     def evaluate(self, *, now: float, current: int, ready: int, busy: bool, last_wake: float | None) -> int:
-        cfg = self.kpa.config
-        at = np.array([now])
-        stable = float(self.view.average(at, cfg.stable_window)[0])
-        panic = float(self.view.average(at, cfg.panic_window)[0])
+        known = self._known.get(now)
+        if known is None:
+            cfg = self.kpa.config
+            at = np.array([now])
+            known = (
+                float(self.view.average(at, cfg.stable_window)[0]),
+                float(self.view.average(at, cfg.panic_window)[0]),
+            )
         return self.kpa.decide(
-            now=now, stable_concurrency=stable, panic_concurrency=panic, ready=ready, current=current
+            now=now, stable_concurrency=known[0], panic_concurrency=known[1], ready=ready, current=current
         )
 
     def next_wakeup(self, *, now: float) -> float | None:

@@ -101,14 +101,15 @@ def run(
             break
         while i < n_cands and cands[i] <= now:
             i += 1
-        if timer <= now:
-            timer = math.inf
+        timer = math.inf  # every obligation still ahead is re-derived from the state below
         ready = bisect.bisect_right(readies, now)
         held = -1.0
         if current > 0 and ready == 0:
             k = int(np.searchsorted(arrivals, up_since, side="left"))
             held = float(arrivals[k]) if k < n_arr else math.inf
-        desired = driver.evaluate(now=now, current=current, ready=ready, busy=0 <= held <= now, last_wake=last_wake)
+        desired = driver.evaluate(
+            now=now, current=current, ready=ready, busy=0 <= held <= now, last_wake=last_wake
+        )
         out.evaluations += 1
         if desired != current:
             if desired > current:

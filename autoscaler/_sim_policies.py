@@ -43,9 +43,11 @@ DESCRIPTIONS = {
     "fixed-10m": "policies.engine.decide, fixed keep-alive 10 m (labels "
     + ", ".join(f"{k}={v}" for k, v in PROJECT_LABELS["fixed-10m"].items())
     + ")",
-    "openfaas": "policies.engine.decide with OpenFaaS Pro defaults: rps, target 50, proportion 0.9, zero after 15 m",
+    "openfaas": "policies.engine.decide with OpenFaaS Pro defaults: rps, target 50, proportion 0.9, "
+    "zero after 15 m",
     "knative": "policies.baselines.KnativeKPA: 60 s stable / 6 s panic windows, panic at 200 %, target "
-    "utilization 70 % of min(100, pod concurrency), scale-up rate 1000, scale-down rate 2, 30 s grace to zero",
+    "utilization 70 % of min(100, pod concurrency), scale-up rate 1000, scale-down rate 2, "
+    "30 s grace to zero",
     "keda-hpa": "policies.baselines.KedaHpa: HPA ratio on the Prometheus rate with target 50/replica, 10 % "
     "tolerance, 300 s scale-down stabilization, 15 s sync; KEDA 30 s polling, zero after a 300 s cooldown",
 }
@@ -60,6 +62,7 @@ class SimSettings:
     scrape_interval: float = 15.0  # Prometheus scrape interval of the proxy's metrics
     rate_window: float = 60.0  # the rate() window of the default queries (MetricsSettings.rate_window)
     seed: int = 0
+    warmup: float = 0.0  # seconds replayed through every policy before anything is counted
 
 
 @dataclass(slots=True)
@@ -144,8 +147,12 @@ def simulate_function(
     results: dict[str, FunctionResult] = {}
     for name in policies:
         driver = make_driver(name, inputs, per_pod=per_pod)
-        outcome = run(driver, arrivals=arrivals, end=end, cold_start=settings.cold_start, every_tick=every_tick)
-        acc = account(outcome, arrivals=arrivals, duration=fn.duration, per_pod=per_pod, end=end)
+        outcome = run(
+            driver, arrivals=arrivals, end=end, cold_start=settings.cold_start, every_tick=every_tick
+        )
+        acc = account(
+            outcome, arrivals=arrivals, duration=fn.duration, per_pod=per_pod, end=end, begin=settings.warmup
+        )
         results[name] = FunctionResult(
             invocations=acc.invocations,
             cold_starts=acc.cold_starts,
@@ -158,3 +165,23 @@ def simulate_function(
             changes=list(outcome.changes) if keep_changes else [],
         )
     return results
+
+
+def simulate_chunk(
+    functions: list[tuple[int, TraceFunction]],
+    *,
+    policies: tuple[str, ...],
+    settings: SimSettings,
+    end: float,
+    keep_key: str | None = None,
+) -> list[tuple[int, dict[str, FunctionResult]]]:
+    """Simulate a batch of (index, function) pairs: the unit of work of a worker process."""
+    return [
+        (
+            index,
+            simulate_function(
+                fn, policies=policies, settings=settings, end=end, keep_changes=fn.key == keep_key
+            ),
+        )
+        for index, fn in functions
+    ]

@@ -83,7 +83,9 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[dict[str, str]]:
             if not row:
                 continue
             if len(row) != len(header):
-                raise TraceError(f"{path} line {number}: {len(row)} fields where the header has {len(header)}")
+                raise TraceError(
+                    f"{path} line {number}: {len(row)} fields where the header has {len(header)}"
+                )
             yield dict(zip(header, row, strict=True))
 
 

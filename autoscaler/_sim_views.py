@@ -41,14 +41,14 @@ class PrometheusView:
 
     def index(self, now: float) -> int:
         """The scrape a query at `now` sees (the last one at or before `now`)."""
-        return min(int(math.floor(now / self.scrape_interval + 1e-9)), self.rps.size - 1)
+        return min(math.floor(now / self.scrape_interval + 1e-9), self.rps.size - 1)
 
 
 def prometheus_view(
     arrivals: Floats, *, duration: float, end: float, scrape_interval: float, rate_window: float
 ) -> PrometheusView:
     """Scrape-by-scrape counters and rates of one function for the trace's whole span."""
-    span_samples = int(round(rate_window / scrape_interval)) - 1
+    span_samples = round(rate_window / scrape_interval) - 1
     if span_samples < 1:
         raise ValueError("rate_window must cover at least two scrapes")
     scrapes = np.arange(0.0, end + scrape_interval, scrape_interval)

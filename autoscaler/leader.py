@@ -26,7 +26,6 @@ people reading it, not for deciding, so clock skew between nodes cannot cause tw
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import socket
@@ -213,8 +212,7 @@ class LeaderElector:
                 log.exception("on_stopped of lease %s/%s failed", self.namespace, self.name)
             if not work.done():
                 work.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await work
+                await asyncio.wait({work})  # unlike `await work`, never mistakes our own cancellation
             if crashed or not self._lost_to_another():
                 await self._release()
         return crashed
@@ -310,7 +308,9 @@ class LeaderElector:
         seconds = self._retry_period if budget is None else max(0.05, min(budget, self._retry_period))
         what = f"{verb} lease {self.namespace}/{self.name}"
         try:
-            return await asyncio.wait_for(method(*args, _request_timeout=seconds), seconds + 0.5)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
+            async with asyncio.timeout(seconds + 0.5):
+                return await method(*args, _request_timeout=seconds)
         except ApiException as e:
             if e.status == 404:
                 raise NotFoundError(f"{what}: not found", status=404) from e

@@ -15,9 +15,14 @@ It falls back to the fixed window (the function's zero-duration) while it has to
 when most idle times are longer than the histogram covers, and when the histogram is too flat to
 predict anything (coefficient of variation of the bin counts below 2), as the paper does.
 
+One step beyond the paper: once a function has been idle past a bin, the windows come from the
+idle times still possible (the histogram from that bin on), when at least `min_conditional` of them
+are known. A function called in bursts an hour apart is then kept warm within a burst and pre-warmed
+for the next one, where the whole histogram (head 0, tail one hour) would keep it warm all hour.
+
 The same object serves the control loop (seeded from a Prometheus range query at start with
-`from_minute_counts`, then fed by `observe_call`) and the trace simulator. Its windows change only
-when a call is observed, never with the passage of time, so the simulator may skip idle ticks.
+`from_minute_counts`, then fed by `observe_call`) and the trace simulator. Between calls its windows
+change only at the instants `next_change` names, so the simulator may skip the ticks in between.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class HistogramConfig:
     cv_threshold: float = 2.0  # a flatter histogram is not representative (paper: CV of bin counts)
     min_idle_times: int = 5  # fewer idle times than this: too little history, use the fixed window
     max_out_of_bounds: float = 0.5  # more than half the idle times beyond the range: fixed window
+    min_conditional: int = 2  # idle times needed beyond the elapsed idle time to predict from them alone
 
     def __post_init__(self) -> None:
         if self.bin_width <= 0 or self.histogram_range < self.bin_width:
@@ -55,9 +61,9 @@ class HistogramConfig:
 class HybridHistogram:
     """Per-function idle-time histogram that chooses (pre-warm, keep-alive); see the module docstring.
 
-    Every gap between two observed calls is an idle time, short ones included: a busy function's
-    histogram piles up in the first bin, so it is kept warm briefly after its bursts. Implements
-    `policies.engine.KeepAlivePolicy`.
+    Idle times are counted in whole bins (minutes) between the bins that saw calls, the resolution of
+    the trace the paper learned from: calls in consecutive minutes give an idle time of 0, several
+    calls in one minute give none. Implements `policies.engine.KeepAlivePolicy`.
     """
 
     def __init__(self, *, fixed_keepalive: float, config: HistogramConfig | None = None) -> None:
@@ -65,11 +71,14 @@ class HybridHistogram:
             raise ValueError(f"fixed_keepalive must be > 0 seconds, got {fixed_keepalive}")
         self.config = config or HistogramConfig()
         self.fixed_keepalive = float(fixed_keepalive)
-        bins = int(round(self.config.histogram_range / self.config.bin_width))
+        bins = round(self.config.histogram_range / self.config.bin_width)
         self.counts: npt.NDArray[np.int64] = np.zeros(bins, dtype=np.int64)
         self.out_of_bounds = 0
+        self._in_range = 0  # sum of counts
+        self._squares = 0  # sum of squared counts
         self.last_call: float | None = None
         self._cached: tuple[float, float] | None = None
+        self._conditional: dict[int, tuple[float, float]] = {}
         self._mode = "learning"
 
     # -- learning ------------------------------------------------------------------------------
@@ -91,13 +100,17 @@ class HybridHistogram:
         if index >= self.counts.size:
             self.out_of_bounds += 1
         else:
-            self.counts[max(index, 0)] += 1
+            index = max(index, 0)
+            before = int(self.counts[index])
+            self.counts[index] = before + 1
+            self._in_range += 1
+            self._squares += 2 * before + 1  # running sum of squared bin counts, for the CV
         self._cached = None
 
     @property
     def idle_times(self) -> int:
         """How many idle times have been recorded, out-of-bounds ones included."""
-        return int(self.counts.sum()) + self.out_of_bounds
+        return self._in_range + self.out_of_bounds
 
     @property
     def mode(self) -> str:
@@ -110,28 +123,62 @@ class HybridHistogram:
     def windows(self, *, now: float) -> tuple[float, float]:
         """(pre-warm, keep-alive) in seconds from the last call; see the module docstring.
 
-        `now` is accepted for the KeepAlivePolicy protocol; the answer depends only on observed calls.
+        Once the function has been idle past a bin, idle times shorter than that can no longer
+        happen: the windows then come from the idle times still possible (the histogram from the
+        current bin on). Right after a call this is the whole histogram, as in the paper.
         """
         if self._cached is None:
-            self._cached, self._mode = self._compute()
-        return self._cached
+            self._cached, self._mode = self._compute(0)
+            self._conditional.clear()
+        if self._mode != "histogram" or self.last_call is None:
+            return self._cached
+        elapsed = int((now - self.last_call) // self.config.bin_width)
+        if elapsed <= 0:
+            return self._cached
+        if elapsed not in self._conditional:
+            if len(self._conditional) > 64:
+                self._conditional.clear()
+            self._conditional[elapsed] = self._compute(elapsed)[0]
+        return self._conditional[elapsed]
 
-    def _compute(self) -> tuple[tuple[float, float], str]:
+    def next_change(self, *, now: float) -> float | None:
+        """The next time `windows` may answer differently without a new call (a bin with idle times
+        falls behind the elapsed idle time), or None."""
+        self.windows(now=now)
+        if self.last_call is None or self._mode != "histogram":
+            return None
+        elapsed = max(0, int((now - self.last_call) // self.config.bin_width))
+        ahead = np.flatnonzero(self.counts[elapsed:])
+        if ahead.size == 0:
+            return None
+        return self.last_call + (elapsed + int(ahead[0]) + 1) * self.config.bin_width
+
+    def _compute(self, elapsed: int) -> tuple[tuple[float, float], str]:
         cfg = self.config
         fixed = (0.0, self.fixed_keepalive)
-        in_range = int(self.counts.sum())
+        in_range = self._in_range
         total = in_range + self.out_of_bounds
         if total < cfg.min_idle_times:
             return fixed, "learning"
         if self.out_of_bounds > cfg.max_out_of_bounds * total:
             return fixed, "fallback: idle times beyond the histogram"
-        counts = self.counts.astype(np.float64)
-        mean = counts.mean()
-        if mean <= 0 or counts.std() / mean < cfg.cv_threshold:
+        bins = self.counts.size
+        mean = in_range / bins
+        variance = max(self._squares / bins - mean * mean, 0.0)
+        if mean <= 0 or math.sqrt(variance) / mean < cfg.cv_threshold:
             return fixed, "fallback: histogram not representative"
-        cumulative = np.cumsum(self.counts)
-        head_bin = int(np.searchsorted(cumulative, cfg.head_percentile / 100 * in_range, side="left"))
-        tail_bin = int(np.searchsorted(cumulative, cfg.tail_percentile / 100 * in_range, side="left"))
+        remaining = self.counts[elapsed:]
+        possible = int(remaining.sum())
+        if elapsed > 0 and possible < cfg.min_conditional:
+            # Too few idle times this long to predict from them alone: keep the whole-histogram windows.
+            return self._compute(0)[0], "histogram"
+        cumulative = np.cumsum(remaining)
+        head_bin = elapsed + int(
+            np.searchsorted(cumulative, cfg.head_percentile / 100 * possible, side="left")
+        )
+        tail_bin = elapsed + int(
+            np.searchsorted(cumulative, cfg.tail_percentile / 100 * possible, side="left")
+        )
         head = head_bin * cfg.bin_width  # lower edge of the head bin
         tail = (tail_bin + 1) * cfg.bin_width  # upper edge of the tail bin
         prewarm = head * (1 - cfg.margin)

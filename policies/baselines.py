@@ -152,7 +152,12 @@ class KedaHpa:
     """
 
     def __init__(
-        self, *, target: float, min_replicas: int = 1, max_replicas: int = 100, config: HpaConfig | None = None
+        self,
+        *,
+        target: float,
+        min_replicas: int = 1,
+        max_replicas: int = 100,
+        config: HpaConfig | None = None,
     ) -> None:
         if target <= 0:
             raise ValueError(f"target must be > 0, got {target}")
@@ -177,7 +182,7 @@ class KedaHpa:
         """Ticks skipped since the last call saw the same inputs: credit what they would have seen."""
         if self._last is None:
             return
-        then, metric, current, recorded = self._last
+        then, metric, _current, recorded = self._last
         last_tick = now - self.config.sync_period
         if last_tick <= then:
             return

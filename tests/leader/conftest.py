@@ -108,7 +108,12 @@ async def candidate(api: FakeApiServer, timeline: Timeline) -> AsyncIterator[Can
 
     yield make
     for c, client in made:
-        await c.stop()
+        try:
+            async with asyncio.timeout(5):
+                await c.stop()
+        except TimeoutError:
+            stacks = [f"{t.get_name()}: {t.get_stack()}" for t in asyncio.all_tasks()]
+            pytest.fail(f"candidate {c.identity} did not stop within 5 s after cancellation; tasks: {stacks}")
         await c.relay.__aexit__(None, None, None)
         await client.close()
         await c.direct.close()

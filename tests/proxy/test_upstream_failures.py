@@ -42,7 +42,7 @@ async def test_a_warm_function_that_refuses_connections_gives_502_naming_it(
     upstream = provider.upstream(ref)
     assert upstream is not None
     await upstream.stop()  # the replica died; the endpoint is still listed
-    proxy = await make_proxy()
+    proxy = await make_proxy(hold_timeout=0.5)  # refused connections are retried up to this long
     async with client.get(base(proxy) + "/function/gone/") as response:
         assert response.status == 502
         assert "function gone.openfaas-fn is unreachable" in await response.text()
