@@ -60,7 +60,9 @@ class ProviderSettings(_Base):
     kubeconfig: str | None = Field(
         default=None, description="kubeconfig path (default: in-cluster, then ~/.kube/config)"
     )
-    api_timeout: float = Field(default=10.0, gt=0, description="seconds per Kubernetes API request")
+    api_timeout: float = Field(
+        default=5.0, gt=0, description="seconds per Kubernetes API request (keep below the lease slack)"
+    )
 
     @field_validator("namespaces", mode="before")
     @classmethod

@@ -1,7 +1,7 @@
 """The upstream half of the data path: one pooled client, header rules, and response relaying.
 
-All functions share one keep-alive aiohttp session: opening a TCP connection per request would cost
-more than the proxying itself. Headers follow the reverse-proxy rules (RFC 9110 section 7.6.1: drop
+All functions share keep-alive connection pools (`_pool`, on the lean client of `_client`): opening
+a TCP connection per request would cost more than the proxying itself. Headers follow the reverse-proxy rules (RFC 9110 section 7.6.1: drop
 hop-by-hop headers and those named in `Connection`, add `X-Forwarded-*`); bodies are passed as
 bytes, never decompressed or re-encoded. Small responses with a known length are read whole (one
 write downstream); anything larger or of unknown length is streamed chunk by chunk.
@@ -12,18 +12,18 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from autoscaler.errors import AutoscalerError
+from autoscaler.proxy._client import ClientError, ConnectError, Connection
 from autoscaler.proxy._deadlines import Deadlines
+from autoscaler.proxy._pool import Pool
 from autoscaler.tasks import Background
 
 log = logging.getLogger("autoscaler.proxy")
 
-# Hop-by-hop headers (RFC 9110 7.6.1) plus those the client session sets itself from the body.
+# Hop-by-hop headers (RFC 9110 7.6.1) plus those the upstream client sets itself from the body.
 _REQUEST_DROP = frozenset(
     {
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
@@ -95,91 +95,89 @@ def response_headers(src: CIMultiDict[str] | CIMultiDictProxy[str]) -> CIMultiDi
 
 
 class Forwarder:
-    """Owns the shared client session; opens upstream requests and relays their responses."""
+    """Owns the upstream connection pools; opens upstream requests and relays their responses."""
 
     def __init__(
         self, *, upstream_timeout: float, background: Background, max_connections_per_host: int = 100
     ) -> None:
         self._upstream_timeout = upstream_timeout
-        self._max_per_host = max_connections_per_host
         self._background = background
         self._deadlines = Deadlines(resolution=min(1.0, upstream_timeout / 4))
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = Pool(limit_per_origin=max_connections_per_host, connect_timeout=CONNECT_TIMEOUT)
+        self._started = False
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._max_per_host, ttl_dns_cache=60)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent"),
-            # Reads are timed by self._deadlines (see _deadlines: a timer per read costs too much).
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=None),
-        )
+        # Reads are timed by self._deadlines (see _deadlines: a timer per read costs too much).
         self._background.spawn(self._deadlines.run(), name="upstream deadlines")
+        self._pool.start(self._background)
+        self._started = True
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._started = False
+        self._pool.close()
 
     def _timed_out(self, key: str) -> UpstreamError:
         limit = self._upstream_timeout
         return UpstreamError(504, f"function {key} did not answer within the upstream timeout ({limit:g} s)")
 
     async def open(
-        self, *, method: str, url: URL, headers: CIMultiDict[str], body: bytes | None, key: str
-    ) -> aiohttp.ClientResponse:
-        """Send the request and return once the function's response headers are in."""
-        session = self._session
-        if session is None:
+        self,
+        *,
+        method: str,
+        endpoint: str,
+        path: str,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+        key: str,
+    ) -> Connection:
+        """Send the request to `endpoint` and return once the function's response headers are in."""
+        if not self._started:
             raise UpstreamError(503, "the proxy is not started or already stopped")
         task = self._deadlines.arm(self._upstream_timeout)
         try:
-            return await session.request(method, url, headers=headers, data=body, allow_redirects=False)
+            return await self._pool.request(
+                endpoint=endpoint, method=method, path=path, headers=headers, body=body
+            )
         except asyncio.CancelledError:
             if self._deadlines.disarm(task):
                 raise self._timed_out(key) from None
             raise
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as e:
-            raise UpstreamConnectError(502, f"function {key} is unreachable at {url.origin()}: {e}") from e
-        except TimeoutError as e:
-            raise self._timed_out(key) from e
-        except aiohttp.ClientError as e:
-            raise UpstreamError(502, f"function {key} failed before answering: {e!r}") from e
+        except ConnectError as e:
+            raise UpstreamConnectError(502, f"function {key} is unreachable at {endpoint}: {e}") from e
+        except ClientError as e:
+            raise UpstreamError(502, f"function {key} failed before answering: {e}") from e
         finally:
             self._deadlines.disarm(task)
 
-    async def relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, *, key: str
-    ) -> web.StreamResponse:
+    async def relay(self, request: web.BaseRequest, upstream: Connection, *, key: str) -> web.StreamResponse:
         """Pass the function's status, headers and body back to the client."""
         headers = response_headers(upstream.headers)
         length = upstream.content_length
         if length is not None and length <= SMALL_BODY:
-            task = self._deadlines.arm(self._upstream_timeout)
-            try:
-                body = await upstream.read()
-            except asyncio.CancelledError:
-                if self._deadlines.disarm(task):
-                    upstream.close()
-                    raise self._timed_out(key) from None
-                raise
-            except (aiohttp.ClientError, TimeoutError) as e:
-                raise UpstreamError(502, f"function {key} broke off its response: {e!r}") from e
-            finally:
-                self._deadlines.disarm(task)
-                upstream.release()
+            if upstream.done:  # the whole body came with the head: nothing to wait for
+                body = upstream.take_body()
+                self._pool.release(upstream)
+            else:
+                body = await self._read_small(upstream, key=key)
             return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
         return await self._stream(request, upstream, headers, key=key)
 
+    async def _read_small(self, upstream: Connection, *, key: str) -> bytes:
+        task = self._deadlines.arm(self._upstream_timeout)
+        try:
+            return await upstream.read_all()
+        except asyncio.CancelledError:
+            if self._deadlines.disarm(task):
+                raise self._timed_out(key) from None
+            raise
+        except ClientError as e:
+            raise UpstreamError(502, f"function {key} broke off its response: {e}") from e
+        finally:
+            self._deadlines.disarm(task)
+            self._pool.release(upstream)
+
     async def _stream(
-        self,
-        request: web.BaseRequest,
-        upstream: aiohttp.ClientResponse,
-        headers: CIMultiDict[str],
-        *,
-        key: str,
+        self, request: web.BaseRequest, upstream: Connection, headers: CIMultiDict[str], *, key: str
     ) -> web.StreamResponse:
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         try:
@@ -199,21 +197,21 @@ class Forwarder:
         except ConnectionError:
             upstream.close()  # the client went away: stop reading from the function
         finally:
-            upstream.release()
+            self._pool.release(upstream)
         return out
 
-    async def _read_chunk(self, upstream: aiohttp.ClientResponse, *, key: str) -> bytes | None:
+    async def _read_chunk(self, upstream: Connection, *, key: str) -> bytes | None:
         """The next piece of the body (b"" at its end), or None when the function broke off or stalled."""
         task = self._deadlines.arm(self._upstream_timeout)
         try:
-            return await upstream.content.readany()
+            return await upstream.read_any()
         except asyncio.CancelledError:
             if not self._deadlines.disarm(task):
                 raise
             log.warning("function %s sent nothing for %g s mid-body", key, self._upstream_timeout)
             return None
-        except (aiohttp.ClientError, TimeoutError) as e:
-            log.warning("function %s broke off its response mid-body: %r", key, e)
+        except ClientError as e:
+            log.warning("function %s broke off its response mid-body: %s", key, e)
             return None
         finally:
             self._deadlines.disarm(task)

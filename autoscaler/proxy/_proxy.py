@@ -17,19 +17,18 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 
-import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CollectorRegistry
-from yarl import URL
 
 from autoscaler.config import ProxySettings
 from autoscaler.errors import ConfigError
 from autoscaler.interfaces import FunctionRef, InvocationStats, Provider
 from autoscaler.proxy._admin import admin_app, error_response
+from autoscaler.proxy._client import Connection
 from autoscaler.proxy._forward import Forwarder, UpstreamConnectError, UpstreamError, request_headers
 from autoscaler.proxy._hold import MARK_INTERVAL, ColdStarts, FunctionState, HoldError
 from autoscaler.proxy._metrics import StatsCollector
@@ -290,7 +289,7 @@ class Proxy:
         *,
         endpoints: list[str] | None,
         retry_until: float | None,
-    ) -> aiohttp.ClientResponse:
+    ) -> Connection:
         """Open the upstream request, retrying connect errors on other endpoints or until `retry_until`."""
         ref = state.ref
         headers = request_headers(request)
@@ -303,11 +302,12 @@ class Proxy:
                 failures = 0
             if endpoints:
                 state.rr += 1
-                url = URL(endpoints[state.rr % len(endpoints)] + path, encoded=True)
+                endpoint = endpoints[state.rr % len(endpoints)]
                 try:
                     return await self._forwarder.open(
-                        method=request.method, url=url, headers=headers, body=body, key=ref.key
-                    )
+                        method=request.method, endpoint=endpoint, path=path, headers=headers, body=body,
+                        key=ref.key,
+                    )  # fmt: skip
                 except UpstreamConnectError as e:
                     failures += 1
                     error: UpstreamError = e

@@ -46,7 +46,11 @@ class Burst:
                 continue
             replicas += 1
             self.patches.append((time.monotonic(), candidate.identity, replicas))
-            await apps.patch_namespaced_deployment_scale(NAME, NAMESPACE, {"spec": {"replicas": replicas}})
+            # A patch that was sent completes even if leadership ends meanwhile, so what is recorded
+            # is what reached the cluster.
+            await asyncio.shield(
+                apps.patch_namespaced_deployment_scale(NAME, NAMESPACE, {"spec": {"replicas": replicas}})
+            )
 
     def of(self, identity: str) -> list[tuple[float, str, int]]:
         return [p for p in self.patches if p[1] == identity]

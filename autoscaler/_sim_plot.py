@@ -1,0 +1,90 @@
+"""Pictures of a simulation: the policies against each other, and one function's day under each.
+
+The trade-off is two-dimensional (cold starts against idle memory), so the comparison is a scatter
+with one point per policy, lower-left being better. The timeline shows why: the calls of one function
+per minute, and each policy's replicas over the same day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display: the simulator runs on servers and in CI
+
+import matplotlib.pyplot as plt
+import numpy as np
+import numpy.typing as npt
+
+from autoscaler._sim_report import PolicyResult
+
+COLORS = {
+    "adaptive": "tab:green",
+    "fixed-10m": "tab:blue",
+    "openfaas": "tab:purple",
+    "knative": "tab:orange",
+    "keda-hpa": "tab:red",
+}
+
+
+def plot(
+    path: Path,
+    *,
+    rows: Sequence[PolicyResult],
+    title: str,
+    function_key: str | None = None,
+    counts: npt.NDArray[np.int64] | None = None,
+    timelines: Mapping[str, list[tuple[float, int]]] | None = None,
+    end: float = 86400.0,
+) -> None:
+    """Write a PNG: the comparison, plus a per-function timeline when one is given."""
+    with_timeline = function_key is not None and counts is not None and timelines is not None
+    fig, axes = plt.subplots(
+        2 if with_timeline else 1, 1, figsize=(9, 9 if with_timeline else 5.5), squeeze=False
+    )
+    ax = axes[0][0]
+    for row in rows:
+        color = COLORS.get(row.policy, "black")
+        x = row.wasted_memory_gb_s / 3600.0
+        ax.scatter([x], [row.cold_start_pct_p75_function], s=90, color=color, zorder=3)
+        ax.annotate(
+            row.policy, (x, row.cold_start_pct_p75_function), xytext=(6, 6), textcoords="offset points"
+        )
+    ax.set_xlabel("wasted memory (GB-hours: idle replica time x memory)")
+    ax.set_ylabel("cold starts of the 75th-percentile function (%)")
+    ax.set_title(title)
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    if with_timeline:
+        assert counts is not None
+        assert timelines is not None
+        tl = axes[1][0]
+        minutes = np.arange(counts.size)
+        calls = tl.twinx()
+        calls.bar(minutes / 60.0, counts, width=1 / 60.0, color="lightgray", label="calls per minute")
+        calls.set_ylabel("calls per minute")
+        tl.set_zorder(calls.get_zorder() + 1)
+        tl.patch.set_visible(False)
+        for offset, (name, changes) in enumerate(timelines.items()):
+            times = [0.0] + [t for t, _ in changes] + [end]
+            values = [0] + [v for _, v in changes]
+            values.append(values[-1])
+            lift = offset * 0.06  # keep overlapping lines apart
+            tl.step(
+                np.array(times) / 3600.0,
+                np.array(values) + lift,
+                where="post",
+                color=COLORS.get(name, "black"),
+                label=name,
+            )
+        tl.set_xlabel("hour of the day")
+        tl.set_ylabel("replicas (lines lifted apart slightly)")
+        tl.set_title(f"function {function_key[:12] if function_key else ''}...: replicas under each policy")
+        tl.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,364 @@
+"""A lean HTTP/1.1 client for the proxy's upstream side: keep-alive pools on asyncio protocols.
+
+aiohttp's `ClientSession` costs about 75 us of CPU per request (request and response objects, URL
+handling, tracing hooks, a connector built for every case), more than half of what the proxy spends.
+The proxy needs far less: send a request it already parsed to a replica it already knows, read back
+a status line, headers and a body delimited by Content-Length, chunked coding or the end of the
+connection. This module does only that: one `asyncio.Protocol` per connection, a parser for the
+response head and the three body framings, and a per-origin pool with a connection limit whose
+waiters are served in arrival order. Timeouts are the caller's (the proxy's deadline sweep cancels
+the awaiting task); a cancelled or unfinished exchange always closes its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import Final
+
+from multidict import CIMultiDict
+from yarl import URL
+
+# A response head larger than this is refused (aiohttp's client allows 8 KiB lines and 8 KiB fields).
+MAX_HEAD = 64 * 1024
+# Buffered body bytes the caller has not taken yet: above HIGH the socket stops being read.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+# A pooled connection left idle this long is closed (aiohttp's default keep-alive timeout).
+IDLE_TIMEOUT = 15.0
+# Methods a reused connection may resend once when it turns out to have been closed by the peer.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# Methods for which an absent body is still announced as `Content-Length: 0`.
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_EOF, _DONE = range(8)
+_ENC: Final = "utf-8"
+
+
+class ClientError(Exception):
+    """The exchange with the replica failed (closed connection, malformed response)."""
+
+
+class ConnectError(ClientError):
+    """No connection could be opened: the request never left."""
+
+
+class StaleConnection(ClientError):
+    """A reused connection was closed by the peer before any byte of the response came back."""
+
+
+class Origin:
+    """One upstream `scheme://host:port`: its idle connections and its waiters for a free slot."""
+
+    __slots__ = ("busy", "host", "host_header", "idle", "label", "port", "ssl", "waiters")
+
+    def __init__(self, url: URL) -> None:
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ClientError(f"endpoint {url} is not an http:// or https:// URL with a host")
+        self.host: str = url.host
+        self.port: int = url.port or (443 if url.scheme == "https" else 80)
+        self.ssl = url.scheme == "https"
+        default = 443 if self.ssl else 80
+        self.host_header = self.host if self.port == default else f"{self.host}:{self.port}"
+        self.label = str(url.origin())
+        self.idle: list[Connection] = []
+        self.busy = 0  # connections handed out or being opened; at most the pool's limit
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection and the parser of the response it is currently reading."""
+
+    __slots__ = (
+        "_buf", "_chunk_left", "_feed_waiter", "_head", "_method", "_paused", "_state", "body",
+        "body_size", "closed", "done", "error", "got_bytes", "keep_alive", "last_used", "origin",
+        "reason", "status", "headers", "content_length", "transport", "uses",
+    )  # fmt: skip
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.uses = 0
+        self.last_used = 0.0
+        self._reset("GET")
+
+    def _reset(self, method: str) -> None:
+        self._method = method
+        self._state = _HEAD
+        self._buf = bytearray()
+        self._head: asyncio.Future[None] | None = None
+        self._feed_waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._chunk_left = 0
+        self.status = 0
+        self.reason = ""
+        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.content_length: int | None = None
+        self.keep_alive = False
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.done = False
+        self.error: ClientError | None = None
+        self.got_bytes = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._state == _UNTIL_EOF and exc is None:
+            self._finish()
+        elif not self.done and self._head is not None:
+            reason = f": {exc}" if exc else ""
+            if self._state == _HEAD and not self.got_bytes and self.uses > 1:
+                self._fail(StaleConnection(f"the kept-alive connection was closed{reason}"))
+            else:
+                self._fail(ClientError(f"the connection was closed before the response ended{reason}"))
+        idle = self.origin.idle
+        if self in idle:
+            idle.remove(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is None or self.done or self.error is not None:
+            self.close()  # bytes nobody asked for: the connection cannot be trusted any more
+            return
+        self.got_bytes = True
+        try:
+            self._feed(data)
+        except ClientError as e:
+            self._fail(e)
+            self.close()
+
+    # -- one exchange ------------------------------------------------------------------------------
+
+    def send(self, method: str, head: bytes, body: bytes | None) -> asyncio.Future[None]:
+        """Write the request; the returned future completes when the response head is parsed."""
+        assert self.transport is not None
+        self._reset(method)
+        self.uses += 1
+        loop = asyncio.get_running_loop()
+        self._head = loop.create_future()
+        if body is not None and len(body) <= 16 * 1024:
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
+            if body:
+                self.transport.write(body)
+        return self._head
+
+    def take_body(self) -> bytes:
+        """The body bytes received so far, handed over once."""
+        body = self.body
+        self.body = []
+        self.body_size = 0
+        return body[0] if len(body) == 1 else b"".join(body)
+
+    async def read_all(self) -> bytes:
+        """The whole body; raises ClientError when the connection broke off before its end."""
+        while not self.done:
+            await self._wait()
+        return self.take_body()
+
+    async def read_any(self) -> bytes:
+        """The body bytes received so far (waiting for some), b"" at its end; raises ClientError."""
+        while not self.body:
+            if self.done:
+                return b""
+            await self._wait()
+        body = self.body
+        self.body = []
+        self.body_size = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return body[0] if len(body) == 1 else b"".join(body)
+
+    async def _wait(self) -> None:
+        if self.error is not None:
+            raise self.error
+        waiter = self._feed_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._feed_waiter = None
+        if self.error is not None and not self.body:
+            raise self.error
+
+    def park(self, now: float) -> None:
+        """The exchange is over and the connection idles in its pool: a byte arriving now closes it."""
+        self.last_used = now
+        self._head = None
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- the parser --------------------------------------------------------------------------------
+
+    def _fail(self, error: ClientError) -> None:
+        if self.error is None:
+            self.error = error
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(error)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._feed_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _finish(self) -> None:
+        self._state = _DONE
+        self.done = True
+        self._wake()
+
+    def _emit(self, data: bytes) -> None:
+        if not data:
+            return
+        self.body.append(data)
+        self.body_size += len(data)
+        if self.body_size > HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def _feed(self, data: bytes) -> None:
+        while data:
+            state = self._state
+            if state == _LENGTH:
+                left = self._chunk_left
+                if len(data) < left:
+                    self._chunk_left = left - len(data)
+                    self._emit(data)
+                    return
+                self._emit(data[:left] if len(data) > left else data)
+                if len(data) > left:
+                    self.keep_alive = False  # more than announced: never reuse this connection
+                self._finish()
+                return
+            if state == _UNTIL_EOF:
+                self._emit(data)
+                return
+            if state == _CHUNK_DATA:
+                left = self._chunk_left
+                if len(data) <= left:
+                    self._chunk_left = left - len(data)
+                    self._emit(data)
+                    if self._chunk_left == 0:
+                        self._state = _CHUNK_END
+                    return
+                self._emit(data[:left])
+                data = data[left:]
+                self._state = _CHUNK_END
+                continue
+            if state == _DONE:
+                self.keep_alive = False
+                return
+            # Line-oriented states: the head, chunk sizes, chunk ends and trailers.
+            buf = self._buf
+            buf += data
+            data = b""
+            if state == _HEAD:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > MAX_HEAD:
+                        raise ClientError(f"the response head is larger than {MAX_HEAD} bytes")
+                    return
+                head = bytes(buf[:end])
+                data = bytes(buf[end + 4 :])
+                buf.clear()
+                self._parse_head(head)
+                continue
+            end = buf.find(b"\r\n")
+            if end < 0:
+                if len(buf) > 4096:
+                    raise ClientError("a chunk-size or trailer line is too long")
+                return
+            line = bytes(buf[:end])
+            data = bytes(buf[end + 2 :])
+            buf.clear()
+            if state == _CHUNK_SIZE:
+                size_text = line.split(b";", 1)[0].strip()
+                try:
+                    size = int(size_text, 16)
+                except ValueError:
+                    raise ClientError(f"invalid chunk size {size_text[:40]!r}") from None
+                if size < 0 or not size_text.isalnum():
+                    raise ClientError(f"invalid chunk size {size_text[:40]!r}")
+                if size == 0:
+                    self._state = _TRAILER
+                else:
+                    self._chunk_left = size
+                    self._state = _CHUNK_DATA
+            elif state == _CHUNK_END:
+                if line:
+                    raise ClientError("a chunk is longer than its announced size")
+                self._state = _CHUNK_SIZE
+            elif state == _TRAILER and not line:
+                self._finish()
+                if data:
+                    self.keep_alive = False
+
+    def _parse_head(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        version, _, rest = lines[0].partition(b" ")
+        code, _, reason = rest.partition(b" ")
+        if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
+            raise ClientError(f"invalid status line {lines[0][:80]!r}")
+        status = int(code)
+        headers: CIMultiDict[str] = CIMultiDict()
+        for raw in lines[1:]:
+            name, colon, value = raw.partition(b":")
+            if not colon or not name or name != name.strip() or b" " in name:
+                raise ClientError(f"invalid header line {raw[:80]!r}")
+            headers.add(name.decode(_ENC, "surrogateescape"), value.strip().decode(_ENC, "surrogateescape"))
+        if 100 <= status < 200:
+            if status == 101:
+                raise ClientError("the function switched protocols, which the proxy does not relay")
+            return  # 100 Continue and other interim responses: the real one follows
+        self.status = status
+        self.reason = reason.decode(_ENC, "surrogateescape")
+        self.headers = headers
+        connection = headers.get("Connection", "").lower()
+        self.keep_alive = "close" not in connection if version == b"HTTP/1.1" else "keep-alive" in connection
+        transfer = headers.get("Transfer-Encoding")
+        lengths = headers.getall("Content-Length", [])
+        if self._method == "HEAD" or status in (204, 304):
+            if lengths:
+                self.content_length = _length(lengths)
+            self._finish()
+        elif transfer is not None:
+            if transfer.rsplit(",", 1)[-1].strip().lower() != "chunked":
+                self._state = _UNTIL_EOF
+                self.keep_alive = False
+            else:
+                self._state = _CHUNK_SIZE
+                if lengths:
+                    self.keep_alive = False  # both framings: trust chunked, never reuse
+        elif lengths:
+            length = self.content_length = _length(lengths)
+            if length == 0:
+                self._finish()
+            else:
+                self._chunk_left = length
+                self._state = _LENGTH
+        else:
+            self._state = _UNTIL_EOF
+            self.keep_alive = False
+        head_future = self._head
+        if head_future is not None and not head_future.done():
+            head_future.set_result(None)
+
+
+def _length(values: list[str]) -> int:
+    first = values[0].strip()
+    if not first.isdigit() or any(value.strip() != first for value in values):
+        raise ClientError(f"invalid Content-Length {', '.join(values)[:80]!r}")
+    return int(first)

@@ -1,0 +1,172 @@
+"""Keep-alive connection pools per upstream origin, with a connection limit served in arrival order.
+
+Opening a TCP connection per request would cost more than the proxying itself, and a burst of held
+requests released at once must not open a thousand connections to a replica that just started: each
+origin has at most `limit` connections in use, and requests beyond it wait in a FIFO queue, so the
+release order of held requests is also the order in which they reach the function. A connection
+whose exchange ended cleanly goes back to its pool (or straight to the next waiter's slot); any other
+is closed. Idle connections are closed after `IDLE_TIMEOUT` seconds by one background sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+from multidict import CIMultiDict
+from yarl import URL
+
+from autoscaler.proxy._client import (
+    BODY_METHODS,
+    IDEMPOTENT,
+    IDLE_TIMEOUT,
+    ClientError,
+    ConnectError,
+    Connection,
+    Origin,
+    StaleConnection,
+)
+from autoscaler.tasks import Background
+
+
+class Pool:
+    """Sends requests to upstream endpoints over pooled keep-alive connections."""
+
+    def __init__(self, *, limit_per_origin: int, connect_timeout: float) -> None:
+        if limit_per_origin < 1:
+            raise ValueError(f"limit_per_origin must be >= 1 (got {limit_per_origin})")
+        self._limit = limit_per_origin
+        self._connect_timeout = connect_timeout
+        self._origins: dict[str, Origin] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+
+    def start(self, background: Background) -> None:
+        background.spawn(self._sweep(), name="upstream idle connections")
+
+    def close(self) -> None:
+        """Close every idle connection; connections in use close when their exchange ends."""
+        self._closed = True
+        for origin in self._origins.values():
+            for conn in list(origin.idle):
+                conn.close()
+            origin.idle.clear()
+
+    async def request(
+        self, *, endpoint: str, method: str, path: str, headers: CIMultiDict[str], body: bytes | None
+    ) -> Connection:
+        """Send the request; return the connection once the response head is in (release it after)."""
+        origin = self._origins.get(endpoint)
+        if origin is None:
+            origin = Origin(URL(endpoint))
+            if len(self._origins) < 4096:
+                self._origins[endpoint] = origin
+        head = _request_head(method, path, origin.host_header, headers, body)
+        retried = False
+        while True:
+            conn = await self._acquire(origin)
+            try:
+                await conn.send(method, head, body)
+                return conn
+            except StaleConnection as e:
+                self.release(conn)
+                if retried or method not in IDEMPOTENT:
+                    raise ClientError(str(e)) from e
+                retried = True  # the peer closed an idle connection just as it was reused: once more
+            except BaseException:
+                self.release(conn)
+                raise
+
+    def release(self, conn: Connection) -> None:
+        """Give the connection's slot back; the connection is reused only after a complete exchange."""
+        origin = conn.origin
+        if (
+            conn.done
+            and conn.keep_alive
+            and conn.error is None
+            and not conn.closed
+            and not conn.body
+            and not self._closed
+        ):
+            conn.park(asyncio.get_running_loop().time())
+            origin.idle.append(conn)
+        else:
+            conn.close()
+        self._pass_slot(origin)
+
+    async def _acquire(self, origin: Origin) -> Connection:
+        if self._closed:
+            raise ClientError("the proxy is stopping")
+        if origin.busy >= self._limit or origin.waiters:
+            waiter = asyncio.get_running_loop().create_future()
+            origin.waiters.append(waiter)
+            try:
+                await waiter  # the slot of a released connection is handed over, not freed
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._pass_slot(origin)
+                else:
+                    origin.waiters.remove(waiter)
+                raise
+        else:
+            origin.busy += 1
+        try:
+            idle = origin.idle
+            while idle:
+                conn = idle.pop()
+                if not conn.closed:
+                    return conn
+            return await self._connect(origin)
+        except BaseException:
+            self._pass_slot(origin)
+            raise
+
+    def _pass_slot(self, origin: Origin) -> None:
+        waiters = origin.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        origin.busy -= 1
+
+    async def _connect(self, origin: Origin) -> Connection:
+        loop = asyncio.get_running_loop()
+        context: ssl.SSLContext | None = None
+        if origin.ssl:
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            context = self._ssl
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: Connection(origin), origin.host, origin.port, ssl=context
+                )
+        except TimeoutError as e:
+            raise ConnectError(
+                f"cannot connect to {origin.label}: no connection within {self._connect_timeout:g} s"
+            ) from e
+        except OSError as e:
+            raise ConnectError(f"cannot connect to {origin.label}: {e.strerror or e}") from e
+        return conn
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(IDLE_TIMEOUT / 3)
+            stale = loop.time() - IDLE_TIMEOUT
+            for origin in list(self._origins.values()):
+                keep = [conn for conn in origin.idle if conn.last_used > stale and not conn.closed]
+                for conn in origin.idle:
+                    if conn.last_used <= stale:
+                        conn.close()
+                origin.idle[:] = keep
+
+
+def _request_head(method: str, path: str, host: str, headers: CIMultiDict[str], body: bytes | None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1\r\nHost: {host}"]
+    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    if body is not None or method in BODY_METHODS:
+        lines.append(f"Content-Length: {len(body) if body is not None else 0}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")

@@ -1,0 +1,111 @@
+"""The hybrid-histogram keep-alive: windows from the idle-time histogram, and its fallbacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from policies.adaptive import HistogramConfig, HybridHistogram
+from policies.engine import FunctionState, decide
+from policies.model import KeepAlive, Load, Reason, ScalingSpec
+
+FIXED = 600.0
+
+
+def calls_every(seconds: float, count: int, *, start: float = 0.0) -> HybridHistogram:
+    policy = HybridHistogram(fixed_keepalive=FIXED)
+    for k in range(count):
+        policy.observe_call(now=start + k * seconds)
+    return policy
+
+
+def test_too_little_history_keeps_the_fixed_window() -> None:
+    policy = calls_every(1800, 5)  # four idle times: one short of the minimum
+    assert policy.mode == "learning"
+    assert policy.windows(now=9000) == (0.0, FIXED)
+
+
+def test_a_half_hourly_function_is_pre_warmed_just_before_its_next_call() -> None:
+    policy = calls_every(1800, 10)
+    assert policy.mode == "histogram"
+    assert policy.counts[29] == 9  # 29 idle minutes between the minutes with calls
+    prewarm, keep = policy.windows(now=9 * 1800)
+    assert prewarm == pytest.approx(29 * 60 * 0.9)  # head bin 29, less the 10 % margin
+    assert prewarm + keep == pytest.approx(30 * 60 * 1.1)  # upper edge of the tail bin, plus 10 %
+    assert prewarm < 1800 < prewarm + keep
+
+
+def test_a_flat_histogram_is_not_representative() -> None:
+    policy = HybridHistogram(fixed_keepalive=FIXED)
+    for minutes in range(240):
+        policy.record_idle(seconds=minutes * 60 + 30)
+    assert policy.mode == "fallback: histogram not representative"
+    assert policy.windows(now=0) == (0.0, FIXED)
+
+
+def test_idle_times_mostly_beyond_the_histogram_fall_back_to_the_fixed_window() -> None:
+    policy = calls_every(5 * 3600, 5)
+    policy.record_idle(seconds=600)
+    assert policy.out_of_bounds == 4
+    assert policy.mode == "fallback: idle times beyond the histogram"
+    assert policy.windows(now=0) == (0.0, FIXED)
+
+
+def test_past_a_burst_the_windows_come_from_the_idle_times_still_possible() -> None:
+    policy = HybridHistogram(fixed_keepalive=FIXED)
+    for _ in range(20):
+        policy.record_idle(seconds=20)  # calls inside a burst
+    for _ in range(6):
+        policy.record_idle(seconds=59 * 60 + 10)  # an hour between bursts
+    policy.observe_call(now=10_000.0)
+    prewarm, keep = policy.windows(now=10_010.0)
+    assert prewarm == 0.0
+    assert prewarm + keep == pytest.approx(60 * 60 * 1.1)
+    assert policy.next_change(now=10_010.0) == pytest.approx(10_060.0)
+    prewarm, keep = policy.windows(now=10_070.0)
+    assert prewarm == pytest.approx(59 * 60 * 0.9)  # past it: sleep until just before the next hour
+    assert prewarm + keep == pytest.approx(60 * 60 * 1.1)
+    assert policy.next_change(now=10_070.0) == pytest.approx(10_000.0 + 60 * 60)
+
+
+def test_seeding_from_minute_counts_equals_watching_the_same_calls() -> None:
+    counts = np.zeros(600)
+    counts[::30] = 3  # busy minutes every half hour
+    seeded = HybridHistogram.from_minute_counts(counts, end=36_000.0, fixed_keepalive=FIXED)
+    watched = HybridHistogram(fixed_keepalive=FIXED)
+    for minute in np.flatnonzero(counts):
+        watched.observe_call(now=36_000.0 - (599 - minute) * 60.0)
+    assert np.array_equal(seeded.counts, watched.counts)
+    assert seeded.windows(now=36_000.0) == watched.windows(now=36_000.0)
+    assert seeded.mode == "histogram"
+
+
+def test_the_loop_pre_warms_a_learned_function_through_decide() -> None:
+    spec = ScalingSpec(zero=True, zero_duration=FIXED, keepalive=KeepAlive.ADAPTIVE)
+    state = FunctionState(keepalive=calls_every(1800, 10))
+    state.last_active = 9 * 1800.0
+    state.last_started_total = 10.0
+    idle = Load(rps=0.0, inflight=0.0, started_total=10.0)
+    gone = decide(spec=spec, load=idle, current=1, state=state, now=9 * 1800.0 + 60)
+    assert (gone.desired, gone.reason) == (0, Reason.SCALE_TO_ZERO)
+    back = decide(spec=spec, load=idle, current=0, state=state, now=9 * 1800.0 + 1570)
+    assert (back.desired, back.reason) == (1, Reason.PREWARM)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"bin_width": 0.0},
+        {"head_percentile": 99.0, "tail_percentile": 5.0},
+        {"margin": 1.0},
+        {"min_idle_times": 0},
+    ],
+)
+def test_nonsense_settings_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=r"must|need"):
+        HistogramConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_a_fixed_window_of_zero_is_refused() -> None:
+    with pytest.raises(ValueError, match="fixed_keepalive"):
+        HybridHistogram(fixed_keepalive=0)

@@ -1,0 +1,138 @@
+"""`autoscaler simulate` end to end: the table, the JSON contract, the plot, and clear input errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoscaler import simulate
+from autoscaler.errors import ConfigError
+from tests.simulate.support import write_trace
+
+RESULT_KEYS = {
+    "policy",
+    "cold_start_pct",
+    "cold_start_pct_p75_function",
+    "p99_wait_s",
+    "replica_seconds",
+    "idle_replica_seconds",
+    "wasted_memory_gb_s",
+    "scale_events",
+}
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="autoscaler")
+    simulate.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["simulate", *argv])
+
+
+def _trace(tmp_path: Path) -> Path:
+    return write_trace(
+        tmp_path / "trace",
+        {
+            "cron": [(m, 1) for m in range(0, 240, 20)],
+            "burst": [(5, 40), (6, 40), (90, 10)],
+            "once": [(100, 1)],
+        },
+        minutes=240,
+    )
+
+
+def test_the_json_report_has_the_contract_keys_and_the_assumptions(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    code = simulate.run(_args("--trace", str(_trace(tmp_path)), "--json", str(out), "--jobs", "1"))
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert doc["trace"].endswith("trace")
+    assert [row["policy"] for row in doc["results"]] == [
+        "adaptive",
+        "fixed-10m",
+        "openfaas",
+        "knative",
+        "keda-hpa",
+    ]
+    for row in doc["results"]:
+        assert set(row) == RESULT_KEYS
+        assert 0 < row["cold_start_pct"] <= 100
+        assert row["scale_events"] >= 2
+        assert row["idle_replica_seconds"] <= row["replica_seconds"]
+    assumptions = doc["assumptions"]
+    for key in ("cold_start", "scrape_interval", "rate_window", "tick", "seed", "arrivals", "prometheus"):
+        assert key in assumptions
+    assert assumptions["cold_start"] == 2.0
+    assert "uniform" in assumptions["arrivals"]
+    assert doc["invocations"] == 12 + 90 + 1
+
+
+def test_chosen_policies_and_cold_start_are_honoured(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    argv = [
+        "--trace",
+        str(_trace(tmp_path)),
+        "--policy",
+        "knative",
+        "--policy",
+        "openfaas",
+        "--cold-start",
+        "5s",
+    ]
+    simulate.run(_args(*argv, "--json", str(out), "--jobs", "1"))
+    doc = json.loads(out.read_text())
+    assert [row["policy"] for row in doc["results"]] == ["knative", "openfaas"]
+    assert doc["assumptions"]["cold_start"] == 5.0
+    assert all(row["p99_wait_s"] <= 5.0 for row in doc["results"])
+
+
+def test_the_plot_is_a_png_with_a_function_timeline(tmp_path: Path) -> None:
+    png = tmp_path / "out" / "plot.png"
+    simulate.run(
+        _args("--trace", str(_trace(tmp_path)), "--plot", str(png), "--function", "cron", "--jobs", "1")
+    )
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 10_000
+
+
+def test_an_unknown_function_for_the_timeline_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--function 'nope' matches 0 functions"):
+        simulate.run(_args("--trace", str(_trace(tmp_path)), "--function", "nope", "--jobs", "1"))
+
+
+def test_a_bad_duration_flag_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit):
+        _args("--cold-start", "fast")
+
+
+@pytest.mark.slow
+def test_the_command_runs_in_worker_processes_and_prints_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autoscaler",
+            "simulate",
+            "--trace",
+            str(_trace(tmp_path)),
+            "--json",
+            str(out),
+            "--jobs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "adaptive" in done.stdout
+    assert "keda-hpa" in done.stdout
+    serial = tmp_path / "serial.json"
+    simulate.run(_args("--trace", str(_trace(tmp_path)), "--json", str(serial), "--jobs", "1"))
+    assert json.loads(out.read_text())["results"] == json.loads(serial.read_text())["results"]
