@@ -123,11 +123,18 @@ async def start_proxy(*, kubeconfig: Path, log: Path, hold_timeout: float = 20.0
 
 
 async def start_controller(
-    *, kubeconfig: Path, prometheus_url: str, log: Path, interval: float, rate_window: str
+    *,
+    kubeconfig: Path,
+    prometheus_url: str,
+    log: Path,
+    interval: float,
+    rate_window: str,
+    extra_args: tuple[str, ...] = (),
+    name: str = "controller",
 ) -> ServiceProcess:
     """`autoscaler run` against `prometheus_url`; returns once its loop has started."""
     controller = await ServiceProcess.spawn(
-        "controller",
+        name,
         args=[
             "run",
             "--kubeconfig", str(kubeconfig),
@@ -138,6 +145,7 @@ async def start_controller(
             "--admin-host", "127.0.0.1",
             "--admin-port", "0",
             "--query-timeout", "1",
+            *extra_args,
         ],
         log=log,
     )  # fmt: skip
