@@ -59,19 +59,40 @@ class DecideDriver:
         self._rps = view.rps.tolist()
         self._inflight = view.inflight.astype(np.float64).tolist()
         self._started = view.started.astype(np.float64).tolist()
+        self._continues: list[bool] = []  # per scrape: is the next scrape active too
 
     def candidates(self) -> Floats:
-        view, scrape = self.view, self.view.scrape_interval
+        view, scrape, tick = self.view, self.view.scrape_interval, self.tick
         value = view.rps if self.spec.type is ScaleType.RPS else view.inflight.astype(np.float64)
         busy = view.inflight > 0
-        changed = _changes(view.started, busy, desired_replicas_array(self.spec, value))
-        first = _first_ticks(changed, scrape=scrape, tick=self.tick)
+        desired = desired_replicas_array(self.spec, value)
+        new_calls = np.concatenate([[True], view.started[1:] != view.started[:-1]])
+        active = new_calls | busy
+        if self.spec.down_window > 0:
+            picks = np.zeros(active.size, dtype=bool)
+            picks[_changes(view.started, busy, desired)] = True
+        else:
+            # Within a run of active scrapes every tick decides by load alone (activity blocks the
+            # zero verdict), so only the run's ends, and changes of the load's verdict, matter.
+            before = np.concatenate([[False], active[:-1]])
+            after = np.concatenate([active[1:], [False]])
+            picks = (active & ~before) | (active & ~after)
+            picks[_changes(busy, desired)] = True
+            if self.state.keepalive is not None:
+                # The learned keep-alive counts idle minutes: it needs one call seen per busy minute.
+                # It also measures idle time from the last call of each run.
+                calls = np.flatnonzero(new_calls)
+                minutes = np.floor(_first_ticks(calls, scrape=scrape, tick=tick) / 60.0 + 1e-9)
+                picks[calls[np.concatenate([[True], minutes[1:] != minutes[:-1]])]] = True
+                run = np.cumsum(active & ~before)[calls]
+                picks[calls[np.concatenate([run[1:] != run[:-1], [True]])]] = True
+            self._continues = after.tolist()
+        first = _first_ticks(np.flatnonzero(picks), scrape=scrape, tick=tick)
         # In-flight requests are activity at every tick that sees them. Where the next scrape shows
         # no activity, the last tick that still sees them sets the idle timer: evaluate it too.
-        quiet_next = np.concatenate([~busy[1:] & (view.started[1:] == view.started[:-1]), [False]])
-        held = np.flatnonzero(busy & quiet_next)
-        last = (np.ceil((held + 1) * scrape / self.tick - 1e-9) - 1) * self.tick
-        last = last[last >= _first_ticks(held, scrape=scrape, tick=self.tick)]
+        held = np.flatnonzero(busy & ~np.concatenate([active[1:], [True]]))
+        last = (np.ceil((held + 1) * scrape / tick - 1e-9) - 1) * tick
+        last = last[last >= _first_ticks(held, scrape=scrape, tick=tick)]
         return np.unique(np.concatenate([first, last]))
 
     def evaluate(self, *, now: float, current: int, ready: int, busy: bool, last_wake: float | None) -> int:
@@ -94,9 +115,12 @@ class DecideDriver:
             times.append(now + self.tick)  # a down window remembers every tick: evaluate them all
         if spec.zero and state.last_active is not None:
             if state.last_active >= now:
-                # Active right now: nothing can go to zero within the grace; decide again then.
-                times.append(now + ZERO_GRACE)
-                return min(times)
+                # Active right now: nothing can go to zero within the grace, nor while the run of
+                # active scrapes goes on (its end is a candidate); decide again then.
+                j = self.view.index(now)
+                if not (spec.down_window <= 0 and j < len(self._continues) and self._continues[j]):
+                    times.append(now + ZERO_GRACE)
+                return min(times) if times else None
             prewarm, keep = 0.0, spec.zero_duration
             if spec.keepalive is KeepAlive.ADAPTIVE and state.keepalive is not None:
                 prewarm, keep = state.keepalive.windows(now=now)
@@ -173,7 +197,7 @@ class HpaDriver:
         self._rps = view.rps.tolist()
 
     def candidates(self) -> Floats:
-        changed = _changes(self.view.rps)
+        changed = _changes(self.hpa.metric_key(self.view.rps))
         return np.unique(_first_ticks(changed, scrape=self.view.scrape_interval, tick=self.tick))
 
     def evaluate(self, *, now: float, current: int, ready: int, busy: bool, last_wake: float | None) -> int:

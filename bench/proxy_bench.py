@@ -224,6 +224,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=8, help="duration of each wrk run")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections for throughput")
     parser.add_argument("--cold-requests", type=int, default=1000)
+    parser.add_argument("--cold-only", action="store_true", help="skip the warm path (wrk runs)")
     parser.add_argument("--serve-proxy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--function-url", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -258,6 +259,9 @@ def main() -> int:
             function_url = f"http://127.0.0.1:{fn_port}"
             proxy, port = start_proxy_process(function_url, ready_delay=2.0)
             try:
+                if args.cold_only:
+                    cold(proxy, port, args.cold_requests)
+                    return 0
                 targets = {
                     "(a) direct to nginx": f"{function_url}/",
                     "(b) nginx as proxy": f"http://127.0.0.1:{ngx_proxy_port}/function/hello/",

@@ -170,6 +170,26 @@ class KedaHpa:
         self._last: tuple[float, float | None, int, bool] | None = None  # time, metric, current, recorded
         self._again: float | None = None
 
+    def metric_key(self, metric: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+        """Label metric values so that equal labels decide alike at any replica count (vectorised).
+
+        The decision changes only where the metric crosses the activation threshold, a tolerance
+        band edge (target x replicas x (1 +- tolerance)) or a whole number of targets.
+        """
+        cfg, replicas = self.config, np.arange(1, self.max_replicas + 2, dtype=np.float64)
+        edges = np.unique(
+            np.concatenate(
+                [
+                    replicas * self.target * (1 - cfg.tolerance),
+                    replicas * self.target * (1 + cfg.tolerance),
+                    (replicas - 1 + _EPSILON) * self.target,
+                    [cfg.activation_threshold],
+                ]
+            )
+        )
+        left = np.searchsorted(edges, metric, side="left")
+        return (left + np.searchsorted(edges, metric, side="right")).astype(np.int64)
+
     def on_wake(self, *, now: float) -> None:
         """The request-holding interceptor woke the function: that is activity for the cooldown."""
         self.last_active = now

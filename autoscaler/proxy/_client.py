@@ -13,11 +13,9 @@ the awaiting task); a cancelled or unfinished exchange always closes its connect
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
-from typing import Final
+from typing import Final, cast
 
-from multidict import CIMultiDict
 from yarl import URL
 
 # A response head larger than this is refused (aiohttp's client allows 8 KiB lines and 8 KiB fields).
@@ -34,6 +32,9 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_EOF, _DONE = range(8)
 _ENC: Final = "utf-8"
+# Response headers that decide the framing and reuse of the connection (index into _parse_head's lists).
+_HEX = b"0123456789abcdefABCDEF"
+_FRAMING = {"connection": 0, "transfer-encoding": 1, "content-length": 2}
 
 
 class ClientError(Exception):
@@ -71,9 +72,29 @@ class Connection(asyncio.Protocol):
     """One keep-alive connection and the parser of the response it is currently reading."""
 
     __slots__ = (
-        "_buf", "_chunk_left", "_feed_waiter", "_head", "_method", "_paused", "_state", "body",
-        "body_size", "closed", "done", "error", "got_bytes", "keep_alive", "last_used", "origin",
-        "reason", "status", "headers", "content_length", "transport", "uses",
+        "_buf",
+        "_chunk_left",
+        "_feed_waiter",
+        "_head",
+        "_method",
+        "_paused",
+        "_state",
+        "body",
+        "body_size",
+        "closed",
+        "connection",
+        "content_length",
+        "done",
+        "error",
+        "got_bytes",
+        "headers",
+        "keep_alive",
+        "last_used",
+        "origin",
+        "reason",
+        "status",
+        "transport",
+        "uses",
     )  # fmt: skip
 
     def __init__(self, origin: Origin) -> None:
@@ -94,7 +115,8 @@ class Connection(asyncio.Protocol):
         self._chunk_left = 0
         self.status = 0
         self.reason = ""
-        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.headers: list[tuple[str, str]] = []
+        self.connection = ""  # the Connection header's value(s), joined
         self.content_length: int | None = None
         self.keep_alive = False
         self.body: list[bytes] = []
@@ -106,8 +128,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not registered as asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -286,12 +308,9 @@ class Connection(asyncio.Protocol):
             buf.clear()
             if state == _CHUNK_SIZE:
                 size_text = line.split(b";", 1)[0].strip()
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise ClientError(f"invalid chunk size {size_text[:40]!r}") from None
-                if size < 0 or not size_text.isalnum():
+                if not size_text or size_text.strip(_HEX) or len(size_text) > 16:
                     raise ClientError(f"invalid chunk size {size_text[:40]!r}")
+                size = int(size_text, 16)
                 if size == 0:
                     self._state = _TRAILER
                 else:
@@ -307,35 +326,46 @@ class Connection(asyncio.Protocol):
                     self.keep_alive = False
 
     def _parse_head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        version, _, rest = lines[0].partition(b" ")
-        code, _, reason = rest.partition(b" ")
-        if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
+        lines = head.decode(_ENC, "surrogateescape").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        code, _, reason = rest.partition(" ")
+        if (
+            version not in ("HTTP/1.1", "HTTP/1.0")
+            or len(code) != 3
+            or not code.isascii()
+            or not code.isdigit()
+        ):
             raise ClientError(f"invalid status line {lines[0][:80]!r}")
         status = int(code)
-        headers: CIMultiDict[str] = CIMultiDict()
+        headers: list[tuple[str, str]] = []
+        connection: list[str] = []
+        transfer: list[str] = []
+        lengths: list[str] = []
         for raw in lines[1:]:
-            name, colon, value = raw.partition(b":")
-            if not colon or not name or name != name.strip() or b" " in name:
+            name, colon, value = raw.partition(":")
+            if not colon or not name or name != name.strip() or " " in name:
                 raise ClientError(f"invalid header line {raw[:80]!r}")
-            headers.add(name.decode(_ENC, "surrogateescape"), value.strip().decode(_ENC, "surrogateescape"))
+            value = value.strip()
+            headers.append((name, value))
+            framing = _FRAMING.get(name.lower())
+            if framing is not None:
+                (connection, transfer, lengths)[framing].append(value)
         if 100 <= status < 200:
             if status == 101:
                 raise ClientError("the function switched protocols, which the proxy does not relay")
             return  # 100 Continue and other interim responses: the real one follows
         self.status = status
-        self.reason = reason.decode(_ENC, "surrogateescape")
+        self.reason = reason
         self.headers = headers
-        connection = headers.get("Connection", "").lower()
-        self.keep_alive = "close" not in connection if version == b"HTTP/1.1" else "keep-alive" in connection
-        transfer = headers.get("Transfer-Encoding")
-        lengths = headers.getall("Content-Length", [])
+        self.connection = ", ".join(connection)
+        tokens = self.connection.lower()
+        self.keep_alive = "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens
         if self._method == "HEAD" or status in (204, 304):
             if lengths:
                 self.content_length = _length(lengths)
             self._finish()
-        elif transfer is not None:
-            if transfer.rsplit(",", 1)[-1].strip().lower() != "chunked":
+        elif transfer:
+            if transfer[-1].rsplit(",", 1)[-1].strip().lower() != "chunked":
                 self._state = _UNTIL_EOF
                 self.keep_alive = False
             else:
@@ -358,7 +388,9 @@ class Connection(asyncio.Protocol):
 
 
 def _length(values: list[str]) -> int:
-    first = values[0].strip()
-    if not first.isdigit() or any(value.strip() != first for value in values):
+    first = values[0]
+    if not (first.isascii() and first.isdigit()) or (
+        len(values) > 1 and any(value != first for value in values)
+    ):
         raise ClientError(f"invalid Content-Length {', '.join(values)[:80]!r}")
     return int(first)

@@ -1,10 +1,11 @@
 """The upstream half of the data path: one pooled client, header rules, and response relaying.
 
 All functions share keep-alive connection pools (`_pool`, on the lean client of `_client`): opening
-a TCP connection per request would cost more than the proxying itself. Headers follow the reverse-proxy rules (RFC 9110 section 7.6.1: drop
-hop-by-hop headers and those named in `Connection`, add `X-Forwarded-*`); bodies are passed as
-bytes, never decompressed or re-encoded. Small responses with a known length are read whole (one
-write downstream); anything larger or of unknown length is streamed chunk by chunk.
+a TCP connection per request would cost more than the proxying itself. Headers follow the
+reverse-proxy rules (RFC 9110 section 7.6.1: drop hop-by-hop headers and those named in
+`Connection`, add `X-Forwarded-*`); bodies are passed as bytes, never decompressed or re-encoded.
+Small responses with a known length are read whole (one write downstream); anything larger or of
+unknown length is streamed chunk by chunk.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import logging
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from autoscaler.errors import AutoscalerError
 from autoscaler.proxy._client import ClientError, ConnectError, Connection
@@ -60,38 +60,35 @@ def _named_in_connection(value: str | None) -> frozenset[str]:
     return frozenset(token.strip().lower() for token in value.split(","))
 
 
-def request_headers(request: web.BaseRequest) -> CIMultiDict[str]:
+def request_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
     """The client's headers as the function should see them."""
     src = request.headers
     extra = _named_in_connection(src.get("Connection"))
-    out: CIMultiDict[str] = CIMultiDict()
-    for key, value in src.items():
-        lower = key.lower()
-        if lower in _REQUEST_DROP or lower in extra:
-            continue
-        out.add(key, value)
+    out = [
+        (key, value)
+        for key, value in src.items()
+        if (lower := key.lower()) not in _REQUEST_DROP and lower not in extra and lower != "x-forwarded-for"
+    ]
     peer = request.remote or ""
     prior = src.get("X-Forwarded-For")
-    out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    out.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
     if "X-Forwarded-Host" not in src:
         host = src.get("Host")
         if host:
-            out["X-Forwarded-Host"] = host
+            out.append(("X-Forwarded-Host", host))
     if "X-Forwarded-Proto" not in src:
-        out["X-Forwarded-Proto"] = request.scheme
+        out.append(("X-Forwarded-Proto", request.scheme))
     return out
 
 
-def response_headers(src: CIMultiDict[str] | CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """The function's headers as the client should see them."""
-    extra = _named_in_connection(src.get("Connection"))
-    out: CIMultiDict[str] = CIMultiDict()
-    for key, value in src.items():
-        lower = key.lower()
-        if lower in _RESPONSE_DROP or lower in extra:
-            continue
-        out.add(key, value)
-    return out
+def response_headers(src: list[tuple[str, str]], *, connection: str) -> list[tuple[str, str]]:
+    """The function's headers as the client should see them; `connection` is its Connection header."""
+    extra = _named_in_connection(connection)
+    return [
+        (key, value)
+        for key, value in src
+        if (lower := key.lower()) not in _RESPONSE_DROP and lower not in extra
+    ]
 
 
 class Forwarder:
@@ -126,7 +123,7 @@ class Forwarder:
         method: str,
         endpoint: str,
         path: str,
-        headers: CIMultiDict[str],
+        headers: list[tuple[str, str]],
         body: bytes | None,
         key: str,
     ) -> Connection:
@@ -151,7 +148,7 @@ class Forwarder:
 
     async def relay(self, request: web.BaseRequest, upstream: Connection, *, key: str) -> web.StreamResponse:
         """Pass the function's status, headers and body back to the client."""
-        headers = response_headers(upstream.headers)
+        headers = response_headers(upstream.headers, connection=upstream.connection)
         length = upstream.content_length
         if length is not None and length <= SMALL_BODY:
             if upstream.done:  # the whole body came with the head: nothing to wait for
@@ -177,7 +174,7 @@ class Forwarder:
             self._pool.release(upstream)
 
     async def _stream(
-        self, request: web.BaseRequest, upstream: Connection, headers: CIMultiDict[str], *, key: str
+        self, request: web.BaseRequest, upstream: Connection, headers: list[tuple[str, str]], *, key: str
     ) -> web.StreamResponse:
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-from multidict import CIMultiDict
 from yarl import URL
 
 from autoscaler.proxy._client import (
@@ -53,7 +52,7 @@ class Pool:
             origin.idle.clear()
 
     async def request(
-        self, *, endpoint: str, method: str, path: str, headers: CIMultiDict[str], body: bytes | None
+        self, *, endpoint: str, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None
     ) -> Connection:
         """Send the request; return the connection once the response head is in (release it after)."""
         origin = self._origins.get(endpoint)
@@ -163,9 +162,11 @@ class Pool:
                 origin.idle[:] = keep
 
 
-def _request_head(method: str, path: str, host: str, headers: CIMultiDict[str], body: bytes | None) -> bytes:
+def _request_head(
+    method: str, path: str, host: str, headers: list[tuple[str, str]], body: bytes | None
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.1\r\nHost: {host}"]
-    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    lines.extend(f"{name}: {value}" for name, value in headers)
     if body is not None or method in BODY_METHODS:
         lines.append(f"Content-Length: {len(body) if body is not None else 0}")
     lines.append("\r\n")
