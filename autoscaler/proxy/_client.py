@@ -4,10 +4,10 @@ aiohttp's `ClientSession` costs about 75 us of CPU per request (request and resp
 handling, tracing hooks, a connector built for every case), more than half of what the proxy spends.
 The proxy needs far less: send a request it already parsed to a replica it already knows, read back
 a status line, headers and a body delimited by Content-Length, chunked coding or the end of the
-connection. This module does only that: one `asyncio.Protocol` per connection, a parser for the
-response head and the three body framings, and a per-origin pool with a connection limit whose
-waiters are served in arrival order. Timeouts are the caller's (the proxy's deadline sweep cancels
-the awaiting task); a cancelled or unfinished exchange always closes its connection.
+connection. This module does only that: one `asyncio.Protocol` per connection with a parser for the
+response head and the three body framings (pooling is in `_pool`). Timeouts are the caller's (the
+proxy's deadline sweep cancels the awaiting task); a cancelled or unfinished exchange always closes
+its connection, and a connection is reused only after a complete, well-framed response.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from yarl import URL
 
 # A response head larger than this is refused (aiohttp's client allows 8 KiB lines and 8 KiB fields).
 MAX_HEAD = 64 * 1024
-# Buffered body bytes the caller has not taken yet: above HIGH the socket stops being read.
+# Body bytes received but not yet taken by the caller: above this the socket stops being read
+# until the caller takes them (a slow client slows the function down instead of filling memory).
 HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
 # A pooled connection left idle this long is closed (aiohttp's default keep-alive timeout).
 IDLE_TIMEOUT = 15.0
 # Methods a reused connection may resend once when it turns out to have been closed by the peer.
@@ -32,8 +32,8 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_EOF, _DONE = range(8)
 _ENC: Final = "utf-8"
-# Response headers that decide the framing and reuse of the connection (index into _parse_head's lists).
 _HEX = b"0123456789abcdefABCDEF"
+# Response headers that decide the framing and reuse of the connection (index into _parse_head's lists).
 _FRAMING = {"connection": 0, "transfer-encoding": 1, "content-length": 2}
 
 

@@ -2,10 +2,11 @@
 
 Opening a TCP connection per request would cost more than the proxying itself, and a burst of held
 requests released at once must not open a thousand connections to a replica that just started: each
-origin has at most `limit` connections in use, and requests beyond it wait in a FIFO queue, so the
-release order of held requests is also the order in which they reach the function. A connection
-whose exchange ended cleanly goes back to its pool (or straight to the next waiter's slot); any other
-is closed. Idle connections are closed after `IDLE_TIMEOUT` seconds by one background sweep.
+origin has at most `limit` connections in use, and requests beyond it wait in a FIFO queue, so held
+requests released together are sent in the order they were released. A connection whose exchange
+ended cleanly goes back to its pool (its slot straight to the next waiter); any other is closed.
+Idle connections are closed after `IDLE_TIMEOUT` seconds by one background sweep, which also
+forgets origins that have nothing left (endpoints come and go with replicas).
 """
 
 from __future__ import annotations
@@ -57,9 +58,7 @@ class Pool:
         """Send the request; return the connection once the response head is in (release it after)."""
         origin = self._origins.get(endpoint)
         if origin is None:
-            origin = Origin(URL(endpoint))
-            if len(self._origins) < 4096:
-                self._origins[endpoint] = origin
+            origin = self._origins[endpoint] = Origin(URL(endpoint))
         head = _request_head(method, path, origin.host_header, headers, body)
         retried = False
         while True:
@@ -113,7 +112,7 @@ class Pool:
             idle = origin.idle
             while idle:
                 conn = idle.pop()
-                if not conn.closed:
+                if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                     return conn
             return await self._connect(origin)
         except BaseException:
@@ -154,12 +153,14 @@ class Pool:
         while True:
             await asyncio.sleep(IDLE_TIMEOUT / 3)
             stale = loop.time() - IDLE_TIMEOUT
-            for origin in list(self._origins.values()):
+            for endpoint, origin in list(self._origins.items()):
                 keep = [conn for conn in origin.idle if conn.last_used > stale and not conn.closed]
                 for conn in origin.idle:
                     if conn.last_used <= stale:
                         conn.close()
                 origin.idle[:] = keep
+                if not keep and origin.busy == 0 and not origin.waiters:
+                    del self._origins[endpoint]  # endpoints come and go with replicas
 
 
 def _request_head(
