@@ -133,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
         result = asyncio.run(_explain_live(args))
         print(_render(result, as_json=args.json))
         return 2 if "error" in result else 0
+    labels = _labels(args.label)
     try:
-        labels = _labels(args.label)
         idle = None if args.idle is None else parse_duration(args.idle)
     except ValueError as e:
         raise ConfigError(f"--idle {args.idle!r}: {e}; use a Go duration such as 90s or 15m") from e

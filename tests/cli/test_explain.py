@@ -74,7 +74,15 @@ def test_explain_with_an_invalid_label_exits_2_and_says_why(label: str, expected
     done = autoscaler("explain", "--label", label, "--load", "1")
     assert done.returncode == 2
     assert expected in done.stderr
+    assert "--idle" not in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_explain_with_a_bad_idle_duration_says_how_to_write_one() -> None:
+    done = autoscaler("explain", "--idle", "20 minutes", "--load", "0")
+    assert done.returncode == 2
+    assert "--idle '20 minutes'" in done.stderr
+    assert "Go duration" in done.stderr
 
 
 def test_help_lists_every_command() -> None:
