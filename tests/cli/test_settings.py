@@ -1,0 +1,50 @@
+"""Settings come from flags and `AUTOSCALER_*` environment variables; flags win; bad values say which."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from autoscaler.config import ControllerSettings, ProviderSettings, build
+from autoscaler.errors import ConfigError
+
+
+def test_environment_variables_set_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOSCALER_INTERVAL", "5")
+    monkeypatch.setenv("AUTOSCALER_DRY_RUN", "true")
+    monkeypatch.setenv("AUTOSCALER_NAMESPACES", "team-a, team-b")
+    controller = build(ControllerSettings, {})
+    assert (controller.interval, controller.dry_run) == (5.0, True)
+    assert build(ProviderSettings, {}).namespaces == ["team-a", "team-b"]
+
+
+def test_a_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOSCALER_INTERVAL", "5")
+    assert build(ControllerSettings, {"interval": "0.5"}).interval == 0.5
+
+
+@pytest.mark.parametrize(("field", "value"), [("interval", "0"), ("interval", "-1"), ("admin_port", "70000")])
+def test_out_of_range_values_are_refused_naming_flag_and_env_var(field: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build(ControllerSettings, {field: value})
+    message = str(caught.value)
+    assert f"--{field.replace('_', '-')}" in message
+    assert f"AUTOSCALER_{field.upper()}" in message
+    assert repr(value) in message
+
+
+def test_a_bad_environment_variable_exits_2_with_its_name() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "autoscaler", "run", "--prometheus-url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "AUTOSCALER_INTERVAL": "often"},
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "AUTOSCALER_INTERVAL" in done.stderr
+    assert "'often'" in done.stderr
