@@ -365,13 +365,16 @@ class Connection(asyncio.Protocol):
                 self.content_length = _length(lengths)
             self._finish()
         elif transfer:
+            if lengths:
+                # Transfer-Encoding overrides Content-Length (RFC 9112 6.3): the length must not reach
+                # the client, and a connection with both framings is never reused.
+                self.headers = [item for item in headers if item[0].lower() != "content-length"]
+                self.keep_alive = False
             if transfer[-1].rsplit(",", 1)[-1].strip().lower() != "chunked":
                 self._state = _UNTIL_EOF
                 self.keep_alive = False
             else:
                 self._state = _CHUNK_SIZE
-                if lengths:
-                    self.keep_alive = False  # both framings: trust chunked, never reuse
         elif lengths:
             length = self.content_length = _length(lengths)
             if length == 0:

@@ -65,6 +65,10 @@ class Pool:
             conn = await self._acquire(origin)
             try:
                 await conn.send(method, head, body)
+                if conn.error is not None:
+                    # The body broke its framing in the bytes that came with the head: say so
+                    # now (a 502) rather than relay a status line and cut the body after it.
+                    raise conn.error
                 return conn
             except StaleConnection as e:
                 self.release(conn)
