@@ -55,8 +55,8 @@ def test_past_a_burst_the_windows_come_from_the_idle_times_still_possible() -> N
     policy = HybridHistogram(fixed_keepalive=FIXED)
     for _ in range(20):
         policy.record_idle(seconds=20)  # calls inside a burst
-    for _ in range(6):
-        policy.record_idle(seconds=59 * 60 + 10)  # an hour between bursts
+    for _ in range(10):
+        policy.record_idle(seconds=59 * 60 + 10)  # an hour between bursts, often enough to trust
     policy.observe_call(now=10_000.0)
     prewarm, keep = policy.windows(now=10_010.0)
     assert prewarm == 0.0
@@ -66,6 +66,58 @@ def test_past_a_burst_the_windows_come_from_the_idle_times_still_possible() -> N
     assert prewarm == pytest.approx(59 * 60 * 0.9)  # past it: sleep until just before the next hour
     assert prewarm + keep == pytest.approx(60 * 60 * 1.1)
     assert policy.next_change(now=10_070.0) == pytest.approx(10_000.0 + 60 * 60)
+
+
+def test_past_a_burst_near_idle_times_never_extend_the_keep_alive() -> None:
+    policy = HybridHistogram(fixed_keepalive=FIXED)
+    for seconds, times in ((10, 30), (70, 12), (20 * 60 + 10, 12)):
+        for _ in range(times):
+            policy.record_idle(seconds=seconds)
+    policy.observe_call(now=10_000.0)
+    whole = policy.windows(now=10_010.0)
+    assert whole == (0.0, pytest.approx(2 * 60 * 1.1))  # the 75th percentile is the 1-minute bin
+    assert policy.windows(now=10_070.0) == whole  # the next call may still come in a minute: stay
+    prewarm, keep = policy.windows(now=10_130.0)  # past it, the next call is 20 minutes off
+    assert prewarm == pytest.approx(20 * 60 * 0.9)
+    assert prewarm + keep == pytest.approx(21 * 60 * 1.1)
+
+
+def test_a_few_scattered_long_idle_times_do_not_decide_alone_past_a_burst() -> None:
+    policy = HybridHistogram(fixed_keepalive=FIXED)
+    for _ in range(20):
+        policy.record_idle(seconds=20)
+    for k in range(HistogramConfig().min_conditional - 1):
+        policy.record_idle(seconds=(30 + 10 * k) * 60 + 10)  # 30 to 110 minutes
+    policy.observe_call(now=10_000.0)
+    assert policy.windows(now=10_070.0) == policy.windows(now=10_010.0)  # the whole histogram's
+
+
+def test_two_long_idle_times_that_agree_are_enough_to_pre_warm_past_a_burst() -> None:
+    policy = HybridHistogram(fixed_keepalive=FIXED)
+    for _ in range(20):
+        policy.record_idle(seconds=20)
+    for minutes in (59, 60):  # an hour apart, give or take a minute
+        policy.record_idle(seconds=minutes * 60 + 10)
+    policy.observe_call(now=10_000.0)
+    assert policy.windows(now=10_010.0)[0] == 0.0
+    prewarm, keep = policy.windows(now=10_070.0)
+    assert prewarm == pytest.approx(59 * 60 * 0.9)
+    assert prewarm + keep == pytest.approx(61 * 60 * 1.1)
+
+
+def test_rare_long_idle_times_beyond_the_tail_percentile_do_not_keep_a_function_warm() -> None:
+    def learned(config: HistogramConfig) -> HybridHistogram:
+        policy = HybridHistogram(fixed_keepalive=FIXED, config=config)
+        for _ in range(90):
+            policy.record_idle(seconds=2 * 60 + 10)  # calls every three minutes
+        for _ in range(10):
+            policy.record_idle(seconds=3 * 3600)  # and a few three-hour gaps
+        return policy
+
+    prewarm, keep = learned(HistogramConfig()).windows(now=0.0)
+    assert (prewarm, prewarm + keep) == (pytest.approx(2 * 60 * 0.9), pytest.approx(3 * 60 * 1.1))
+    paper = learned(HistogramConfig(tail_percentile=99.0))
+    assert sum(paper.windows(now=0.0)) > 3 * 3600  # the paper's 99th percentile keeps it warm for hours
 
 
 def test_seeding_from_minute_counts_equals_watching_the_same_calls() -> None:
