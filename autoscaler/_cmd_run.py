@@ -121,11 +121,11 @@ async def serve(
         wakes: dict[str, float | None] = {}
 
         def on_change(ref: FunctionRef) -> None:
-            # Only a new activity mark (a proxy woke or is serving the function) is worth an early tick;
-            # status churn and our own patches are not.
+            # Only a proxy waking a function at zero is worth an early tick; status churn, our own
+            # patches and the proxies' periodic marks on warm functions are not.
             info = provider.get(ref)
             mark = None if info is None else info.last_active
-            if mark is not None and wakes.get(ref.key) != mark:
+            if info is not None and mark is not None and wakes.get(ref.key) != mark and info.replicas == 0:
                 controller.poke(ref)
             wakes[ref.key] = mark
 

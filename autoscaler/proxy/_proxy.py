@@ -33,6 +33,7 @@ from autoscaler.proxy._forward import Forwarder, UpstreamConnectError, UpstreamE
 from autoscaler.proxy._hold import MARK_INTERVAL, ColdStarts, FunctionState, HoldError
 from autoscaler.proxy._metrics import StatsCollector
 from autoscaler.proxy._routing import RouteError, Router
+from autoscaler.spec import ZERO
 from autoscaler.tasks import Background
 
 log = logging.getLogger("autoscaler.proxy")
@@ -222,7 +223,9 @@ class Proxy:
         stats.inflight += 1
         self._inflight += 1
         cold = info.ready_replicas <= 0
-        if not cold:  # a wake-up marks the function itself, before it scales
+        if not cold and _may_go_to_zero(info.labels):
+            # Only functions that can be scaled to zero need the mark (invariant 2); each one is an
+            # API write. A wake-up marks the function itself, before it scales.
             now = self._clock()
             if now - state.last_mark >= MARK_INTERVAL:
                 state.last_mark = now
@@ -329,6 +332,10 @@ class Proxy:
         )
         response.force_close()
         return response
+
+
+def _may_go_to_zero(labels: Mapping[str, str]) -> bool:
+    return labels.get(ZERO, "").strip().lower() == "true"
 
 
 def _bound_port(runner: web.BaseRunner) -> int:

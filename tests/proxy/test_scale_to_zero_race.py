@@ -97,7 +97,7 @@ async def test_a_busy_warm_function_is_marked_active_at_most_every_few_seconds(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
     clock = VirtualClock()
-    ref = await provider.add("warm")
+    ref = await provider.add("warm", labels={"com.openfaas.scale.zero": "true"})
     proxy = await make_proxy(clock=clock)
     for _ in range(10):
         async with client.get(base(proxy) + "/function/warm/") as response:
@@ -108,3 +108,17 @@ async def test_a_busy_warm_function_is_marked_active_at_most_every_few_seconds(
     info = provider.get(ref)
     assert info is not None
     assert info.last_active == clock.now - 5
+
+
+async def test_a_function_that_never_goes_to_zero_is_never_marked(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    clock = VirtualClock()
+    await provider.add("always-on", labels={"com.openfaas.scale.zero": "false"})
+    proxy = await make_proxy(clock=clock)
+    for _ in range(10):
+        async with client.get(base(proxy) + "/function/always-on/") as response:
+            assert response.status == 200
+        clock.now += 1.0
+    await asyncio.sleep(0.01)
+    assert provider.mark_active_calls == []  # each mark is an API write that buys nothing here
