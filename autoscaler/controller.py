@@ -226,15 +226,17 @@ class Controller:
 
     async def _act(self, changes: list[tuple[FunctionInfo, Decision]], report: TickReport) -> None:
         dry_run = self._settings.dry_run
-        leading = self._may_patch()
         gate = asyncio.Semaphore(_PATCH_CONCURRENCY)
 
         async def apply(info: FunctionInfo, decision: Decision) -> None:
             key = info.ref.key
-            if dry_run or not leading:
+            if dry_run or not self._may_patch():
                 log_decision(key=key, decision=decision, dry_run=True, patched=False)
                 return
             async with gate:
+                if not self._may_patch():  # leadership can end while a patch waits for its turn
+                    log_decision(key=key, decision=decision, dry_run=True, patched=False)
+                    return
                 try:
                     await self._provider.scale(info.ref, decision.desired)
                 except (ProviderError, AutoscalerError) as e:
