@@ -26,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -36,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autoscaler.config import ControllerSettings, MetricsSettings
 from autoscaler.controller import Controller
-from autoscaler.interfaces import FunctionInfo, FunctionRef, LoadSnapshot
+from autoscaler.interfaces import FunctionRef, LoadSnapshot
 from autoscaler.metrics import PrometheusReader
 from tests.support.exporter import GatewayExporter
+from tests.support.memory import MemoryProvider
 from tests.support.prometheus import PrometheusServer, find_binary
 
 NAMESPACE = "openfaas-fn"
@@ -59,60 +59,18 @@ def serve_exporter(count: int, conn: multiprocessing.connection.Connection) -> N
         conn.recv()  # any message means stop
 
 
-class BenchProvider:
-    """A `Provider` holding functions in a dict; `scale()` stores the new replica count."""
-
-    def __init__(self, keys: list[str]) -> None:
-        self.items: dict[str, FunctionInfo] = {}
-        self.scaled = 0
-        for i, key in enumerate(keys):
-            ref = FunctionRef.parse(key, default_namespace=NAMESPACE)
-            labels = {"com.openfaas.scale.max": "50"}
-            if i % 3 == 1:
-                labels.update({"com.openfaas.scale.type": "capacity", "com.openfaas.scale.target": "5"})
-            if i % 5 == 0:
-                labels.update({"com.openfaas.scale.zero": "true", "com.openfaas.scale.zero-duration": "5m"})
-            self.items[key] = FunctionInfo(ref=ref, labels=labels, replicas=1, ready_replicas=1)
-
-    async def start(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-    def functions(self) -> Mapping[str, FunctionInfo]:
-        return dict(self.items)
-
-    def get(self, ref: FunctionRef) -> FunctionInfo | None:
-        return self.items.get(ref.key)
-
-    async def scale(self, ref: FunctionRef, replicas: int) -> None:
-        old = self.items[ref.key]
-        self.items[ref.key] = FunctionInfo(
-            ref=ref,
-            labels=old.labels,
-            replicas=replicas,
-            ready_replicas=replicas,
-            annotations=old.annotations,
-        )
-        self.scaled += 1
-
-    async def record_event(
-        self, ref: FunctionRef, *, reason: str, message: str, warning: bool = False
-    ) -> None:
-        return None
-
-    async def mark_active(self, ref: FunctionRef, when: float) -> None:
-        return None
-
-    async def wait_ready(self, ref: FunctionRef, timeout: float) -> bool:
-        return True
-
-    def endpoints(self, ref: FunctionRef) -> list[str]:
-        return []
-
-    def subscribe(self, callback: Callable[[FunctionRef], None]) -> None:
-        return None
+def bench_provider(keys: list[str]) -> MemoryProvider:
+    """The functions of the run, a third by capacity and a fifth allowed to go to zero."""
+    provider = MemoryProvider()
+    for i, key in enumerate(keys):
+        ref = FunctionRef.parse(key, default_namespace=NAMESPACE)
+        labels = {"com.openfaas.scale.max": "50"}
+        if i % 3 == 1:
+            labels.update({"com.openfaas.scale.type": "capacity", "com.openfaas.scale.target": "5"})
+        if i % 5 == 0:
+            labels.update({"com.openfaas.scale.zero": "true", "com.openfaas.scale.zero-duration": "5m"})
+        provider.add(ref.name, namespace=ref.namespace, labels=labels, replicas=1)
+    return provider
 
 
 async def wait_for_all(prometheus: PrometheusServer, count: int, *, timeout: float) -> None:
@@ -154,7 +112,7 @@ class TimedReader:
 async def measure(args: argparse.Namespace, prometheus: PrometheusServer) -> None:
     keys = function_keys(args.functions)
     settings = MetricsSettings(prometheus_url=prometheus.url, rate_window=RATE_WINDOW, query_timeout=10.0)
-    provider = BenchProvider(keys)
+    provider = bench_provider(keys)
     async with PrometheusReader(settings=settings) as reader:
         timed = TimedReader(reader)
         controller = Controller(
