@@ -90,9 +90,7 @@ async def _explain_live(args: argparse.Namespace) -> dict[str, Any]:
             "explain NAME needs --prometheus-url (or AUTOSCALER_PROMETHEUS_URL) to read the load"
         )
     ref = FunctionRef.parse(args.function, default_namespace=providers.namespaces[0])
-    providers = build(
-        ProviderSettings, {**settings_overrides(args, ProviderSettings), "namespaces": [ref.namespace]}
-    )
+    providers = providers.model_copy(update={"namespaces": [ref.namespace]})
     provider = await KubernetesProvider.create(settings=providers)
     reader = PrometheusReader(settings=metrics)
     try:

@@ -24,9 +24,9 @@ from autoscaler.admin import AdminServer
 from autoscaler.cli import settings_overrides
 from autoscaler.config import ControllerSettings, MetricsSettings, ProviderSettings, build
 from autoscaler.controller import Controller
-from autoscaler.errors import ConfigError
+from autoscaler.errors import ConfigError, SpecError
 from autoscaler.interfaces import FunctionRef
-from autoscaler.spec import KEEPALIVE
+from autoscaler.spec import parse_labels
 from policies.model import KeepAlive
 
 log = logging.getLogger("autoscaler.run")
@@ -66,7 +66,7 @@ async def serve(
             return True, "starting"
         if report is None:
             return True, "first tick pending"
-        age = time.time() - _last_tick(controller)
+        age = time.time() - report.finished_at
         limit = max(30.0, 10 * controller_settings.interval)
         return age < limit, f"last tick {age:.1f}s ago"
 
@@ -155,14 +155,10 @@ async def serve(
 
 
 def _adaptive(labels: Mapping[str, str]) -> bool:
-    return labels.get(KEEPALIVE, "").strip().lower() == KeepAlive.ADAPTIVE.value
-
-
-def _last_tick(controller: Controller) -> float:
-    for metric in controller.metrics.last_tick.collect():
-        for sample in metric.samples:
-            return float(sample.value)
-    return 0.0
+    try:
+        return parse_labels(labels).keepalive is KeepAlive.ADAPTIVE
+    except SpecError:
+        return False  # the loop reports bad labels itself, and leaves such a function alone
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ class TickReport:
     failed: dict[str, str] = field(default_factory=dict)  # key -> error text for patches that failed
     queries: int = 0
     seconds: float = 0.0
+    finished_at: float = 0.0  # unix time the tick ended
     metrics_error: str | None = None
 
 
@@ -194,7 +195,8 @@ class Controller:
             await self._act(changes, report)
         report.seconds = time.perf_counter() - started
         self.metrics.tick_seconds.observe(report.seconds)
-        self.metrics.last_tick.set(time.time())
+        report.finished_at = time.time()
+        self.metrics.last_tick.set(report.finished_at)
         self.last_report = report
         return report
 

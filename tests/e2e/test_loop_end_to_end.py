@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import re
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -22,6 +19,7 @@ import aiohttp
 import pytest
 
 from tests.support.apiserver import FakeApiServer
+from tests.support.cluster_processes import start_controller
 from tests.support.exporter import GatewayExporter
 from tests.support.prometheus import PrometheusFactory, PrometheusServer
 
@@ -68,50 +66,18 @@ async def cluster(prometheus_factory: PrometheusFactory, tmp_path: Path) -> Asyn
                 exporter.set_function(f"{name}.openfaas-fn", rps=0.0, inflight=0)
             prometheus = prometheus_factory.start(targets=[exporter.target], scrape_interval=0.5)
             await prometheus.wait_for_rates({f"{BURSTY}.openfaas-fn": 0.0}, window=WINDOW)
-            log = tmp_path / "controller.log"
-            with log.open("w") as sink:
-                process = await asyncio.create_subprocess_exec(
-                    *[
-                        sys.executable,
-                        "-m",
-                        "autoscaler",
-                        "--log-format",
-                        "text",
-                        "run",
-                        "--prometheus-url",
-                        prometheus.url,
-                        "--kubeconfig",
-                        str(kubeconfig),
-                        "--interval",
-                        str(INTERVAL),
-                        "--rate-window",
-                        WINDOW,
-                        "--admin-port",
-                        "0",
-                        "--admin-host",
-                        "127.0.0.1",
-                        "--query-timeout",
-                        "1",
-                    ],
-                    stdout=sink,
-                    stderr=asyncio.subprocess.STDOUT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                )
-                try:
-                    deadline = time.monotonic() + 20
-                    while "control loop started" not in log.read_text():
-                        assert process.returncode is None, log.read_text()
-                        assert time.monotonic() < deadline, log.read_text()
-                        await asyncio.sleep(0.1)
-                    yield Cluster(api=api, exporter=exporter, prometheus=prometheus, log=log)
-                finally:
-                    process.send_signal(signal.SIGTERM)
-                    try:
-                        code = await asyncio.wait_for(process.wait(), 15)
-                    except TimeoutError:
-                        process.kill()
-                        raise
-                assert code == 0, log.read_text()[-3000:]
+            controller = await start_controller(
+                kubeconfig=kubeconfig,
+                prometheus_url=prometheus.url,
+                log=tmp_path / "controller.log",
+                interval=INTERVAL,
+                rate_window=WINDOW,
+            )
+            try:
+                yield Cluster(api=api, exporter=exporter, prometheus=prometheus, log=controller.log)
+            finally:
+                code = await controller.stop()
+            assert code == 0, controller.tail()
 
 
 def rate_at_least(key: str, value: float) -> Callable[[dict[str, float]], bool]:
