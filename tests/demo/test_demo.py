@@ -108,3 +108,10 @@ async def test_a_port_in_use_exits_2_and_says_to_pick_another() -> None:
     assert f"127.0.0.1:{port}" in message
     assert "in use" in message
     assert "--port" in message
+
+
+async def test_a_bad_zero_duration_exits_2_saying_how_to_write_one() -> None:
+    demo = await autoscaler("demo", "--zero-duration", "forever")
+    _, err = await asyncio.wait_for(demo.communicate(), timeout=30)
+    assert demo.returncode == 2
+    assert "--zero-duration: not a Go duration: 'forever'" in err.decode()

@@ -136,3 +136,25 @@ def test_the_command_runs_in_worker_processes_and_prints_the_table(tmp_path: Pat
     serial = tmp_path / "serial.json"
     simulate.run(_args("--trace", str(_trace(tmp_path)), "--json", str(serial), "--jobs", "1"))
     assert json.loads(out.read_text())["results"] == json.loads(serial.read_text())["results"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("--functions", "-3"), "--functions must be at least 1, got -3"),
+        (("--trace", "/nonexistent-trace-dir"), "trace directory /nonexistent-trace-dir does not exist"),
+        (("--policy", "nope"), "invalid choice: 'nope'"),
+        (("--cold-start", "soon"), "not a Go duration: 'soon'"),
+    ],
+)
+def test_wrong_flag_values_exit_2_with_a_clear_message(argv: tuple[str, ...], expected: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "autoscaler", "simulate", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
