@@ -14,7 +14,7 @@ import numpy.typing as npt
 from autoscaler._sim_views import ConcurrencyView, PrometheusView
 from autoscaler.errors import ConfigError
 from policies.baselines import KedaHpa, KnativeKPA
-from policies.engine import ZERO_GRACE, FunctionState, KeepAlivePolicy, decide
+from policies.engine import ZERO_GRACE, FunctionState, KeepAlivePolicy, decide, learned, windows_start
 from policies.model import KeepAlive, Load, ScaleType, ScalingSpec
 
 Floats = npt.NDArray[np.float64]
@@ -122,14 +122,17 @@ class DecideDriver:
                     times.append(now + ZERO_GRACE)
                 return min(times) if times else None
             prewarm, keep = 0.0, spec.zero_duration
-            if spec.keepalive is KeepAlive.ADAPTIVE and state.keepalive is not None:
-                prewarm, keep = state.keepalive.windows(now=now)
-                change = getattr(state.keepalive, "next_change", None)
+            policy = learned(spec, state)
+            if policy is not None:
+                prewarm, keep = policy.windows(now=now)
+                change = getattr(policy, "next_change", None)
                 when = change(now=now) if change is not None else None
                 if when is not None:
                     times.append(when)  # the windows themselves move on at this time
-            for offset in (ZERO_GRACE, prewarm, prewarm + keep):
-                when = state.last_active + offset
+            start = windows_start(spec=spec, state=state)
+            timers = ((state.last_active, ZERO_GRACE), (start, prewarm), (start, prewarm + keep))
+            for since, offset in timers:
+                when = since + offset
                 if offset > 0 and when > now - 1e-6:  # a timer due in this very tick may trip on the next one
                     times.append(when)
         return min(times) if times else None

@@ -211,8 +211,11 @@ class HybridHistogram:
         tail_bin = elapsed + int(
             np.searchsorted(cumulative, cfg.tail_percentile / 100 * possible, side="left")
         )
-        head = head_bin * cfg.bin_width  # lower edge of the head bin
-        tail = (tail_bin + 1) * cfg.bin_width  # upper edge of the tail bin
+        # An idle time of k bins is k empty minutes between two minutes with calls: the calls were
+        # between k and k + 2 minutes apart. Pre-warm from the shortest, keep warm to the longest
+        # (k + 1 left calls in consecutive minutes, up to 2 minutes apart, cold half the time).
+        head = head_bin * cfg.bin_width
+        tail = (tail_bin + 2) * cfg.bin_width
         prewarm = head * (1 - cfg.margin)
         keepalive = tail * (1 + cfg.margin) - prewarm
         return (prewarm, keepalive), "histogram"

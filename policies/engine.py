@@ -45,6 +45,7 @@ class FunctionState:
     """What the loop remembers of one function between ticks (rebuilt from scratch after a restart)."""
 
     last_active: float | None = None  # last evidence of activity; the idle timer starts here
+    last_call: float | None = None  # last call start seen (counter change, wake): learned windows start here
     last_started_total: float | None = None  # last seen value of the started-invocations counter
     recommendations: deque[tuple[float, int]] = field(default_factory=deque)  # down-window history
     keepalive: KeepAlivePolicy | None = None  # set by the caller when spec.keepalive is ADAPTIVE
@@ -65,6 +66,7 @@ def observe(
             if state.last_started_total is not None and started != state.last_started_total:
                 # Any change counts, a counter reset (proxy restart) included: it cannot mean idleness.
                 active = True
+                state.last_call = now
                 if state.keepalive is not None:
                     state.keepalive.observe_call(now=now)
             state.last_started_total = started
@@ -72,15 +74,37 @@ def observe(
             active = True
     if last_wake is not None and (state.last_active is None or last_wake > state.last_active):
         state.last_active = last_wake
+    if last_wake is not None and (state.last_call is None or last_wake > state.last_call):
+        state.last_call = last_wake  # a wake-up is a call arriving
     if active or first_count or state.last_active is None:
         # First sight of a function (e.g. after a restart) starts its idle timer without waking it.
         state.last_active = now
     return active
 
 
+def learned(spec: ScalingSpec, state: FunctionState) -> KeepAlivePolicy | None:
+    """The function's learned keep-alive, if its spec asks for one and the caller gave it one."""
+    return state.keepalive if spec.keepalive is KeepAlive.ADAPTIVE else None
+
+
+def windows_start(*, spec: ScalingSpec, state: FunctionState) -> float:
+    """Where the keep-alive windows are measured from.
+
+    A fixed zero-duration runs from the last activity of any kind (OpenFaaS's idle timer). A learned
+    policy predicts the next call from the gaps between call starts, so its windows run from the
+    last call's start: measured from the end of a call that ran for minutes, they would pre-warm too
+    late (a function started every 10 minutes that runs for 5 was cold at every call).
+    """
+    assert state.last_active is not None
+    if learned(spec, state) is not None and state.last_call is not None:
+        return state.last_call
+    return state.last_active
+
+
 def _windows(*, spec: ScalingSpec, state: FunctionState, now: float) -> tuple[float, float]:
-    if spec.keepalive is KeepAlive.ADAPTIVE and state.keepalive is not None:
-        return state.keepalive.windows(now=now)
+    policy = learned(spec, state)
+    if policy is not None:
+        return policy.windows(now=now)
     return 0.0, spec.zero_duration
 
 
@@ -88,14 +112,15 @@ def _zero_decision(*, spec: ScalingSpec, state: FunctionState, current: int, now
     """The scale-to-zero / pre-warm verdict for an idle `zero=true` function, or None to scale by load."""
     assert state.last_active is not None
     idle = now - state.last_active
+    since = now - windows_start(spec=spec, state=state)  # `idle` for a fixed zero-duration
     prewarm, keep = _windows(spec=spec, state=state, now=now)
     if current == 0:
-        if prewarm > 0 and prewarm <= idle < prewarm + keep:
+        if prewarm > 0 and prewarm <= since < prewarm + keep:
             return Decision(
                 current,
                 spec.wake_replicas,
                 Reason.PREWARM,
-                f"idle {idle:.0f}s: pre-warm ahead of the call predicted after {prewarm:.0f}s",
+                f"{since:.0f}s since the last call: pre-warm for the call predicted after {prewarm:.0f}s",
             )
         # At zero with no activity: nothing calls for a replica.
         return Decision(current, 0, Reason.STEADY, f"idle for {idle:.0f}s: stays at zero")
@@ -103,16 +128,19 @@ def _zero_decision(*, spec: ScalingSpec, state: FunctionState, current: int, now
         # Too recent to trust any prediction (see ZERO_GRACE); a fixed zero-duration shorter than the
         # grace is the operator's explicit choice and is honoured.
         return None
-    if idle >= prewarm + keep:
+    if since >= prewarm + keep:
         return Decision(
             current,
             0,
             Reason.SCALE_TO_ZERO,
-            f"no started invocations for {idle:.0f}s (keep-alive {prewarm + keep:.0f}s): scale to zero",
+            f"no started invocations for {since:.0f}s (keep-alive {prewarm + keep:.0f}s): scale to zero",
         )
-    if prewarm > 0 and idle < prewarm:
+    if prewarm > 0 and since < prewarm:
         return Decision(
-            current, 0, Reason.SCALE_TO_ZERO, f"idle {idle:.0f}s: next call predicted after {prewarm:.0f}s"
+            current,
+            0,
+            Reason.SCALE_TO_ZERO,
+            f"{since:.0f}s since the last call: next call predicted after {prewarm:.0f}s",
         )
     return None
 

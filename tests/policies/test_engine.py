@@ -179,6 +179,38 @@ class TestLearnedKeepAlive:
         assert (prewarm.desired, prewarm.reason) == (1, Reason.PREWARM)
         assert decide(spec=self.spec, load=rps(0, started=2), current=1, state=state, now=431).desired == 0
 
+    def test_learned_windows_run_from_the_last_call_start_not_the_end_of_a_long_call(self) -> None:
+        # Calls start every 10 minutes and run for 5: the windows, learned from the gaps between
+        # starts, count from the start. Counted from the end, the pre-warm would come after the call.
+        state = FunctionState(keepalive=FixedWindows(prewarm=480.0, keep=180.0))
+        decide(spec=self.spec, load=rps(0, started=1), current=1, state=state, now=0)
+        decide(spec=self.spec, load=rps(0, started=2, inflight=1), current=1, state=state, now=15)
+        running = decide(spec=self.spec, load=rps(0, started=2, inflight=1), current=1, state=state, now=315)
+        assert running.desired == 1  # a call in flight is never cut short
+        done = decide(spec=self.spec, load=rps(0, started=2), current=1, state=state, now=315 + ZERO_GRACE)
+        assert (done.desired, done.reason) == (0, Reason.SCALE_TO_ZERO)
+        assert decide(spec=self.spec, load=rps(0, started=2), current=0, state=state, now=494).desired == 0
+        prewarm = decide(spec=self.spec, load=rps(0, started=2), current=0, state=state, now=496)
+        assert (prewarm.desired, prewarm.reason) == (1, Reason.PREWARM)
+        assert "481s since the last call" in prewarm.message
+
+    def test_a_wake_up_counts_as_a_call_for_the_learned_windows(self) -> None:
+        state = FunctionState(keepalive=FixedWindows(prewarm=300.0, keep=120.0))
+        decide(spec=self.spec, load=rps(0, started=1), current=1, state=state, now=0)
+        decide(spec=self.spec, load=rps(0, started=1), current=0, state=state, now=100, last_wake=90.0)
+        assert state.last_call == 90.0
+        prewarm = decide(spec=self.spec, load=rps(0, started=1), current=0, state=state, now=395)
+        assert prewarm.reason is Reason.PREWARM
+
+    def test_a_fixed_zero_duration_still_runs_from_the_end_of_the_last_call(self) -> None:
+        spec = ScalingSpec(zero=True, zero_duration=120.0)
+        state = FunctionState()
+        decide(spec=spec, load=rps(0, started=1), current=1, state=state, now=0)
+        decide(spec=spec, load=rps(0, started=2, inflight=1), current=1, state=state, now=15)
+        decide(spec=spec, load=rps(0, started=2, inflight=1), current=1, state=state, now=300)
+        assert decide(spec=spec, load=rps(0, started=2), current=1, state=state, now=419).desired == 1
+        assert decide(spec=spec, load=rps(0, started=2), current=1, state=state, now=420).desired == 0
+
 
 @given(
     loads=st.lists(st.one_of(st.none(), st.floats(0, 1e5)), min_size=1, max_size=40),
