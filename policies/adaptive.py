@@ -4,12 +4,14 @@ A fixed keep-alive (OpenFaaS's zero-duration, the 10 minutes of many platforms) 
 function called every half hour (every call is cold) and too long for one called in bursts (it sits
 idle for most of the window). This policy learns each function's idle times (the gaps between bursts
 of calls) in a histogram of one-minute bins covering hours, and from it chooses two windows, both
-measured from the last call:
+measured from the start of the last call (the histogram learns the gaps between call starts; a call
+that runs for minutes does not push the pre-warm past the next one):
 
 - pre-warm = the head (5th percentile) of the idle times, less a 10 % margin: the function may sit at
   zero that long, then it is started again ahead of the predicted call;
-- keep-alive = the tail of the idle times, plus a 10 % margin, minus the pre-warm: how long it then
-  stays warm before it goes to zero. The paper takes the 99th percentile; this policy the 75th (see
+- keep-alive = the tail of the idle times (the far edge of its bin: calls k empty minutes apart may
+  be k + 2 minutes apart), plus a 10 % margin, minus the pre-warm: how long it then stays warm before
+  it goes to zero. The paper takes the 99th percentile; this policy the 75th (see
   `HistogramConfig.tail_percentile`): a function is let go past its usual gaps, not its rarest.
 
 It falls back to a standard keep-alive (no pre-warm, the function's fixed zero-duration) while it
@@ -51,16 +53,16 @@ class HistogramConfig:
     head_percentile: float = 5.0  # pre-warm from the 5th percentile (paper)
     # Keep-alive to the 75th percentile. The paper uses the 99th; on a one-day trace learned from
     # nothing the 99th percentile of a few idle times is the longest gap seen, which keeps busy
-    # functions warm through rare hour-long gaps (x0.95 the wasted memory of fixed-10m, before the
-    # changes below). With this config on the 1,000-function day: 80th x0.71 the 75th-percentile
-    # function's cold starts and x0.88 the memory, 75th x0.73 and x0.84 (docs/simulate.md).
+    # functions warm through rare hour-long gaps. With this config on the 1,000-function day: 99th
+    # x0.62 the 75th-percentile function's cold starts of fixed-10m and x1.16 its memory, 80th x0.67
+    # and x0.94, 75th x0.70 and x0.90, 70th x0.76 and x0.87 (docs/simulate.md).
     tail_percentile: float = 75.0
     margin: float = 0.10  # 10 % off the pre-warm, 10 % onto the keep-alive (paper)
     # A flatter histogram is not representative (paper: CV of the bin counts). With 240 bins and few
     # idle times the CV is high, so on a one-day trace this fallback never fires.
     cv_threshold: float = 2.0
-    # Fewer idle times than this: too little history, use the fixed window. 3 and 2 were measured and
-    # were worse on both axes on the 1,000-function day (a histogram of 2-3 gaps predicts poorly).
+    # Fewer idle times than this: too little history, use the fixed window. On the 1,000-function
+    # day 3 gave the same cold starts for more memory (x0.93 against x0.90), 8 more cold starts.
     min_idle_times: int = 5
     max_out_of_bounds: float = 0.5  # more than half the idle times beyond the range: fixed window
     # Idle times needed beyond the elapsed idle time before they alone may put a function to zero
@@ -68,7 +70,8 @@ class HistogramConfig:
     # on the word of two long gaps and missed the next call when it came sooner. On the 1,000-function
     # day the 75th-percentile function's cold starts fell from 33.3 % (8) to 29.5 % (10) and 28.8 %
     # (12), while wasted memory rose from x0.89 to x0.91 and x0.93 of fixed-10m (before `_agree`
-    # let two idle times that agree decide: with it, 10 gives x0.84 and 16 x0.85).
+    # let two idle times that agree decide). With the current windows: 6 gives x0.76 and x0.89, 10
+    # x0.70 and x0.90, 16 x0.67 and x0.92.
     min_conditional: int = 10
 
     def __post_init__(self) -> None:
@@ -225,7 +228,8 @@ class HybridHistogram:
 
         Such idle times (a function called every hour, give or take a minute) predict the next call
         as well as many would, so they need not wait for `min_conditional` of them. On the
-        1,000-function day this cut the wasted memory from x0.91 to x0.84 of fixed-10m's.
+        1,000-function day this cut the wasted memory from x0.91 to x0.84 of fixed-10m's (measured
+        before the keep-alive reached the far edge of the tail bin).
         """
         seen = np.flatnonzero(remaining)
         if seen.size == 0 or int(remaining.sum()) < 2:
