@@ -5,8 +5,9 @@ requests released at once must not open a thousand connections to a replica that
 origin has at most `limit` connections in use, and requests beyond it wait in a FIFO queue, so held
 requests released together are sent in the order they were released. A connection whose exchange
 ended cleanly goes back to its pool (its slot straight to the next waiter); any other is closed.
-Idle connections are closed after `IDLE_TIMEOUT` seconds by one background sweep, which also
-forgets origins that have nothing left (endpoints come and go with replicas).
+Idle connections are closed after `idle_timeout` seconds (`IDLE_TIMEOUT` unless told otherwise) by
+one background sweep, which also forgets origins that have nothing left (endpoints come and go with
+replicas).
 """
 
 from __future__ import annotations
@@ -32,10 +33,15 @@ from autoscaler.tasks import Background
 class Pool:
     """Sends requests to upstream endpoints over pooled keep-alive connections."""
 
-    def __init__(self, *, limit_per_origin: int, connect_timeout: float) -> None:
+    def __init__(
+        self, *, limit_per_origin: int, connect_timeout: float, idle_timeout: float = IDLE_TIMEOUT
+    ) -> None:
         if limit_per_origin < 1:
             raise ValueError(f"limit_per_origin must be >= 1 (got {limit_per_origin})")
+        if idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be > 0 seconds (got {idle_timeout})")
         self._limit = limit_per_origin
+        self._idle_timeout = idle_timeout
         self._connect_timeout = connect_timeout
         self._origins: dict[str, Origin] = {}
         self._ssl: ssl.SSLContext | None = None
@@ -155,8 +161,8 @@ class Pool:
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(IDLE_TIMEOUT / 3)
-            stale = loop.time() - IDLE_TIMEOUT
+            await asyncio.sleep(self._idle_timeout / 3)
+            stale = loop.time() - self._idle_timeout
             for endpoint, origin in list(self._origins.items()):
                 keep = [conn for conn in origin.idle if conn.last_used > stale and not conn.closed]
                 for conn in origin.idle:

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from autoscaler.proxy._pool import Pool
+from autoscaler.tasks import Background
 from tests.proxy.conftest import MakeProxy, base
 from tests.support.fakeprovider import FakeProvider
 
@@ -579,3 +580,26 @@ async def test_with_one_connection_allowed_waiters_are_served_in_arrival_order(r
         assert server.accepted == 1
     finally:
         pool.close()
+
+
+async def test_an_idle_kept_alive_connection_is_closed_and_its_origin_forgotten(raw: RawFactory) -> None:
+    server = await raw(reply(OK))
+    pool = Pool(limit_per_origin=2, connect_timeout=1.0, idle_timeout=0.3)
+    background = Background()
+    pool.start(background)
+    try:
+        assert await call(pool, server.url, "/a") == b"ok"
+        assert await call(pool, server.url, "/b") == b"ok"
+        assert server.accepted == 1  # kept alive between the two
+        await server.closed_by_proxy(0)  # the sweep closes it once idle for idle_timeout
+        assert server.url not in pool._origins  # nothing left there: the origin is forgotten
+        assert await call(pool, server.url, "/c") == b"ok"  # and a later request opens a new one
+        assert server.accepted == 2
+    finally:
+        pool.close()
+        await background.close()
+
+
+def test_a_pool_refuses_an_idle_timeout_that_is_not_positive() -> None:
+    with pytest.raises(ValueError, match="idle_timeout must be > 0"):
+        Pool(limit_per_origin=1, connect_timeout=1.0, idle_timeout=0.0)
