@@ -102,14 +102,6 @@ class Stack:
             await asyncio.sleep(0.005)
         return time.time()
 
-    async def wait_events(self, reason: str, *, timeout: float = 5.0) -> list[dict[str, Any]]:
-        """The Events with `reason` once there is one (the loop writes them just after its patch)."""
-        deadline = time.monotonic() + timeout
-        while not (found := [e for e in self.api.events() if e["reason"] == reason]):
-            assert time.monotonic() < deadline, f"no {reason} Event after {timeout}s\n{self.logs()}"
-            await asyncio.sleep(0.02)
-        return found
-
 
 @pytest.fixture
 async def stack(prometheus_factory: PrometheusFactory, tmp_path: Path) -> AsyncIterator[Stack]:
@@ -186,7 +178,7 @@ async def test_after_the_traffic_stops_the_function_goes_to_zero_only_once_its_z
     idle = zero_at - last_sent
     assert ZERO_DURATION <= idle <= ZERO_DURATION + LATE_SLACK, f"went to zero after {idle:.2f}s idle"
     assert replica_history(stack.api, FN) == [0, 1, 0]
-    [event] = await stack.wait_events("ScaleToZero")
+    [event] = await stack.api.wait_events(lambda e: e["reason"] == "ScaleToZero", what="ScaleToZero")
     assert event["involvedObject"]["name"] == FN
     assert "Scaled from 1 to 0" in event["message"]
 

@@ -94,8 +94,14 @@ async def test_a_burst_scales_up_within_two_ticks_of_prometheus_seeing_it(cluste
     seen = time.monotonic()
     scaled = await cluster.wait_replicas(BURSTY, want, timeout=10)
     assert scaled - seen <= 2 * INTERVAL + 0.5
-    events = [e for e in cluster.api.events() if e["involvedObject"]["name"] == BURSTY]
-    assert any("to 7 replicas" in e["message"] and e["reason"] == "ScaleUp" for e in events)
+    await cluster.api.wait_events(
+        lambda e: (
+            e["involvedObject"]["name"] == BURSTY
+            and e["reason"] == "ScaleUp"
+            and "to 7 replicas" in e["message"]
+        ),
+        what=f"{BURSTY} ScaleUp to 7",
+    )
 
 
 async def test_silence_scales_a_zero_function_to_zero_and_never_a_zero_false_one(cluster: Cluster) -> None:
@@ -103,7 +109,7 @@ async def test_silence_scales_a_zero_function_to_zero_and_never_a_zero_false_one
     await asyncio.sleep(3 * INTERVAL)
     assert cluster.api.replicas(STEADY) == 1
     assert cluster.api.replicas(BURSTY) == 1
-    [event] = [e for e in cluster.api.events() if e["involvedObject"]["name"] == SLEEPY]
+    [event] = await cluster.api.wait_events(lambda e: e["involvedObject"]["name"] == SLEEPY, what=SLEEPY)
     assert event["reason"] == "ScaleToZero"
     assert "Scaled from 1 to 0" in event["message"]
 
@@ -131,8 +137,12 @@ async def test_the_admin_port_serves_health_and_the_loops_metrics(cluster: Clust
             assert response.status == 200
         async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
             assert response.status == 200
-        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
-            text = await response.text()
+        # The loop counts a scale just after the API server has answered it: read until it has.
+        deadline = time.monotonic() + 5
+        text = ""
+        while "ScaleToZero" not in text and time.monotonic() < deadline:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
     assert 'autoscaler_desired_replicas{function_name="steady.openfaas-fn"} 1.0' in text
     assert 'autoscaler_scale_total{function_name="sleepy.openfaas-fn",reason="ScaleToZero"} 1.0' in text
     assert "autoscaler_tick_seconds_count" in text

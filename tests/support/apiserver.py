@@ -210,6 +210,19 @@ class FakeApiServer(Cluster):
             and (watch is None or _flag(r.query.get("watch")) == watch)
         )
 
+    async def wait_events(
+        self, match: Callable[[Obj], bool], *, timeout: float = 5.0, what: str = "matching"
+    ) -> list[Obj]:
+        """The Events that `match`, once there is one: a controller writes its Event just after the
+        scale it reports, so a test that has seen the new replica count must wait for it."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not (found := [e for e in self.events() if match(e)]):
+            if asyncio.get_running_loop().time() > deadline:
+                seen = [(e["reason"], e["message"]) for e in self.events()]
+                raise AssertionError(f"no {what} Event after {timeout}s; Events so far: {seen}")
+            await asyncio.sleep(0.02)
+        return found
+
     @property
     def open_watches(self) -> int:
         return len(self.store.watchers)
