@@ -32,6 +32,10 @@ class KeepAlivePolicy(Protocol):
     def observe_call(self, *, now: float) -> None:
         """A started invocation (or a batch of them) was seen at `now`."""
 
+    @property
+    def last_call(self) -> float | None:
+        """When the last call it knows of started (history it was seeded from included), or None."""
+
     def windows(self, *, now: float) -> tuple[float, float]:
         """(prewarm, keepalive) in seconds from the last call.
 
@@ -57,6 +61,10 @@ def observe(
     """Update the idle timer from this tick's evidence; True when the function is active right now."""
     active = busy
     first_count = False
+    if state.last_call is None and state.keepalive is not None:
+        # After a restart the learned policy remembers the last call from the history it was seeded
+        # with: its windows keep running from there instead of from the controller's first tick.
+        state.last_call = state.keepalive.last_call
     if load is not None:
         started = load.started_total
         if started is not None:

@@ -91,6 +91,26 @@ async def test_a_seeded_function_predicts_its_next_call_from_the_first_tick() ->
     assert fresh.windows(now=now) == (0.0, 600.0)
 
 
+async def test_a_restart_keeps_a_seeded_function_warm_for_the_call_its_history_predicts() -> None:
+    # Called every 30 minutes; the last call was 30 minutes before the restart: the next is due.
+    now = 100_000.0
+    provider, reader = MemoryProvider(), StaticReader()
+    provider.add("cron", labels=ADAPTIVE, replicas=1)
+    loop = Controller(
+        provider=provider,
+        reader=reader,
+        settings=ControllerSettings(),
+        keepalive_factory=factory({"cron.openfaas-fn": every(30)[:-30]}, end=now - 60),
+    )
+    reader.loads = {"cron.openfaas-fn": Load(rps=0.0, inflight=0.0, started_total=7.0)}
+    for tick in range(4):  # two minutes: past the 30 s grace, and past the call's due time
+        await loop.tick(now=now + 30 * tick)
+        assert provider.replicas("cron.openfaas-fn") == 1
+    for tick in range(4, 20):  # no call came: it goes to zero once the predicted window has passed
+        await loop.tick(now=now + 30 * tick)
+    assert provider.replicas("cron.openfaas-fn") == 0
+
+
 async def test_the_history_query_selects_exactly_the_named_functions_in_a_real_prometheus(
     prometheus_factory: PrometheusFactory,  # noqa: F811
 ) -> None:

@@ -143,8 +143,9 @@ class TestScaleToZero:
 class FixedWindows:
     """A keep-alive model with given windows, to test how decide uses one."""
 
-    def __init__(self, prewarm: float, keep: float) -> None:
+    def __init__(self, prewarm: float, keep: float, *, last_call: float | None = None) -> None:
         self.prewarm, self.keep, self.calls = prewarm, keep, 0
+        self.last_call = last_call  # a seeded model knows a call from before the loop started
 
     def observe_call(self, *, now: float) -> None:
         self.calls += 1
@@ -155,6 +156,23 @@ class FixedWindows:
 
 class TestLearnedKeepAlive:
     spec = ScalingSpec(zero=True, zero_duration=600.0, keepalive=KeepAlive.ADAPTIVE)
+
+    def test_after_a_restart_the_windows_run_from_the_call_the_model_was_seeded_with(self) -> None:
+        # Called 350 s before the loop's first tick; warm from 300 s to 420 s after a call.
+        state = FunctionState(keepalive=FixedWindows(prewarm=300.0, keep=120.0, last_call=-350.0))
+        decide(spec=self.spec, load=rps(0, started=5), current=1, state=state, now=0)
+        kept = decide(spec=self.spec, load=rps(0, started=5), current=1, state=state, now=ZERO_GRACE)
+        assert kept.desired == 1
+        gone = decide(spec=self.spec, load=rps(0, started=5), current=1, state=state, now=70)
+        assert (gone.desired, gone.reason) == (0, Reason.SCALE_TO_ZERO)
+        assert "no started invocations for 420s" in gone.message
+
+    def test_after_a_restart_a_function_at_zero_is_prewarmed_on_the_seeded_schedule(self) -> None:
+        state = FunctionState(keepalive=FixedWindows(prewarm=300.0, keep=120.0, last_call=-290.0))
+        waiting = decide(spec=self.spec, load=rps(0, started=5), current=0, state=state, now=0)
+        assert waiting.desired == 0
+        woken = decide(spec=self.spec, load=rps(0, started=5), current=0, state=state, now=10)
+        assert (woken.desired, woken.reason) == (1, Reason.PREWARM)
 
     def test_a_predicted_gap_unloads_after_the_grace_and_prewarms_before_the_next_call(self) -> None:
         model = FixedWindows(prewarm=300.0, keep=120.0)
