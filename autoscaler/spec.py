@@ -114,6 +114,15 @@ def _choice(labels: Mapping[str, str], label: str, options: tuple[str, ...], def
     return value
 
 
+def zero_enabled(labels: Mapping[str, str]) -> bool:
+    """Whether the labels opt the function into scale to zero, read as `parse_labels` reads them.
+
+    The proxy asks this for every request it forwards (to decide whether to mark the function
+    active), where a full parse would cost too much; a value `parse_labels` refuses reads as no.
+    """
+    return labels.get(ZERO, "").strip().lower() == "true"
+
+
 def parse_labels(labels: Mapping[str, str]) -> ScalingSpec:
     """Build a ScalingSpec from a function's labels; raises SpecError on the first invalid one."""
     minimum = _int(labels, MIN, 1, least=0)
@@ -125,7 +134,8 @@ def parse_labels(labels: Mapping[str, str]) -> ScalingSpec:
     proportion = _float(
         labels, PROPORTION, 0.90, allowed="a number > 0 and <= 1 (fraction of target)", upper=1.0
     )
-    zero = _choice(labels, ZERO, ("true", "false"), "false") == "true"
+    _choice(labels, ZERO, ("true", "false"), "false")  # refuses a wrong value
+    zero = zero_enabled(labels)
     zero_duration = _duration(
         labels, ZERO_DURATION, 900.0, allowed="a Go duration > 0 such as 90s, 15m or 1h30m"
     )

@@ -33,7 +33,7 @@ from autoscaler.proxy._forward import Forwarder, UpstreamConnectError, UpstreamE
 from autoscaler.proxy._hold import MARK_INTERVAL, ColdStarts, FunctionState, HoldError
 from autoscaler.proxy._metrics import StatsCollector
 from autoscaler.proxy._routing import RouteError, Router
-from autoscaler.spec import ZERO
+from autoscaler.spec import zero_enabled
 from autoscaler.tasks import Background
 
 log = logging.getLogger("autoscaler.proxy")
@@ -223,7 +223,7 @@ class Proxy:
         stats.inflight += 1
         self._inflight += 1
         cold = info.ready_replicas <= 0
-        if not cold and _may_go_to_zero(info.labels):
+        if not cold and zero_enabled(info.labels):
             # Only functions that can be scaled to zero need the mark (invariant 2); each one is an
             # API write. A wake-up marks the function itself, before it scales.
             now = self._clock()
@@ -332,10 +332,6 @@ class Proxy:
         )
         response.force_close()
         return response
-
-
-def _may_go_to_zero(labels: Mapping[str, str]) -> bool:
-    return labels.get(ZERO, "").strip().lower() == "true"
 
 
 def _bound_port(runner: web.BaseRunner) -> int:

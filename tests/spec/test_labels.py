@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autoscaler.errors import SpecError
-from autoscaler.spec import format_duration, parse_duration, parse_labels
+from autoscaler.spec import format_duration, parse_duration, parse_labels, zero_enabled
 from policies.model import KeepAlive, ScaleType, ScalingSpec
 
 P = "com.openfaas.scale."
@@ -49,6 +49,16 @@ def test_every_label_is_read() -> None:
         down_window=90,
         keepalive=KeepAlive.ADAPTIVE,
     )
+
+
+@pytest.mark.parametrize("value", ["true", " TRUE ", "False", " false", "yes", "1", "", None])
+def test_the_proxys_quick_zero_check_agrees_with_the_full_parse(value: str | None) -> None:
+    labels = {} if value is None else {P + "zero": value}
+    try:
+        parsed = parse_labels(labels).zero
+    except SpecError:
+        parsed = False  # the loop refuses the spec and never scales such a function to zero
+    assert zero_enabled(labels) is parsed
 
 
 def test_unrelated_labels_are_ignored() -> None:
