@@ -96,6 +96,26 @@ class ProxySettings(_Base):
     max_body: int = Field(default=10 * 1024 * 1024, gt=0, description="request body limit in bytes (413)")
     upstream_timeout: float = Field(default=300.0, gt=0, description="seconds for an upstream response")
     shutdown_grace: float = Field(default=30.0, ge=0, description="seconds to finish requests on SIGTERM")
+    retry_after: int = Field(
+        default=2, ge=0, description="seconds a 429 of a full hold asks callers to wait (Retry-After)"
+    )
+    upstream_connections: int = Field(
+        default=100,
+        gt=0,
+        description="connections per function replica; more requests wait for one in arrival order",
+    )
+    upstream_idle_timeout: float = Field(
+        default=15.0, gt=0, description="seconds an unused kept-alive upstream connection stays open"
+    )
+    # The controller waits ZERO_GRACE (30 s) after the last activity before any scale to zero; marks
+    # at most half that apart keep a busy function's last-active time inside it (invariant 2).
+    mark_interval: float = Field(
+        default=5.0,
+        gt=0,
+        le=15.0,
+        description="seconds between last-active marks of a busy scale-to-zero function (an API write "
+        "each); at most 15, half the controller's 30 s grace before a scale to zero",
+    )
 
 
 def build(model: type[_Base], overrides: dict[str, Any]) -> Any:

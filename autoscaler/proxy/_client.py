@@ -23,8 +23,6 @@ MAX_HEAD = 64 * 1024
 # Body bytes received but not yet taken by the caller: above this the socket stops being read
 # until the caller takes them (a slow client slows the function down instead of filling memory).
 HIGH_WATER = 256 * 1024
-# A pooled connection left idle this long is closed (aiohttp's default keep-alive timeout).
-IDLE_TIMEOUT = 15.0
 # Methods a reused connection may resend once when it turns out to have been closed by the peer.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # Methods for which an absent body is still announced as `Content-Length: 0`.

@@ -95,12 +95,21 @@ class Forwarder:
     """Owns the upstream connection pools; opens upstream requests and relays their responses."""
 
     def __init__(
-        self, *, upstream_timeout: float, background: Background, max_connections_per_host: int = 100
+        self,
+        *,
+        upstream_timeout: float,
+        background: Background,
+        max_connections_per_host: int,
+        idle_timeout: float,
     ) -> None:
         self._upstream_timeout = upstream_timeout
         self._background = background
         self._deadlines = Deadlines(resolution=min(1.0, upstream_timeout / 4))
-        self._pool = Pool(limit_per_origin=max_connections_per_host, connect_timeout=CONNECT_TIMEOUT)
+        self._pool = Pool(
+            limit_per_origin=max_connections_per_host,
+            connect_timeout=CONNECT_TIMEOUT,
+            idle_timeout=idle_timeout,
+        )
         self._started = False
 
     async def start(self) -> None:

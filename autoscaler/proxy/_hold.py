@@ -21,9 +21,6 @@ from autoscaler.tasks import Background
 
 log = logging.getLogger("autoscaler.proxy")
 
-# While a function is busy, tell the provider at most this often (seconds of the injected clock).
-MARK_INTERVAL = 5.0
-
 
 class HoldError(AutoscalerError):
     """A held request cannot be forwarded; `status` and the message go back to the caller."""
@@ -84,7 +81,7 @@ class ColdStarts:
             raise HoldError(
                 429,
                 f"function {state.ref.key} is starting and already holds {self._max_held} requests "
-                "(the hold limit); retry after a few seconds",
+                "(the hold limit); retry in a few seconds",
             )
         wake = state.wake
         if wake is None or wake.done():

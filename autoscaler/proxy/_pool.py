@@ -5,9 +5,9 @@ requests released at once must not open a thousand connections to a replica that
 origin has at most `limit` connections in use, and requests beyond it wait in a FIFO queue, so held
 requests released together are sent in the order they were released. A connection whose exchange
 ended cleanly goes back to its pool (its slot straight to the next waiter); any other is closed.
-Idle connections are closed after `idle_timeout` seconds (`IDLE_TIMEOUT` unless told otherwise) by
-one background sweep, which also forgets origins that have nothing left (endpoints come and go with
-replicas).
+Idle connections are closed after `idle_timeout` seconds (`--upstream-idle-timeout`, 15 s by
+default, aiohttp's keep-alive timeout) by one background sweep, which also forgets origins that have
+nothing left (endpoints come and go with replicas).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from yarl import URL
 from autoscaler.proxy._client import (
     BODY_METHODS,
     IDEMPOTENT,
-    IDLE_TIMEOUT,
     ClientError,
     ConnectError,
     Connection,
@@ -33,9 +32,7 @@ from autoscaler.tasks import Background
 class Pool:
     """Sends requests to upstream endpoints over pooled keep-alive connections."""
 
-    def __init__(
-        self, *, limit_per_origin: int, connect_timeout: float, idle_timeout: float = IDLE_TIMEOUT
-    ) -> None:
+    def __init__(self, *, limit_per_origin: int, connect_timeout: float, idle_timeout: float) -> None:
         if limit_per_origin < 1:
             raise ValueError(f"limit_per_origin must be >= 1 (got {limit_per_origin})")
         if idle_timeout <= 0:

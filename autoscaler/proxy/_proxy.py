@@ -30,7 +30,7 @@ from autoscaler.interfaces import FunctionRef, InvocationStats, Provider
 from autoscaler.proxy._admin import admin_app, error_response
 from autoscaler.proxy._client import Connection
 from autoscaler.proxy._forward import Forwarder, UpstreamConnectError, UpstreamError, request_headers
-from autoscaler.proxy._hold import MARK_INTERVAL, ColdStarts, FunctionState, HoldError
+from autoscaler.proxy._hold import ColdStarts, FunctionState, HoldError
 from autoscaler.proxy._metrics import StatsCollector
 from autoscaler.proxy._routing import RouteError, Router
 from autoscaler.spec import zero_enabled
@@ -43,8 +43,6 @@ WAKE_RETRY_WINDOW = 10.0
 CONNECT_RETRY_WINDOW = 5.0  # warm path: how long refused connections are retried before 502
 RETRY_FIRST_DELAY = 0.02
 RETRY_MAX_DELAY = 0.25
-# A held request whose hold limit is full is told to come back after this many seconds.
-RETRY_AFTER = "2"
 # Status recorded for a request whose client went away (or that shutdown cut) before an answer.
 CLIENT_CLOSED = 499
 # Allocations between young-generation collections in a proxy process (CPython's default is 700).
@@ -78,7 +76,12 @@ class Proxy:
             on_wake=on_wake,
             clock=clock,
         )
-        self._forwarder = Forwarder(upstream_timeout=settings.upstream_timeout, background=self._background)
+        self._forwarder = Forwarder(
+            upstream_timeout=settings.upstream_timeout,
+            background=self._background,
+            max_connections_per_host=settings.upstream_connections,
+            idle_timeout=settings.upstream_idle_timeout,
+        )
         self._collector = StatsCollector(lambda: [state.stats for state in list(self._states.values())])
         self._registry.register(self._collector)
         self._runner: web.ServerRunner | None = None
@@ -227,7 +230,7 @@ class Proxy:
             # Only functions that can be scaled to zero need the mark (invariant 2); each one is an
             # API write. A wake-up marks the function itself, before it scales.
             now = self._clock()
-            if now - state.last_mark >= MARK_INTERVAL:
+            if now - state.last_mark >= self._settings.mark_interval:
                 state.last_mark = now
                 self._background.spawn(self._provider.mark_active(ref, now), name=f"mark-active {ref.key}")
         status = CLIENT_CLOSED
@@ -263,7 +266,7 @@ class Proxy:
             try:
                 await self._cold.hold(state, deadline=deadline)
             except HoldError as e:
-                headers = {"Retry-After": RETRY_AFTER} if e.status == 429 else None
+                headers = {"Retry-After": str(self._settings.retry_after)} if e.status == 429 else None
                 return error_response(e.status, str(e), headers=headers)
             retry_until = deadline
         elif loop.time() - state.woken_at < WAKE_RETRY_WINDOW:

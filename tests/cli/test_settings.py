@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from autoscaler.config import ControllerSettings, ProviderSettings, build
+from autoscaler.config import ControllerSettings, ProviderSettings, ProxySettings, build
 from autoscaler.errors import ConfigError
 
 
@@ -34,6 +34,24 @@ def test_out_of_range_values_are_refused_naming_flag_and_env_var(field: str, val
     assert f"--{field.replace('_', '-')}" in message
     assert f"AUTOSCALER_{field.upper()}" in message
     assert repr(value) in message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("mark_interval", "16", "less than or equal to 15"),
+        ("mark_interval", "0", "greater than 0"),
+        ("upstream_connections", "0", "greater than 0"),
+        ("upstream_idle_timeout", "0", "greater than 0"),
+        ("retry_after", "-1", "greater than or equal to 0"),
+    ],
+)
+def test_proxy_settings_out_of_range_are_refused_saying_the_bound(field: str, value: str, why: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build(ProxySettings, {field: value})
+    message = str(caught.value)
+    assert f"--{field.replace('_', '-')} (env AUTOSCALER_{field.upper()})" in message
+    assert why in message
 
 
 def test_a_bad_environment_variable_exits_2_with_its_name() -> None:

@@ -15,6 +15,37 @@ async def metrics_text(client: aiohttp.ClientSession, admin_port: int) -> str:
         return await response.text()
 
 
+async def test_retry_after_is_the_configured_number_of_seconds(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("busy", warm=False, ready_delay=30)
+    proxy = await make_proxy(max_held=1, retry_after=9)
+    held = asyncio.create_task(client.get(base(proxy) + "/function/busy/"))
+    await wait_held(proxy, ref.key, 1)
+    async with client.get(base(proxy) + "/function/busy/") as response:
+        assert (response.status, response.headers["Retry-After"]) == (429, "9")
+    provider.ready_now(ref)
+    assert (await held).status == 200
+
+
+async def test_a_replica_gets_at_most_the_configured_connections_and_the_rest_wait_their_turn(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("narrow")
+    proxy = await make_proxy(upstream_connections=2)
+    url = base(proxy) + "/function/narrow/slow?seconds=0.2"
+
+    async def call() -> int:
+        async with client.get(url) as response:
+            await response.read()
+            return response.status
+
+    assert await asyncio.gather(*(call() for _ in range(6))) == [200] * 6
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    assert (upstream.most_busy, len(upstream.received)) == (2, 6)
+
+
 async def test_a_request_held_past_the_hold_timeout_gets_504_saying_so(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:

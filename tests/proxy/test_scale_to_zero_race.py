@@ -110,6 +110,21 @@ async def test_a_busy_warm_function_is_marked_active_at_most_every_few_seconds(
     assert info.last_active == clock.now - 5
 
 
+async def test_the_mark_interval_is_a_setting(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    clock = VirtualClock()
+    await provider.add("warm", labels={"com.openfaas.scale.zero": "true"})
+    proxy = await make_proxy(clock=clock, mark_interval=3.0)
+    start = clock.now
+    for _ in range(10):
+        async with client.get(base(proxy) + "/function/warm/") as response:
+            assert response.status == 200
+        clock.now += 1.0
+    await asyncio.sleep(0.01)  # the marks are fire-and-forget
+    assert [when - start for _, when in provider.mark_active_calls] == [0, 3, 6, 9]
+
+
 async def test_a_function_that_never_goes_to_zero_is_never_marked(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:

@@ -499,7 +499,7 @@ async def test_a_get_is_sent_again_only_once_even_when_the_next_kept_link_is_sta
         return True
 
     server = await raw(answer)
-    pool = Pool(limit_per_origin=4, connect_timeout=1.0)
+    pool = Pool(limit_per_origin=4, connect_timeout=1.0, idle_timeout=15.0)
     try:
         await asyncio.gather(call(pool, server.url, "/a"), call(pool, server.url, "/b"))
         assert server.accepted == 2
@@ -536,7 +536,7 @@ async def test_requests_beyond_the_connection_limit_wait_and_are_sent_first_in_f
         return True
 
     server = await raw(answer)
-    pool = Pool(limit_per_origin=2, connect_timeout=1.0)
+    pool = Pool(limit_per_origin=2, connect_timeout=1.0, idle_timeout=15.0)
     try:
         first = asyncio.create_task(call(pool, server.url, "/0"))
         second = asyncio.create_task(call(pool, server.url, "/1"))
@@ -567,7 +567,7 @@ async def test_with_one_connection_allowed_waiters_are_served_in_arrival_order(r
         return True
 
     server = await raw(answer)
-    pool = Pool(limit_per_origin=1, connect_timeout=1.0)
+    pool = Pool(limit_per_origin=1, connect_timeout=1.0, idle_timeout=15.0)
     try:
         tasks = []
         for index in range(6):

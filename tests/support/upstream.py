@@ -43,6 +43,8 @@ class Upstream:
     received: list[Received] = field(default_factory=list)
     # /stream waits on this between its first and its remaining chunks.
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    busy: int = 0  # requests being answered right now
+    most_busy: int = 0  # the most it answered at once
     _runner: web.AppRunner | None = None
 
     @property
@@ -64,6 +66,14 @@ class Upstream:
             self._runner = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.busy += 1
+        self.most_busy = max(self.most_busy, self.busy)
+        try:
+            return await self._answer(request)
+        finally:
+            self.busy -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.received.append(
             Received(
