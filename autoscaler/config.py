@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from autoscaler.errors import ConfigError
+from policies.engine import ZERO_GRACE
 
 DEFAULT_QUERIES = {
     "rps": "sum by (function_name) (rate(gateway_function_invocation_total[{window}]))",
@@ -112,7 +113,7 @@ class ProxySettings(_Base):
     mark_interval: float = Field(
         default=5.0,
         gt=0,
-        le=15.0,
+        le=ZERO_GRACE / 2,
         description="seconds between last-active marks of a busy scale-to-zero function (an API write "
         "each); at most 15, half the controller's 30 s grace before a scale to zero",
     )
