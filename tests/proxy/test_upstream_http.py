@@ -446,9 +446,8 @@ def close_on_second_request(seen: Seen, served: set[int]) -> bool:
     return False
 
 
-async def test_a_get_on_a_connection_the_replica_just_closed_is_sent_again_once(
-    via: Via, client: aiohttp.ClientSession
-) -> None:
+def drops_kept_links() -> Answer:
+    """A replica that answers the first request on each connection and closes it at the second."""
     served: set[int] = set()
 
     async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
@@ -457,7 +456,13 @@ async def test_a_get_on_a_connection_the_replica_just_closed_is_sent_again_once(
         writer.write(OK)
         return True
 
-    server, url = await via(answer)
+    return answer
+
+
+async def test_a_get_on_a_connection_the_replica_just_closed_is_sent_again_once(
+    via: Via, client: aiohttp.ClientSession
+) -> None:
+    server, url = await via(drops_kept_links())
     assert await get(client, url) == (200, b"ok")
     assert await get(client, url + "/again") == (200, b"ok")
     assert [(seen.conn, seen.target) for seen in server.requests] == [(0, "/"), (0, "/again"), (1, "/again")]
@@ -466,15 +471,7 @@ async def test_a_get_on_a_connection_the_replica_just_closed_is_sent_again_once(
 async def test_a_post_on_a_connection_the_replica_just_closed_is_not_sent_again(
     via: Via, client: aiohttp.ClientSession
 ) -> None:
-    served: set[int] = set()
-
-    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
-        if close_on_second_request(seen, served):
-            return False
-        writer.write(OK)
-        return True
-
-    server, url = await via(answer)
+    server, url = await via(drops_kept_links())
     assert await get(client, url) == (200, b"ok")
     status, body = await get(client, url + "/once", method="POST", data=b"pay")
     assert status == 502
