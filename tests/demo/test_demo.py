@@ -13,7 +13,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.local.support import alive, children_of, until
+from tests.local.support import alive, children_of
+from tests.support.waiting import until
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

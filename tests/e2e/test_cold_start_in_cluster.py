@@ -33,6 +33,7 @@ from tests.support.cluster_processes import (
 )
 from tests.support.prometheus import PrometheusFactory, PrometheusServer, free_port
 from tests.support.upstream import Upstream
+from tests.support.waiting import until
 
 FN = "sleepy"
 KEY = f"{FN}.openfaas-fn"
@@ -93,13 +94,15 @@ class Stack:
 
     async def wait_replicas(self, want: int, *, timeout: float) -> float:
         """Wait until the Deployment wants `want` replicas; the wall-clock time it was first seen."""
-        deadline = time.monotonic() + timeout
-        while self.api.replicas(FN) != want:
-            assert time.monotonic() < deadline, (
-                f"{FN} still has {self.api.replicas(FN)} replicas, not {want}, after {timeout}s; "
+        await until(
+            lambda: self.api.replicas(FN) == want,
+            within=timeout,
+            what=lambda: (
+                f"{FN} at {want} replicas (it has {self.api.replicas(FN)}); "
                 f"history {replica_history(self.api, FN)}\n{self.logs()}"
-            )
-            await asyncio.sleep(0.005)
+            ),
+            poll=0.005,
+        )
         return time.time()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tests.support.apiserver import LEASES, FakeApiServer
 from tests.support.cluster_processes import ServiceProcess, replica_history, start_controller
 from tests.support.exporter import GatewayExporter
 from tests.support.prometheus import PrometheusFactory, PrometheusServer
+from tests.support.waiting import until
 
 WINDOW = "5s"
 BURSTY, SLEEPY = "bursty", "sleepy"
@@ -40,10 +40,12 @@ async def scale_total(controller: ServiceProcess) -> float:
 
 
 async def wait_replicas(api: FakeApiServer, name: str, want: int, *, timeout: float, why: str) -> None:
-    deadline = time.monotonic() + timeout
-    while api.replicas(name) != want:
-        assert time.monotonic() < deadline, f"{name}: {api.replicas(name)} replicas, not {want}: {why}"
-        await asyncio.sleep(0.05)
+    await until(
+        lambda: api.replicas(name) == want,
+        within=timeout,
+        what=lambda: f"{name} at {want} replicas (it has {api.replicas(name)}): {why}",
+        poll=0.05,
+    )
 
 
 @pytest.fixture

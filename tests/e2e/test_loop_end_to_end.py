@@ -22,6 +22,7 @@ from tests.support.apiserver import FakeApiServer
 from tests.support.cluster_processes import start_controller
 from tests.support.exporter import GatewayExporter
 from tests.support.prometheus import PrometheusFactory, PrometheusServer
+from tests.support.waiting import until
 
 INTERVAL = 1.0
 WINDOW = "5s"
@@ -40,15 +41,15 @@ class Cluster:
 
     async def wait_replicas(self, name: str, want: int, *, timeout: float) -> float:
         """Wait until the Deployment has `want` replicas; return the monotonic time it was seen."""
-        deadline = time.monotonic() + timeout
-        while self.api.replicas(name) != want:
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{name} has {self.api.replicas(name)} replicas, not {want}, after {timeout}s; "
-                    f"controller log tail:\n{self.log.read_text()[-3000:]}"
-                )
-            await asyncio.sleep(0.05)
-        return time.monotonic()
+        return await until(
+            lambda: self.api.replicas(name) == want,
+            within=timeout,
+            what=lambda: (
+                f"{name} at {want} replicas (it has {self.api.replicas(name)}); "
+                f"controller log tail:\n{self.log.read_text()[-3000:]}"
+            ),
+            poll=0.05,
+        )
 
     def scale_writes(self) -> int:
         return self.api.count("PATCH", "/scale") + self.api.count("PUT", "/scale")

@@ -62,16 +62,6 @@ class Candidate:
                 await self.task
 
 
-async def wait_until(predicate: Callable[[], bool], *, within: float, what: str) -> float:
-    """Poll until `predicate` holds; return the monotonic time it did, or fail saying what was awaited."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {within:g}s for {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic()
-
-
 @pytest.fixture
 async def api() -> AsyncIterator[FakeApiServer]:
     async with FakeApiServer() as server:

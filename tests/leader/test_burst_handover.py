@@ -20,9 +20,9 @@ from tests.leader.conftest import (
     Candidate,
     CandidateFactory,
     Timeline,
-    wait_until,
 )
 from tests.support.apiserver import FakeApiServer
+from tests.support.waiting import until
 
 NAME, NAMESPACE = "burst", "openfaas-fn"
 
@@ -63,16 +63,14 @@ async def test_a_new_leader_rebuilds_from_the_cluster_and_continues_the_burst_af
     burst = Burst()
     a = await candidate("a", work=burst.work)
     a.start()
-    await wait_until(lambda: len(burst.of("a")) >= 10, within=3, what="a's burst to start")
+    await until(lambda: len(burst.of("a")) >= 10, within=3, what="a's burst to start")
     b = await candidate("b", work=burst.work)
     b.start()
-    await wait_until(lambda: b.elector.holder == "a", within=3, what="b to see a's lease")
+    await until(lambda: b.elector.holder == "a", within=3, what="b to see a's lease")
 
     cut_at = time.monotonic()
     a.relay.mode = "fail"  # a can still reach the API for patches, but no longer renew its lease
-    await wait_until(
-        lambda: len(burst.of("b")) >= 10, within=LEASE_DURATION + 2 * SLACK + 1, what="b's burst"
-    )
+    await until(lambda: len(burst.of("b")) >= 10, within=LEASE_DURATION + 2 * SLACK + 1, what="b's burst")
 
     last_a, first_b = burst.of("a")[-1], burst.of("b")[0]
     (b_started,) = timeline.times("b", "started")
@@ -93,7 +91,7 @@ async def test_a_new_leader_rebuilds_from_the_cluster_and_continues_the_burst_af
     assert [r for _, _, r in burst.patches] == list(range(2, 2 + len(burst.patches))), (
         "a step was lost or repeated"
     )
-    await wait_until(
+    await until(
         lambda: api.replicas(NAME, namespace=NAMESPACE) == burst.patches[-1][2],
         within=1,
         what="the last patch",

@@ -17,17 +17,17 @@ from tests.leader.conftest import (
     Candidate,
     CandidateFactory,
     Timeline,
-    wait_until,
 )
+from tests.support.waiting import until
 
 
 async def _a_leads_b_follows(candidate: CandidateFactory, **kwargs: object) -> tuple[Candidate, Candidate]:
     a = await candidate("a", **kwargs)
     a.start()
-    await wait_until(lambda: a.elector.is_leader, within=3, what="a to lead")
+    await until(lambda: a.elector.is_leader, within=3, what="a to lead")
     b = await candidate("b")
     b.start()
-    await wait_until(lambda: b.elector.holder == "a", within=3, what="b to see a's lease")
+    await until(lambda: b.elector.holder == "a", within=3, what="b to see a's lease")
     return a, b
 
 
@@ -39,12 +39,8 @@ async def test_a_leader_cut_off_from_the_api_stops_within_the_renew_deadline_and
     cut_at = time.monotonic()
     a.relay.mode = cut
 
-    stopped = await wait_until(
-        lambda: not a.elector.is_leader, within=RENEW_DEADLINE + SLACK, what="a to stop"
-    )
-    await wait_until(
-        lambda: b.elector.is_leader, within=LEASE_DURATION + RETRY_PERIOD + SLACK, what="b to lead"
-    )
+    stopped = await until(lambda: not a.elector.is_leader, within=RENEW_DEADLINE + SLACK, what="a to stop")
+    await until(lambda: b.elector.is_leader, within=LEASE_DURATION + RETRY_PERIOD + SLACK, what="b to lead")
 
     assert stopped - cut_at <= RENEW_DEADLINE + SLACK
     (a_stopped,) = timeline.times("a", "stopped")
@@ -62,7 +58,7 @@ async def test_a_leader_that_is_shut_down_releases_the_lease_so_the_other_leads_
 
     await a.stop()
     (a_stopped,) = timeline.times("a", "stopped")
-    b_leads = await wait_until(
+    b_leads = await until(
         lambda: bool(timeline.times("b", "started")), within=RETRY_PERIOD + SLACK, what="b to lead"
     )
 
@@ -84,7 +80,7 @@ async def test_a_crash_of_the_leaders_work_is_logged_and_the_other_candidate_tak
     a, b = await _a_leads_b_follows(candidate, work=crash_on_cue)
     with caplog.at_level(logging.ERROR, logger="autoscaler.leader"):
         release.set()
-        await wait_until(
+        await until(
             lambda: bool(timeline.times("b", "started")), within=RETRY_PERIOD * 2 + SLACK, what="b to lead"
         )
 

@@ -11,8 +11,9 @@ from kubernetes_asyncio.client import ApiClient
 
 from autoscaler.errors import ConfigError
 from autoscaler.leader import API_CALLS, LeaderElector
-from tests.leader.conftest import RETRY_PERIOD, CandidateFactory, Timeline, wait_until
+from tests.leader.conftest import RETRY_PERIOD, CandidateFactory, Timeline
 from tests.support.apiserver import LEASES, FakeApiServer
+from tests.support.waiting import until
 
 LEASE_PATH = r"/apis/coordination\.k8s\.io/v1/namespaces/openfaas/leases"
 
@@ -23,7 +24,7 @@ async def test_of_two_candidates_exactly_one_leads_and_holds_the_lease(
     a, b = await candidate("a"), await candidate("b")
     a.start()
     b.start()
-    await wait_until(lambda: a.elector.is_leader or b.elector.is_leader, within=3, what="a leader")
+    await until(lambda: a.elector.is_leader or b.elector.is_leader, within=3, what="a leader")
 
     leaders_seen: set[str] = set()
     end = time.monotonic() + 2.5  # more than a lease duration: renewals keep the same leader
@@ -47,8 +48,8 @@ async def test_the_elector_sends_exactly_the_lease_calls_it_declares_and_writes_
 ) -> None:
     a = await candidate("a")
     a.start()
-    await wait_until(lambda: a.elector.is_leader, within=3, what="a to lead")
-    await wait_until(lambda: api.count("PUT", LEASE_PATH) >= 2, within=3, what="two renewals")
+    await until(lambda: a.elector.is_leader, within=3, what="a to lead")
+    await until(lambda: api.count("PUT", LEASE_PATH) >= 2, within=3, what="two renewals")
     (lease,) = api.objects(LEASES, namespace="openfaas")
     kubernetes_validate.validate(lease, "1.33", strict=True)
 

@@ -12,8 +12,9 @@ from autoscaler.config import ProxySettings
 from autoscaler.inprocess import ProxyLoadReader
 from autoscaler.providers.local import LocalProvider
 from autoscaler.proxy import Proxy
+from tests.support.waiting import until
 
-from .support import FAST, REF, functions_file, until
+from .support import FAST, REF, functions_file
 
 
 @pytest.fixture

@@ -11,7 +11,9 @@ import time
 
 import aiohttp
 
-from .support import FIXTURE, REF, alive, children_of, until
+from tests.support.waiting import until
+
+from .support import FIXTURE, REF, alive, children_of
 
 
 async def crash(url: str) -> None:

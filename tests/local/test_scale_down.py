@@ -8,8 +8,9 @@ import time
 import aiohttp
 
 from autoscaler.providers.local import ReplicaTiming
+from tests.support.waiting import until
 
-from .support import REF, alive, until
+from .support import REF, alive
 
 
 async def test_a_request_in_flight_during_a_scale_to_zero_completes(make_provider) -> None:

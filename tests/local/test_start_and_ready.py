@@ -10,8 +10,9 @@ import pytest
 
 from autoscaler.errors import NotFoundError
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionRef
+from tests.support.waiting import until
 
-from .support import REF, until
+from .support import REF
 
 
 async def test_a_replica_is_ready_only_once_its_health_path_answers_below_500(make_provider) -> None:

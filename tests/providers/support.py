@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from autoscaler.providers._k8s_calls import RetryPolicy
+from tests.support.waiting import until
 
 # Retries and reconnects in milliseconds, so failure tests stay fast; Retry-After is capped at 1 s.
 FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, max_retry_after=1.0)
@@ -18,9 +18,4 @@ def fn_labels(name: str, **extra: str) -> dict[str, str]:
 
 async def eventually(condition: Callable[[], bool], *, timeout: float = 3.0, what: str = "condition") -> None:
     """Wait for something that arrives over a real watch stream; fail the test with `what` otherwise."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
+    await until(condition, within=timeout, what=what)

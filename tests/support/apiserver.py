@@ -46,6 +46,7 @@ from tests.support._apiserver_store import (
     parse_selector,
     status_body,
 )
+from tests.support.waiting import until
 
 __all__ = [
     "DEPLOYMENTS",
@@ -215,12 +216,16 @@ class FakeApiServer(Cluster):
     ) -> list[Obj]:
         """The Events that `match`, once there is one: a controller writes its Event just after the
         scale it reports, so a test that has seen the new replica count must wait for it."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not (found := [e for e in self.events() if match(e)]):
-            if asyncio.get_running_loop().time() > deadline:
-                seen = [(e["reason"], e["message"]) for e in self.events()]
-                raise AssertionError(f"no {what} Event after {timeout}s; Events so far: {seen}")
-            await asyncio.sleep(0.02)
+        found: list[Obj] = []
+
+        def arrived() -> bool:
+            found[:] = [e for e in self.events() if match(e)]
+            return bool(found)
+
+        def so_far() -> str:
+            return f"a {what} Event; Events so far: {[(e['reason'], e['message']) for e in self.events()]}"
+
+        await until(arrived, within=timeout, what=so_far)
         return found
 
     @property
