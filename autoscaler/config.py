@@ -64,6 +64,11 @@ class ProviderSettings(_Base):
     api_timeout: float = Field(
         default=5.0, gt=0, description="seconds per Kubernetes API request (keep below the lease slack)"
     )
+    namespaces_annotated: str | None = Field(
+        default=None,
+        description="also every namespace with this annotation, KEY=VALUE (OpenFaaS: openfaas=1), "
+        "followed as namespaces come and go",
+    )
 
     @field_validator("namespaces", mode="before")
     @classmethod
@@ -110,6 +115,16 @@ class ProxySettings(_Base):
     )
     # The controller waits ZERO_GRACE (30 s) after the last activity before any scale to zero; marks
     # at most half that apart keep a busy function's last-active time inside it (invariant 2).
+    provider_url: str | None = Field(
+        default=None,
+        description="behind an OpenFaaS gateway: the real provider (faas-netes) that every path other "
+        "than /function/ is passed to, e.g. http://faas-netes.openfaas:8081 (unset: those paths are 404)",
+    )
+    gateway_metrics: bool = Field(
+        default=True,
+        description="export invocation metrics under the gateway's names (gateway_function_*); turn off "
+        "behind an OpenFaaS gateway, which exports them itself, to get autoscaler_proxy_* names instead",
+    )
     mark_interval: float = Field(
         default=5.0,
         gt=0,
