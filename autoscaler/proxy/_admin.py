@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+
+from autoscaler.proxy._metrics import exposition
 
 _TEXT = "text/plain; charset=utf-8"
 
@@ -27,7 +29,7 @@ def admin_app(*, ready: Callable[[], bool], registry: CollectorRegistry) -> web.
         return web.Response(status=503, text="not ready: starting or draining\n", content_type="text/plain")
 
     async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=exposition(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)

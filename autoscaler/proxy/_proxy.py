@@ -82,7 +82,11 @@ class Proxy:
             max_connections_per_host=settings.upstream_connections,
             idle_timeout=settings.upstream_idle_timeout,
         )
-        self._collector = StatsCollector(lambda: [state.stats for state in list(self._states.values())])
+        self._collector = StatsCollector(
+            lambda: [state.stats for state in list(self._states.values())],
+            functions=provider.functions,
+            gateway_metrics=settings.gateway_metrics,
+        )
         self._registry.register(self._collector)
         self._runner: web.ServerRunner | None = None
         self._site: web.TCPSite | None = None

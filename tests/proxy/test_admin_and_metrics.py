@@ -37,15 +37,15 @@ async def test_metrics_use_the_gateway_names_with_function_name_as_name_dot_name
     fn = ("function_name", "echo.openfaas-fn")
     assert got[("gateway_function_invocation_total", frozenset({fn, ("code", "200")}))] == 2
     assert got[("gateway_function_invocation_total", frozenset({fn, ("code", "500")}))] == 1
-    assert got[("gateway_function_invocation_started", frozenset({fn}))] == 3
+    # prometheus_client's parser renames counter samples to `..._total`; Prometheus does not, so the
+    # gateway's started counter (no `_total`, as Go writes it) is checked on the text itself.
+    assert '\ngateway_function_invocation_started{function_name="echo.openfaas-fn"} 3\n' in text
     assert got[("gateway_function_invocation_inflight", frozenset({fn}))] == 0
     assert got[("gateway_functions_seconds_count", frozenset({fn, ("code", "200")}))] == 2
     assert got[("gateway_functions_seconds_bucket", frozenset({fn, ("code", "200"), ("le", "+Inf")}))] == 2
     assert got[("autoscaler_held_requests", frozenset({fn}))] == 0
     assert got[("autoscaler_wakeups_total", frozenset({fn}))] == 0
     assert got[("autoscaler_cold_start_seconds_count", frozenset({fn}))] == 0
-    # The gateway's started counter has no `_total` suffix; queries use that exact name.
-    assert "\ngateway_function_invocation_started{" in text
 
 
 async def test_held_requests_show_as_in_flight_and_held_while_waiting(
