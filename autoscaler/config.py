@@ -7,6 +7,7 @@ flag is reported as such and never as a stack trace.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator
@@ -21,6 +22,12 @@ DEFAULT_QUERIES = {
     "cpu": "sum by (function_name) (rate(pod_cpu_usage_seconds_total[{window}])) * 1000",
     "started": "sum by (function_name) (gateway_function_invocation_started)",
 }
+
+
+# An annotation key: an optional DNS-subdomain prefix and "/", then a name of at most 63 characters.
+_ANNOTATION_KEY = re.compile(
+    r"(?:[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
 
 
 class _Base(BaseSettings):
@@ -76,6 +83,19 @@ class ProviderSettings(_Base):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("namespaces_annotated")
+    @classmethod
+    def _annotation(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        key, sep, wanted = value.strip().partition("=")
+        if not sep or not _ANNOTATION_KEY.fullmatch(key):
+            raise ValueError(
+                "must be KEY=VALUE with KEY an annotation name, e.g. openfaas=1 "
+                "(VALUE * follows the KEY with any value, as OpenFaaS does)"
+            )
+        return f"{key}={wanted}"
 
 
 class ControllerSettings(_Base):

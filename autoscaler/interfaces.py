@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from policies.model import Load
 
@@ -45,6 +45,14 @@ class FunctionInfo:
     ready_replicas: int = 0
     annotations: Mapping[str, str] = field(default_factory=dict)
     last_active: float | None = None  # unix time from LAST_ACTIVE_ANNOTATION, if any
+    # Where each label came from: "template" (the pod template, where OpenFaaS writes them),
+    # "deployment" (the Deployment's own metadata) or "both"; empty when the provider does not say.
+    label_sources: Mapping[str, str] = field(default_factory=dict)
+    # One line per scaling label that the pod template and the Deployment's metadata disagree on:
+    # the key, both values and which one is used.
+    conflicts: tuple[str, ...] = ()
+    owner: str | None = None  # "Function/NAME" when an openfaas.com Function (the CRD) owns it
+    owner_spec: Mapping[str, Any] | None = None  # that Function's spec, from com.openfaas.function.spec
 
 
 class Provider(Protocol):

@@ -3,10 +3,24 @@
 Kept free of I/O so the rules are easy to see and to test: which Deployments are functions, how a
 Deployment becomes a FunctionInfo (labels, replicas, ready replicas, last-active annotation), which
 EndpointSlice endpoints can take traffic, and what a core/v1 Event about a function looks like.
+
+Functions come in the shapes OpenFaaS makes them, so the rules follow its source:
+- faas-netes (`pkg/handlers/deploy.go`, `makeDeploymentSpec`) puts only `faas_function` on the
+  Deployment's metadata and the user's labels, scaling labels included, on the pod template; it reads
+  them back from there (`pkg/k8s/function_status.go`) and replaces them there on every update
+  (`pkg/handlers/update.go`);
+- the Function CRD's operator (`pkg/controller/deployment.go`, before faas-netes ff4f40bd) left the
+  metadata without labels, owned the Deployment through an ownerReference to an `openfaas.com`
+  `Function`, and kept that Function's spec as JSON in the `com.openfaas.function.spec` annotation;
+- a hand-written Deployment may carry its labels on its own metadata.
+So a Deployment is a function when `faas_function` is on either label map, an openfaas.com Function
+owns it, or it has a `com.openfaas.scale.*` label; labels are read from both maps, the pod template
+winning (it is what OpenFaaS writes and reads) and the metadata filling in what it lacks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -23,13 +37,82 @@ Obj = dict[str, Any]
 
 FUNCTION_LABEL = "faas_function"
 SCALE_LABEL_PREFIX = "com.openfaas.scale."
+EXTENSION_PREFIX = "autoscaler.dev/"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EVENT_MESSAGE_LIMIT = 1024  # the API server rejects longer Event messages
+OWNER_GROUP = "openfaas.com"  # the Function CRD's group (v1; the old operator's v1alpha2 too)
+OWNER_KIND = "Function"
+SPEC_ANNOTATION = "com.openfaas.function.spec"
+# Annotations never kept in the cache: the spec is kept parsed, and kubectl's copy of the whole
+# applied object would only cost memory.
+_DROPPED_ANNOTATIONS = (SPEC_ANNOTATION, "kubectl.kubernetes.io/last-applied-configuration")
+
+TEMPLATE, DEPLOYMENT, BOTH = "template", "deployment", "both"
 
 
-def is_function(labels: Mapping[str, str]) -> bool:
-    """A Deployment is a function when OpenFaaS labelled it or it carries scaling labels."""
-    return FUNCTION_LABEL in labels or any(key.startswith(SCALE_LABEL_PREFIX) for key in labels)
+def is_function(labels: Mapping[str, str], *, owner: str | None = None) -> bool:
+    """A Deployment is a function when OpenFaaS labelled or owns it, or it carries scaling labels."""
+    return (
+        owner is not None
+        or FUNCTION_LABEL in labels
+        or any(key.startswith(SCALE_LABEL_PREFIX) for key in labels)
+    )
+
+
+def _strings(value: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (value or {}).items()} if isinstance(value, dict) else {}
+
+
+def function_owner(meta: Mapping[str, Any]) -> str | None:
+    """`Function/NAME` when an openfaas.com Function owns the object (the CRD operator's shape)."""
+    for owner in meta.get("ownerReferences") or []:
+        if not isinstance(owner, dict):
+            continue
+        group = str(owner.get("apiVersion", "")).partition("/")[0]
+        if group == OWNER_GROUP and owner.get("kind") == OWNER_KIND and owner.get("name"):
+            return f"{OWNER_KIND}/{owner['name']}"
+    return None
+
+
+def _is_scaling(key: str) -> bool:
+    return key.startswith((SCALE_LABEL_PREFIX, EXTENSION_PREFIX))
+
+
+def merge_labels(
+    template: Mapping[str, str], metadata: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, str], tuple[str, ...]]:
+    """(labels, where each came from, conflicts): the pod template wins, the metadata fills in.
+
+    A conflict is a scaling label (`com.openfaas.scale.*`, `autoscaler.dev/*`) both maps hold with
+    different values; other labels (`app`, faas-netes' per-update `uid`) are not worth a warning.
+    """
+    labels = dict(metadata) | dict(template)
+    sources = {
+        key: BOTH if key in template and key in metadata else TEMPLATE if key in template else DEPLOYMENT
+        for key in labels
+    }
+    conflicts = tuple(
+        f"label {key}: the pod template says {template[key]!r}, the Deployment's metadata "
+        f"{metadata[key]!r}; using the pod template's {template[key]!r}"
+        for key in sorted(template.keys() & metadata.keys())
+        if _is_scaling(key) and template[key] != metadata[key]
+    )
+    return labels, sources, conflicts
+
+
+def parse_function_spec(value: str | None, *, where: str) -> dict[str, Any] | None:
+    """The Function spec from the CRD operator's annotation; bad JSON is logged and ignored."""
+    if not value:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError as e:
+        log.warning("%s: annotation %s is not JSON (%s); ignoring it", where, SPEC_ANNOTATION, e)
+        return None
+    if not isinstance(parsed, dict):
+        log.warning("%s: annotation %s is not a JSON object; ignoring it", where, SPEC_ANNOTATION)
+        return None
+    return parsed
 
 
 def ref_of(obj: Obj) -> FunctionRef:
@@ -60,12 +143,19 @@ def format_last_active(when: float) -> str:
 def function_info(obj: Obj) -> FunctionInfo | None:
     """The cache entry for a Deployment, or None when it is not a function."""
     meta = obj.get("metadata") or {}
-    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
-    if not is_function(labels):
-        return None
-    annotations = {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()}
-    ref = ref_of(obj)
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    template = ((spec.get("template") or {}).get("metadata")) or {}
+    labels, sources, conflicts = merge_labels(_strings(template.get("labels")), _strings(meta.get("labels")))
+    owner = function_owner(meta)
+    if not is_function(labels, owner=owner):
+        return None
+    annotations = _strings(meta.get("annotations"))
+    ref = ref_of(obj)
+    owner_spec = None
+    if owner is not None:
+        owner_spec = parse_function_spec(annotations.get(SPEC_ANNOTATION), where=ref.key)
+    for key in _DROPPED_ANNOTATIONS:
+        annotations.pop(key, None)
     replicas = spec.get("replicas")
     return FunctionInfo(
         ref=ref,
@@ -74,6 +164,10 @@ def function_info(obj: Obj) -> FunctionInfo | None:
         ready_replicas=int(status.get("readyReplicas") or 0),
         annotations=annotations,
         last_active=parse_last_active(annotations.get(LAST_ACTIVE_ANNOTATION), where=ref.key),
+        label_sources=sources,
+        conflicts=conflicts,
+        owner=owner,
+        owner_spec=owner_spec,
     )
 
 

@@ -8,12 +8,24 @@ JSON merge patch) of the `scale` subresource and of the last-active annotation (
 core/v1 Events (aggregated like client-go's recorder: a repeat bumps `count`). Every call is retried
 and wrapped by `_k8s_calls`, so callers only ever see `autoscaler.errors`.
 
+Namespaces are the configured ones plus, with `--namespaces-annotated KEY=VALUE`, every namespace
+carrying that annotation (OpenFaaS's multiple namespaces: `kubectl annotate namespace NAME
+openfaas=1`; faas-netes' `pkg/handlers/namespaces.go` follows any value of `openfaas`, which `KEY=*`
+does too): a watch of core/v1 namespaces starts a namespace's watches when it gains the annotation
+and stops them, dropping its functions, when it loses it or is deleted.
+
+OpenFaaS rewrites a function's Deployment wholesale on every update (faas-netes
+`pkg/handlers/update.go` replaces its annotations), wiping the last-active mark; the mark only ever
+moves forward, so the cache keeps the newest one it had for the same object until the proxy's next
+mark writes it again.
+
 `API_CALLS` lists every (api group, resource, verb) used here; the RBAC manifest must grant them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -53,7 +65,12 @@ API_CALLS: tuple[tuple[str, str, str], ...] = (
     ("discovery.k8s.io", "endpointslices", "watch"),
     ("", "events", "create"),
     ("", "events", "patch"),  # a repeated event bumps count and lastTimestamp
+    ("", "namespaces", "list"),  # only with --namespaces-annotated
+    ("", "namespaces", "watch"),
 )
+
+# OpenFaaS never runs functions there (faas-netes refuses it), and neither do we.
+_NEVER_FOLLOWED = frozenset({"kube-system"})
 
 EVENT_SERIES_WINDOW = 600.0  # seconds within which a repeated event is aggregated
 _MAX_SERIES = 1000
@@ -73,9 +90,10 @@ class KubernetesProvider:
         mark_active_interval: float = 5.0,
         component: str = "autoscaler",
     ) -> None:
-        if not settings.namespaces:
+        if not settings.namespaces and not settings.namespaces_annotated:
             raise ConfigError(
-                "--namespaces is empty: give at least one namespace whose Deployments are functions"
+                "--namespaces is empty: give at least one namespace whose Deployments are functions "
+                "(or --namespaces-annotated KEY=VALUE)"
             )
         self.settings = settings
         self._owns_client = api_client is None
@@ -101,6 +119,13 @@ class KubernetesProvider:
         self._subscribers: list[Callable[[FunctionRef], None]] = []
         self.reflectors: list[Reflector] = []
         self._tasks: list[asyncio.Task[None]] = []
+        # Namespaces followed because of their annotation -> their watches' (reflector, task) pairs.
+        self._annotated: dict[str, list[tuple[Reflector, asyncio.Task[None]]]] = {}
+        self._followed: set[str] = set(settings.namespaces)
+        self._mismatch_logged: set[tuple[str, str]] = set()
+        self._namespace_reflector: Reflector | None = None
+        key, _, value = (settings.namespaces_annotated or "").partition("=")
+        self._annotation = (key, value) if settings.namespaces_annotated else None
 
     @classmethod
     async def create(cls, *, settings: ProviderSettings, **options: Any) -> KubernetesProvider:
@@ -134,13 +159,26 @@ class KubernetesProvider:
         for namespace in self.settings.namespaces:
             self.reflectors.append(self._reflector_deployments(namespace))
             self.reflectors.append(self._reflector_slices(namespace))
-        for reflector in self.reflectors:
-            self._tasks.append(
-                restarting(reflector.run, name=f"watch {reflector.what}", restart_delay=self._retry.max_delay)
-            )
-        waits = [reflector.synced.wait() for reflector in self.reflectors]
+        if self._annotation is not None:
+            self._namespace_reflector = self._reflector_namespaces()
+            self.reflectors.append(self._namespace_reflector)
+        for reflector in list(self.reflectors):
+            self._tasks.append(self._run(reflector))
+
+        async def first_listings() -> None:
+            # Namespaces found annotated in the first listing start watches of their own: wait for
+            # those too, so start() returns with every followed namespace listed (re-checking, as a
+            # namespace may also stop being followed before its first listing).
+            while pending := [r for r in self.reflectors if not r.synced.is_set()]:
+                waits = [asyncio.ensure_future(r.synced.wait()) for r in pending]
+                try:
+                    await asyncio.wait(waits, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for wait in waits:
+                        wait.cancel()
+
         try:
-            await asyncio.wait_for(asyncio.gather(*waits), self._start_timeout)
+            await asyncio.wait_for(first_listings(), self._start_timeout)
         except TimeoutError:
             missing = [r for r in self.reflectors if not r.synced.is_set()]
             reasons = "; ".join(f"{r.what}: {r.last_error or 'no answer yet'}" for r in missing)
@@ -151,11 +189,35 @@ class KubernetesProvider:
 
     async def close(self) -> None:
         tasks, self._tasks = self._tasks, []
+        for watches in self._annotated.values():
+            tasks.extend(task for _, task in watches)
+        self._annotated.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._owns_client:
             await self.api_client.close()
+
+    def _run(self, reflector: Reflector) -> asyncio.Task[None]:
+        return restarting(reflector.run, name=f"watch {reflector.what}", restart_delay=self._retry.max_delay)
+
+    def _reflector_namespaces(self) -> Reflector:
+        async def list_all() -> tuple[list[Obj], str]:
+            result = await self._core.list_namespace(_request_timeout=self.settings.api_timeout)
+            return self._items(result)
+
+        return Reflector(
+            what="namespaces",
+            list_call=list_all,
+            watch_func=self._core.list_namespace,
+            watch_args=(),
+            watch_kwargs={},
+            on_sync=self._sync_namespaces,
+            on_event=self._namespace_event,
+            backoff=self._retry,
+            watch_timeout=self._watch_timeout,
+            connect_timeout=self.settings.api_timeout,
+        )
 
     def _reflector_deployments(self, namespace: str) -> Reflector:
         async def list_all() -> tuple[list[Obj], str]:
@@ -201,19 +263,101 @@ class KubernetesProvider:
         data = self.api_client.sanitize_for_serialization(result)
         return list(data.get("items") or []), str((data.get("metadata") or {}).get("resourceVersion") or "")
 
+    # ----- namespaces followed by annotation ---------------------------------------------------
+
+    def followed_namespaces(self) -> list[str]:
+        """The namespaces whose functions are in the cache right now (configured and annotated)."""
+        return sorted(self._followed)
+
+    def _wanted(self, obj: Obj) -> bool:
+        """True when a Namespace carries the annotation and is not being deleted."""
+        assert self._annotation is not None
+        key, value = self._annotation
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        found = (meta.get("annotations") or {}).get(key)
+        if found is None or meta.get("deletionTimestamp") or name in _NEVER_FOLLOWED:
+            return False
+        if value != "*" and str(found) != value:
+            if (name, str(found)) not in self._mismatch_logged:
+                self._mismatch_logged.add((name, str(found)))
+                log.info(
+                    "namespace %s has annotation %s=%r, not %r: not followed (OpenFaaS itself follows "
+                    "any value; --namespaces-annotated %s=* does too)",
+                    name,
+                    key,
+                    found,
+                    value,
+                    key,
+                )
+            return False
+        return True
+
+    def _sync_namespaces(self, items: list[Obj]) -> None:
+        wanted = {str(o["metadata"]["name"]) for o in items if self._wanted(o)}
+        for namespace in sorted(set(self._annotated) - wanted):
+            self._unfollow(namespace)
+        for namespace in sorted(wanted):
+            self._follow(namespace)
+
+    def _namespace_event(self, kind: str, obj: Obj) -> None:
+        namespace = str((obj.get("metadata") or {}).get("name", ""))
+        if kind != "DELETED" and self._wanted(obj):
+            self._follow(namespace)
+        else:
+            self._unfollow(namespace)
+
+    def _follow(self, namespace: str) -> None:
+        if namespace in self._followed:
+            return  # configured, or already followed
+        log.info(
+            "following namespace %s: it has the annotation %s", namespace, self.settings.namespaces_annotated
+        )
+        self._followed.add(namespace)
+        watches = []
+        for reflector in (self._reflector_deployments(namespace), self._reflector_slices(namespace)):
+            self.reflectors.append(reflector)
+            watches.append((reflector, self._run(reflector)))
+        self._annotated[namespace] = watches
+
+    def _unfollow(self, namespace: str) -> None:
+        watches = self._annotated.pop(namespace, None)
+        if watches is None:
+            return  # configured namespaces are always followed; unknown ones were never
+        log.info("no longer following namespace %s: annotation gone or namespace deleted", namespace)
+        self._followed.discard(namespace)
+        for reflector, task in watches:
+            task.cancel()
+            self.reflectors.remove(reflector)
+        self._sync_deployments(namespace, [])
+        self._sync_slices(namespace, [])
+
     # ----- cache upkeep (called by the watches) ----------------------------------------------
 
+    def _carry_mark(self, info: FunctionInfo, uid: str) -> FunctionInfo:
+        """Keep the newest last-active mark the cache had for this same object (see the docstring)."""
+        cached = self._functions.get(info.ref.key)
+        if cached is None or cached.last_active is None or self._uids.get(info.ref.key) != uid:
+            return info
+        if info.last_active is not None and info.last_active >= cached.last_active:
+            return info
+        return dataclasses.replace(info, last_active=cached.last_active)
+
     def _sync_deployments(self, namespace: str, items: list[Obj]) -> None:
+        if namespace not in self._followed and items:
+            return  # a late listing of a namespace no longer followed
         fresh = {}
         for obj in items:
             obj.setdefault("metadata", {}).setdefault("namespace", namespace)
             info = function_info(obj)
             if info is not None:
-                fresh[info.ref.key] = info
-                self._uids[info.ref.key] = str(obj["metadata"].get("uid") or "")
+                uid = str(obj["metadata"].get("uid") or "")
+                fresh[info.ref.key] = self._carry_mark(info, uid)
+                self._uids[info.ref.key] = uid
         stale = {key: info for key, info in self._functions.items() if info.ref.namespace == namespace}
         for key in stale.keys() - fresh.keys():
             del self._functions[key]
+            self._uids.pop(key, None)
         self._functions.update(fresh)
         for key in stale.keys() | fresh.keys():
             if stale.get(key) != fresh.get(key):
@@ -221,19 +365,24 @@ class KubernetesProvider:
                 self._changed(info.ref)
 
     def _deployment_event(self, kind: str, obj: Obj) -> None:
-        info = None if kind == "DELETED" else function_info(obj)
         ref = ref_of(obj)
+        if ref.namespace not in self._followed:
+            return  # a late event of a namespace no longer followed
+        info = None if kind == "DELETED" else function_info(obj)
         if info is None:
             # Deleted, or no longer labelled as a function: either way it leaves the cache.
             if self._functions.pop(ref.key, None) is not None:
                 self._uids.pop(ref.key, None)
                 self._changed(ref)
             return
-        self._functions[ref.key] = info
-        self._uids[ref.key] = str((obj.get("metadata") or {}).get("uid") or "")
+        uid = str((obj.get("metadata") or {}).get("uid") or "")
+        self._functions[ref.key] = self._carry_mark(info, uid)
+        self._uids[ref.key] = uid
         self._changed(ref)
 
     def _sync_slices(self, namespace: str, items: list[Obj]) -> None:
+        if namespace not in self._followed and items:
+            return
         touched = {service for (ns, _), (service, _) in self._slices.items() if ns == namespace}
         self._slices = {key: value for key, value in self._slices.items() if key[0] != namespace}
         for obj in items:
@@ -246,6 +395,8 @@ class KubernetesProvider:
     def _slice_event(self, kind: str, obj: Obj) -> None:
         meta = obj.get("metadata") or {}
         namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        if namespace not in self._followed:
+            return
         before = self._slices.pop((namespace, name), None)
         service, urls = slice_urls(obj)
         if kind != "DELETED":

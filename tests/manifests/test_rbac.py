@@ -5,6 +5,10 @@ and the calls the modules' source actually contains (found by reading it: each k
 method it names is resolved to its HTTP path and method through the client library's own code).
 A verb the code needs and the role lacks fails in production as 403; a verb granted and never used is
 privilege nobody needs. Both fail here.
+
+Following namespaces by annotation (`--namespaces-annotated`) needs cluster-wide grants, so they are
+not in the base: `manifests/rbac-annotated-namespaces.yaml` adds them, and the base plus that file
+grant exactly the calls the code declares.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import re
 from pathlib import Path
 
 import kubernetes_asyncio.client as k8s
+import yaml
 
 from autoscaler import leader
 from autoscaler.providers import kubernetes as provider
-from tests.manifests.conftest import ROOT, Obj
+from tests.manifests.conftest import MANIFESTS, ROOT, Obj
 
 Call = tuple[str, str, str]  # (api group, resource, verb)
 
@@ -28,9 +33,13 @@ DECLARED: dict[str, tuple[Call, ...]] = {
     "autoscaler.providers.kubernetes": provider.API_CALLS,
     "autoscaler.leader": leader.API_CALLS,
 }
-_METHOD = re.compile(r"^(list|read|create|patch|replace|delete)_namespaced_[a-z_]+$")
+_METHOD = re.compile(r"^(list|read|create|patch|replace|delete)_(namespaced_[a-z_]+|namespace)$")
 _HTTP_VERB = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 _PATH = re.compile(r"^/apis?/(?:(?P<group>[^/]+)/)?v\w+/namespaces/\{namespace\}/(?P<rest>.+)$")
+_CLUSTER_PATH = re.compile(r"^/api/v\w+/(?P<rest>namespaces(?:/\{name\})?)$")
+ANNOTATED_RBAC = MANIFESTS / "rbac-annotated-namespaces.yaml"
+# Made only when namespaces are followed by annotation: granted by ANNOTATED_RBAC, not by the base.
+NAMESPACE_CALLS = {c for c in provider.API_CALLS if c[1] == "namespaces"}
 
 
 def _resolve(api_classes: list[type], method: str) -> tuple[str, str]:
@@ -66,9 +75,9 @@ def calls_in_source(module: str) -> set[Call]:
         if not (isinstance(node, ast.Attribute) and _METHOD.match(node.attr)):
             continue
         url, http = _resolve(api_classes, node.attr)
-        parsed = _PATH.match(url)
+        parsed = _PATH.match(url) or _CLUSTER_PATH.match(url)
         assert parsed is not None, url
-        group, rest = parsed.group("group") or "", parsed.group("rest")
+        group, rest = parsed.groupdict().get("group") or "", parsed.group("rest")
         parts = rest.split("/")
         resource = parts[0] + ("/" + parts[2] if len(parts) > 2 else "")
         named = len(parts) > 1
@@ -120,14 +129,48 @@ def test_only_the_kubernetes_provider_and_the_elector_call_the_kubernetes_api() 
     assert callers == set(DECLARED), "a new caller of the Kubernetes API needs its API_CALLS in this test"
 
 
+def annotated() -> list[Obj]:
+    return [doc for doc in yaml.safe_load_all(ANNOTATED_RBAC.read_text()) if doc]
+
+
+def _granted(objects: list[Obj]) -> set[Call]:
+    return set().union(*(_expand(rules) for rules in _bound_rules(objects).values()))
+
+
 def test_the_roles_grant_exactly_the_calls_the_code_declares(base: list[Obj]) -> None:
-    granted = set().union(*(_expand(rules) for rules in _bound_rules(base).values()))
-    needed = set().union(*DECLARED.values())
+    granted = _granted(base)
+    needed = set().union(*DECLARED.values()) - NAMESPACE_CALLS
     assert not needed - granted, f"the code needs calls no role grants: {sorted(needed - granted)}"
     assert not granted - needed, f"roles grant calls the code never makes: {sorted(granted - needed)}"
     for rules in _bound_rules(base).values():
         for rule in rules:
             assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
+
+
+def test_following_annotated_namespaces_adds_exactly_the_namespace_watch_and_function_access(
+    base: list[Obj],
+) -> None:
+    assert {("", "namespaces", "list"), ("", "namespaces", "watch")} == NAMESPACE_CALLS
+    extra = annotated()
+    assert {o["kind"] for o in extra} <= {"ClusterRole", "ClusterRoleBinding"}
+    both = base + extra
+    assert _granted(both) == set().union(*DECLARED.values())
+    cluster_wide = set().union(
+        *(
+            _expand(rules)
+            for (kind, _, _), rules in _bound_rules(both).items()
+            if kind == "ClusterRoleBinding"
+        )
+    )
+    functions = _expand(only_role(base, "autoscaler-functions"))
+    assert cluster_wide == NAMESPACE_CALLS | functions, "cluster-wide: namespaces and function access only"
+    assert not {c for c in cluster_wide if c[1] == "leases"}
+
+
+def only_role(objects: list[Obj], name: str) -> list[Obj]:
+    (role,) = [o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == name]
+    rules: list[Obj] = role["rules"]
+    return rules
 
 
 def test_function_access_is_per_namespace_and_lease_access_only_in_the_add_on_namespace(

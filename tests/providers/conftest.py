@@ -33,16 +33,26 @@ async def make_provider(api: FakeApiServer, api_client: ApiClient) -> AsyncItera
     made: list[KubernetesProvider] = []
 
     async def make(
-        *, namespaces: list[str] | None = None, api_timeout: float = 2.0, start: bool = True, **options: Any
+        *,
+        namespaces: list[str] | None = None,
+        namespaces_annotated: str | None = None,
+        api_timeout: float = 2.0,
+        start: bool = True,
+        **options: Any,
     ) -> KubernetesProvider:
-        settings = ProviderSettings(namespaces=namespaces or ["openfaas-fn"], api_timeout=api_timeout)
+        settings = ProviderSettings(
+            namespaces=["openfaas-fn"] if namespaces is None else namespaces,
+            namespaces_annotated=namespaces_annotated,
+            api_timeout=api_timeout,
+        )
         options.setdefault("retry", FAST)
         provider = KubernetesProvider(settings=settings, api_client=api_client, **options)
         made.append(provider)
         if start:
             await provider.start()
-            # Both watches (Deployments, EndpointSlices) of every namespace are open on the server.
-            watching = 2 * len(settings.namespaces)
+            # Both watches (Deployments, EndpointSlices) of every followed namespace are open on the
+            # server, and the watch of namespaces when they are followed by annotation.
+            watching = 2 * len(provider.followed_namespaces()) + (1 if namespaces_annotated else 0)
             await eventually(lambda: api.open_watches >= watching, what="the watches to open")
         return provider
 

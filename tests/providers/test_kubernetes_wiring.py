@@ -21,15 +21,16 @@ ECHO = FunctionRef(name="echo", namespace="openfaas-fn")
 _ROUTE = re.compile(
     r"^/apis?/(?:(?P<group>[^/]+)/)?v1/namespaces/[^/]+/(?P<resource>[^/]+)(?P<item>/[^/]+)?(?P<sub>/[^/]+)?$"
 )
+_CLUSTER_ROUTE = re.compile(r"^/api/v1/(?P<resource>namespaces)(?P<item>/[^/]+)?$")
 _VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 
 def api_call(method: str, path: str, query: dict[str, str]) -> tuple[str, str, str]:
     """(api group, resource, verb) of one request, as an RBAC rule names it."""
-    match = _ROUTE.match(path)
+    match = _ROUTE.match(path) or _CLUSTER_ROUTE.match(path)
     assert match is not None, f"unexpected request path {path}"
     group = "" if path.startswith("/api/") else match["group"]
-    resource = match["resource"] + (match["sub"] or "")
+    resource = match["resource"] + ((match.groupdict().get("sub")) or "")
     if method == "GET":
         verb = "get" if match["item"] else ("watch" if query.get("watch") == "True" else "list")
     else:
@@ -61,7 +62,9 @@ async def test_api_calls_names_exactly_the_requests_the_provider_makes(
 ) -> None:
     api.add_deployment("echo", labels=fn_labels("echo"), replicas=0)
     api.set_backend("echo", host="127.0.0.1", port=18080)
-    provider = await make_provider()
+    api.add_namespace("team-a", annotations={"openfaas": "1"})
+    provider = await make_provider(namespaces_annotated="openfaas=1")
+    assert provider.followed_namespaces() == ["openfaas-fn", "team-a"]
 
     await provider.scale(ECHO, 1)
     assert await provider.wait_ready(ECHO, 3.0)

@@ -64,6 +64,7 @@ class Kind:
     version: str
     plural: str
     kind: str
+    namespaced: bool = True  # False: cluster-scoped (Namespace), stored under namespace ""
 
     @property
     def api_version(self) -> str:
@@ -203,7 +204,9 @@ class Store:
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         if (kind, namespace, meta["name"]) in self.objects:
             raise ApiError(409, f'{kind.plural} "{meta["name"]}" already exists', reason="AlreadyExists")
-        meta.update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339())
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339())
+        if kind.namespaced:
+            meta["namespace"] = namespace
         meta.setdefault("generation", 1)
         obj["kind"], obj["apiVersion"] = kind.kind, kind.api_version
         return self.commit(kind, obj, old=None)
@@ -213,7 +216,7 @@ class Store:
         self.rv += 1
         meta = obj["metadata"]
         meta["resourceVersion"] = str(self.rv)
-        self.objects[(kind, meta["namespace"], meta["name"])] = obj
+        self.objects[(kind, meta.get("namespace", ""), meta["name"])] = obj
         self._publish(Change(self.rv, kind, "ADDED" if old is None else "MODIFIED", copy.deepcopy(obj), old))
         return copy.deepcopy(obj)
 

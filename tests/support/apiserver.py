@@ -8,7 +8,8 @@ Python: add/modify/delete Deployments, simulate pods becoming ready behind an En
 failures and delays, drop watches, expire versions, and count requests per route.
 
 Served: apps/v1 deployments (+ /scale), discovery.k8s.io/v1 endpointslices, core/v1 events,
-events.k8s.io/v1 events and coordination.k8s.io/v1 leases (list, watch, create, get, put, patch, delete).
+events.k8s.io/v1 events and coordination.k8s.io/v1 leases (list, watch, create, get, put, patch, delete),
+and the cluster-scoped core/v1 namespaces (the same verbs; a delete removes what the namespace holds).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tests.support._apiserver_cluster import (
     EVENTS_V1,
     KINDS,
     LEASES,
+    NAMESPACES,
     SERVICE_NAME_LABEL,
     Cluster,
 )
@@ -54,6 +56,7 @@ __all__ = [
     "EVENTS",
     "EVENTS_V1",
     "LEASES",
+    "NAMESPACES",
     "SERVICE_NAME_LABEL",
     "FakeApiServer",
     "Kind",
@@ -126,6 +129,10 @@ class FakeApiServer(Cluster):
         app.router.add_route(
             "*", DEPLOYMENTS.prefix + "/namespaces/{namespace}/deployments/{name}/scale", self._scale
         )
+        # Cluster-scoped: /api/v1/namespaces and /api/v1/namespaces/{name}.
+        namespaces = f"{NAMESPACES.prefix}/{NAMESPACES.plural}"
+        app.router.add_route("*", namespaces, self._bind(self._collection, NAMESPACES))
+        app.router.add_route("*", namespaces + "/{name}", self._bind(self._item, NAMESPACES))
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -271,11 +278,11 @@ class FakeApiServer(Cluster):
 
     async def _collection(self, kind: Kind, request: web.Request) -> web.StreamResponse:
         namespace = request.match_info.get("namespace")
-        if request.method == "POST" and namespace is not None:
+        if request.method == "POST" and (namespace is not None or not kind.namespaced):
             body = await self._body(request)
-            if kind == DEPLOYMENTS:
+            if kind == DEPLOYMENTS and namespace is not None:
                 return _json(self._create_deployment(namespace, body), status=201)
-            return _json(self.store.create(kind, namespace, body), status=201)
+            return _json(self.store.create(kind, namespace or "", body), status=201)
         if request.method != "GET":
             raise ApiError(405, f"method {request.method} is not allowed on {request.path}")
         selector = parse_selector(request.query.get("labelSelector"))
@@ -357,11 +364,14 @@ class FakeApiServer(Cluster):
         return response
 
     async def _item(self, kind: Kind, request: web.Request) -> web.StreamResponse:
-        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        namespace, name = request.match_info.get("namespace", ""), request.match_info["name"]
         if request.method == "GET":
             return _json(copy.deepcopy(self.store.get(kind, namespace, name)))
         if request.method == "DELETE":
-            self.store.delete(kind, namespace, name)
+            if kind == NAMESPACES:
+                self.delete_namespace(name)
+            else:
+                self.store.delete(kind, namespace, name)
             return _json({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200})
         old = self.store.get(kind, namespace, name)
         if request.method == "PUT":
@@ -369,7 +379,9 @@ class FakeApiServer(Cluster):
             self.store.check_version(old, body)
             new = copy.deepcopy(body)
             new["metadata"] = dict(new.get("metadata") or {}) | {
-                k: old["metadata"][k] for k in ("uid", "creationTimestamp", "namespace", "name")
+                k: old["metadata"][k]
+                for k in ("uid", "creationTimestamp", "namespace", "name")
+                if k in old["metadata"]
             }
             new["kind"], new["apiVersion"] = kind.kind, kind.api_version
         elif request.method == "PATCH":
