@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
+import yarl
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -152,6 +153,22 @@ class ProxySettings(_Base):
         description="seconds between last-active marks of a busy scale-to-zero function (an API write "
         "each); at most 15, half the controller's 30 s grace before a scale to zero",
     )
+
+    @field_validator("provider_url")
+    @classmethod
+    def _provider_url(cls, value: str | None) -> str | None:
+        # Every non-function request goes to this one origin, never to a host named by a request
+        # (invariant 4), so it must be a plain http(s) origin with at most a base path.
+        if value is None or not value.strip():
+            return None  # unset (an empty AUTOSCALER_PROVIDER_URL too): other paths are 404
+        url = yarl.URL(value.strip())
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(
+                "expected an http:// or https:// URL with a host, e.g. http://autoscaler-faas-netes.openfaas:8081"
+            )
+        if url.user is not None or url.password is not None or url.query_string or url.fragment:
+            raise ValueError("expected no user, password, query or fragment in the provider URL")
+        return str(url)
 
 
 def build(model: type[_Base], overrides: dict[str, Any]) -> Any:

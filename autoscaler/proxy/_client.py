@@ -8,12 +8,19 @@ connection. This module does only that: one `asyncio.Protocol` per connection wi
 response head and the three body framings (pooling is in `_pool`). Timeouts are the caller's (the
 proxy's deadline sweep cancels the awaiting task); a cancelled or unfinished exchange always closes
 its connection, and a connection is reused only after a complete, well-framed response.
+
+Request bodies are bytes (function calls, read whole and bounded by `--max-body`) or a `StreamBody`
+(requests passed through to the real provider, which may be large): a stream is written piece by
+piece as the caller reads it from its client, waiting for the socket to drain between pieces, so
+neither a slow upstream nor a large upload fills memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final, cast
 
 from yarl import URL
@@ -47,6 +54,17 @@ class StaleConnection(ClientError):
     """A reused connection was closed by the peer before any byte of the response came back."""
 
 
+@dataclass(frozen=True, slots=True)
+class StreamBody:
+    """A request body sent as it is read: `read()` gives the next piece (b"" at the end).
+
+    With a `length` it goes out with that Content-Length; without one, in chunked coding.
+    """
+
+    read: Callable[[], Awaitable[bytes]]
+    length: int | None
+
+
 class Origin:
     """One upstream `scheme://host:port`: its idle connections and its waiters for a free slot."""
 
@@ -72,11 +90,13 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "_buf",
         "_chunk_left",
+        "_drain_waiter",
         "_feed_waiter",
         "_head",
         "_method",
         "_paused",
         "_state",
+        "_write_paused",
         "body",
         "body_size",
         "closed",
@@ -101,6 +121,8 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.uses = 0
         self.last_used = 0.0
+        self._write_paused = False  # the transport's write buffer is above its high-water mark
+        self._drain_waiter: asyncio.Future[None] | None = None
         self._reset("GET")
 
     def _reset(self, method: str) -> None:
@@ -131,6 +153,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._wake_drain()
         if self._state == _UNTIL_EOF and exc is None:
             self._finish()
         elif not self.done and self._head is not None:
@@ -142,6 +165,13 @@ class Connection(asyncio.Protocol):
         idle = self.origin.idle
         if self in idle:
             idle.remove(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
 
     def data_received(self, data: bytes) -> None:
         if self._head is None or self.done or self.error is not None:
@@ -170,6 +200,42 @@ class Connection(asyncio.Protocol):
             if body:
                 self.transport.write(body)
         return self._head
+
+    async def send_stream(self, method: str, head: bytes, body: StreamBody) -> None:
+        """Write the head, then the body as it is read; return once the response head is parsed.
+
+        If the replica answers (or the connection ends) before the whole body is sent, sending stops
+        and the connection is not reused: the replica may not have read the rest.
+        """
+        head_future = self.send(method, head, None)
+        assert self.transport is not None
+        transport = self.transport
+        chunked = body.length is None
+        complete = False
+        while not head_future.done() and not self.closed:
+            data = await body.read()
+            if self.closed or head_future.done():
+                break
+            if not data:
+                if chunked:
+                    transport.write(b"0\r\n\r\n")
+                complete = True
+                break
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+            while self._write_paused and not self.closed and not head_future.done():
+                waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await waiter
+                finally:
+                    self._drain_waiter = None
+        await head_future
+        if not complete:
+            self.keep_alive = False  # answered early: the rest of the body was never sent
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def take_body(self) -> bytes:
         """The body bytes received so far, handed over once."""
@@ -228,6 +294,7 @@ class Connection(asyncio.Protocol):
         if head is not None and not head.done():
             head.set_exception(error)
         self._wake()
+        self._wake_drain()
 
     def _wake(self) -> None:
         waiter = self._feed_waiter
@@ -386,6 +453,7 @@ class Connection(asyncio.Protocol):
         head_future = self._head
         if head_future is not None and not head_future.done():
             head_future.set_result(None)
+        self._wake_drain()  # a body still being sent stops: the answer is in
 
 
 def _length(values: list[str]) -> int:

@@ -5,7 +5,8 @@ a TCP connection per request would cost more than the proxying itself. Headers f
 reverse-proxy rules (RFC 9110 section 7.6.1: drop hop-by-hop headers and those named in
 `Connection`, add `X-Forwarded-*`); bodies are passed as bytes, never decompressed or re-encoded.
 Small responses with a known length are read whole (one write downstream); anything larger or of
-unknown length is streamed chunk by chunk.
+unknown length is streamed chunk by chunk. The same forwarder carries requests passed through to the
+real provider (`what` names the upstream in errors: a function by default, or the provider).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 from aiohttp import web
 
 from autoscaler.errors import AutoscalerError
-from autoscaler.proxy._client import ClientError, ConnectError, Connection
+from autoscaler.proxy._client import ClientError, ConnectError, Connection, StreamBody
 from autoscaler.proxy._deadlines import Deadlines
 from autoscaler.proxy._pool import Pool
 from autoscaler.tasks import Background
@@ -122,9 +123,9 @@ class Forwarder:
         self._started = False
         self._pool.close()
 
-    def _timed_out(self, key: str) -> UpstreamError:
+    def _timed_out(self, what: str) -> UpstreamError:
         limit = self._upstream_timeout
-        return UpstreamError(504, f"function {key} did not answer within the upstream timeout ({limit:g} s)")
+        return UpstreamError(504, f"{what} did not answer within the upstream timeout ({limit:g} s)")
 
     async def open(
         self,
@@ -133,10 +134,12 @@ class Forwarder:
         endpoint: str,
         path: str,
         headers: list[tuple[str, str]],
-        body: bytes | None,
+        body: bytes | StreamBody | None,
         key: str,
+        what: str | None = None,
     ) -> Connection:
         """Send the request to `endpoint` and return once the function's response headers are in."""
+        what = what or f"function {key}"
         if not self._started:
             raise UpstreamError(503, "the proxy is not started or already stopped")
         task = self._deadlines.arm(self._upstream_timeout)
@@ -146,17 +149,20 @@ class Forwarder:
             )
         except asyncio.CancelledError:
             if self._deadlines.disarm(task):
-                raise self._timed_out(key) from None
+                raise self._timed_out(what) from None
             raise
         except ConnectError as e:
-            raise UpstreamConnectError(502, f"function {key} is unreachable at {endpoint}: {e}") from e
+            raise UpstreamConnectError(502, f"{what} is unreachable at {endpoint}: {e}") from e
         except ClientError as e:
-            raise UpstreamError(502, f"function {key} failed before answering: {e}") from e
+            raise UpstreamError(502, f"{what} failed before answering: {e}") from e
         finally:
             self._deadlines.disarm(task)
 
-    async def relay(self, request: web.BaseRequest, upstream: Connection, *, key: str) -> web.StreamResponse:
+    async def relay(
+        self, request: web.BaseRequest, upstream: Connection, *, key: str, what: str | None = None
+    ) -> web.StreamResponse:
         """Pass the function's status, headers and body back to the client."""
+        what = what or f"function {key}"
         headers = response_headers(upstream.headers, connection=upstream.connection)
         length = upstream.content_length
         if length is not None and length <= SMALL_BODY:
@@ -164,32 +170,32 @@ class Forwarder:
                 body = upstream.take_body()
                 self._pool.release(upstream)
             else:
-                body = await self._read_small(upstream, key=key)
+                body = await self._read_small(upstream, what=what)
             return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
-        return await self._stream(request, upstream, headers, key=key)
+        return await self._stream(request, upstream, headers, what=what)
 
-    async def _read_small(self, upstream: Connection, *, key: str) -> bytes:
+    async def _read_small(self, upstream: Connection, *, what: str) -> bytes:
         task = self._deadlines.arm(self._upstream_timeout)
         try:
             return await upstream.read_all()
         except asyncio.CancelledError:
             if self._deadlines.disarm(task):
-                raise self._timed_out(key) from None
+                raise self._timed_out(what) from None
             raise
         except ClientError as e:
-            raise UpstreamError(502, f"function {key} broke off its response: {e}") from e
+            raise UpstreamError(502, f"{what} broke off its response: {e}") from e
         finally:
             self._deadlines.disarm(task)
             self._pool.release(upstream)
 
     async def _stream(
-        self, request: web.BaseRequest, upstream: Connection, headers: list[tuple[str, str]], *, key: str
+        self, request: web.BaseRequest, upstream: Connection, headers: list[tuple[str, str]], *, what: str
     ) -> web.StreamResponse:
         out = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         try:
             await out.prepare(request)
             while True:
-                chunk = await self._read_chunk(upstream, key=key)
+                chunk = await self._read_chunk(upstream, what=what)
                 if chunk is None:
                     # The status line is gone already: cut the client's connection so that a
                     # truncated body can never pass for a whole one.
@@ -206,7 +212,7 @@ class Forwarder:
             self._pool.release(upstream)
         return out
 
-    async def _read_chunk(self, upstream: Connection, *, key: str) -> bytes | None:
+    async def _read_chunk(self, upstream: Connection, *, what: str) -> bytes | None:
         """The next piece of the body (b"" at its end), or None when the function broke off or stalled."""
         task = self._deadlines.arm(self._upstream_timeout)
         try:
@@ -214,10 +220,10 @@ class Forwarder:
         except asyncio.CancelledError:
             if not self._deadlines.disarm(task):
                 raise
-            log.warning("function %s sent nothing for %g s mid-body", key, self._upstream_timeout)
+            log.warning("%s sent nothing for %g s mid-body", what, self._upstream_timeout)
             return None
         except ClientError as e:
-            log.warning("function %s broke off its response mid-body: %s", key, e)
+            log.warning("%s broke off its response mid-body: %s", what, e)
             return None
         finally:
             self._deadlines.disarm(task)

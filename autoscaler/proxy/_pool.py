@@ -25,6 +25,7 @@ from autoscaler.proxy._client import (
     Connection,
     Origin,
     StaleConnection,
+    StreamBody,
 )
 from autoscaler.tasks import Background
 
@@ -56,9 +57,19 @@ class Pool:
             origin.idle.clear()
 
     async def request(
-        self, *, endpoint: str, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None
+        self,
+        *,
+        endpoint: str,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        body: bytes | StreamBody | None,
     ) -> Connection:
-        """Send the request; return the connection once the response head is in (release it after)."""
+        """Send the request; return the connection once the response head is in (release it after).
+
+        A stale kept-alive connection is retried once for idempotent methods, but never with a
+        `StreamBody`: its bytes are read from the client as they are sent and cannot be sent again.
+        """
         origin = self._origins.get(endpoint)
         if origin is None:
             origin = self._origins[endpoint] = Origin(URL(endpoint))
@@ -67,7 +78,10 @@ class Pool:
         while True:
             conn = await self._acquire(origin)
             try:
-                await conn.send(method, head, body)
+                if isinstance(body, StreamBody):
+                    await conn.send_stream(method, head, body)
+                else:
+                    await conn.send(method, head, body)
                 if conn.error is not None:
                     # The body broke its framing in the bytes that came with the head: say so
                     # now (a 502) rather than relay a status line and cut the body after it.
@@ -75,7 +89,7 @@ class Pool:
                 return conn
             except StaleConnection as e:
                 self.release(conn)
-                if retried or method not in IDEMPOTENT:
+                if retried or method not in IDEMPOTENT or isinstance(body, StreamBody):
                     raise ClientError(str(e)) from e
                 retried = True  # the peer closed an idle connection just as it was reused: once more
             except BaseException:
@@ -171,11 +185,14 @@ class Pool:
 
 
 def _request_head(
-    method: str, path: str, host: str, headers: list[tuple[str, str]], body: bytes | None
+    method: str, path: str, host: str, headers: list[tuple[str, str]], body: bytes | StreamBody | None
 ) -> bytes:
     lines = [f"{method} {path} HTTP/1.1\r\nHost: {host}"]
     lines.extend(f"{name}: {value}" for name, value in headers)
-    if body is not None or method in BODY_METHODS:
+    if isinstance(body, StreamBody):
+        length = body.length
+        lines.append("Transfer-Encoding: chunked" if length is None else f"Content-Length: {length}")
+    elif body is not None or method in BODY_METHODS:
         lines.append(f"Content-Length: {len(body) if body is not None else 0}")
     lines.append("\r\n")
     return "\r\n".join(lines).encode("utf-8", "surrogateescape")

@@ -5,6 +5,12 @@ it to a function the provider knows, and either forwards it at once or holds it 
 (`_hold`). Counters are plain numbers exported on scrape (`_metrics`). The proxy tells the provider
 that a function is active at most every few seconds while it holds or forwards requests for it, and
 `busy()` and `invocation_stats()` expose the same facts to the control loop (invariant 2).
+
+Behind an OpenFaaS gateway the proxy is the gateway's `functions_provider_url`: the gateway sends it
+`/function/NAME[.NAMESPACE]/...` unchanged (with `direct_functions=false`) together with everything
+else it forwards to a provider (`/system/...`, `/healthz`). With `--provider-url` those other
+requests go to the real provider (faas-netes) untouched, bodies streamed both ways; without it
+they are 404, as before.
 """
 
 from __future__ import annotations
@@ -23,16 +29,17 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CollectorRegistry
+from yarl import URL
 
 from autoscaler.config import ProxySettings
 from autoscaler.errors import ConfigError
 from autoscaler.interfaces import FunctionRef, InvocationStats, Provider
 from autoscaler.proxy._admin import admin_app, error_response
-from autoscaler.proxy._client import Connection
+from autoscaler.proxy._client import Connection, StreamBody
 from autoscaler.proxy._forward import Forwarder, UpstreamConnectError, UpstreamError, request_headers
 from autoscaler.proxy._hold import ColdStarts, FunctionState, HoldError
 from autoscaler.proxy._metrics import StatsCollector
-from autoscaler.proxy._routing import RouteError, Router
+from autoscaler.proxy._routing import PREFIX, RouteError, Router, passthrough_target
 from autoscaler.spec import zero_enabled
 from autoscaler.tasks import Background
 
@@ -66,6 +73,15 @@ class Proxy:
         self._registry = registry if registry is not None else CollectorRegistry()
         self._clock = clock
         self._router = Router(default_namespace=settings.default_namespace)
+        # The real provider: its origin (the pool's endpoint) and a base path put before each target.
+        self._provider_origin: str | None = None
+        self._provider_base = ""
+        self._provider_what = ""
+        if settings.provider_url is not None:
+            url = URL(settings.provider_url)
+            self._provider_origin = str(url.origin())
+            self._provider_base = url.raw_path.rstrip("/")
+            self._provider_what = f"the provider at {url}"
         self._states: dict[str, FunctionState] = {}
         self._background = Background()
         self._cold = ColdStarts(
@@ -209,6 +225,8 @@ class Proxy:
         )
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self._provider_origin is not None and not request.raw_path.startswith(PREFIX):
+            return await self._pass_through(request, self._provider_origin)
         try:
             ref, path = self._router.resolve(request.raw_path)
         except RouteError as e:
@@ -330,6 +348,36 @@ class Proxy:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY)
             endpoints = None  # read them again: the replica set may have changed
+
+    async def _pass_through(self, request: web.BaseRequest, origin: str) -> web.StreamResponse:
+        """Send a non-function request to the real provider as it came; stream both bodies."""
+        try:
+            target = passthrough_target(request.raw_path)
+        except RouteError as e:
+            return error_response(e.status, e.message)
+        self._inflight += 1
+        try:
+            body: StreamBody | None = None
+            if request.body_exists:
+                if request.headers.get("Expect", "").lower() == "100-continue":
+                    # The client waits for this before it sends the body (the provider's own
+                    # 100 Continue, if any, is an interim answer the upstream client skips).
+                    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                body = StreamBody(read=request.content.readany, length=request.content_length)
+            upstream = await self._forwarder.open(
+                method=request.method, endpoint=origin, path=self._provider_base + target,
+                headers=request_headers(request), body=body, key="provider", what=self._provider_what,
+            )  # fmt: skip
+            return await self._forwarder.relay(request, upstream, key="provider", what=self._provider_what)
+        except UpstreamError as e:
+            response = error_response(e.status, str(e))
+            if request.body_exists:
+                response.force_close()  # the rest of the request body may still be on its way
+            return response
+        finally:
+            self._inflight -= 1
+            if self._draining and self._inflight == 0:
+                self._idle.set()
 
     def _too_large(self, state: FunctionState, length: int | None) -> web.Response:
         state.stats.reject("body_too_large")

@@ -4,6 +4,11 @@ The proxy must never become an open proxy (invariant 4): the function is taken o
 path segment after `/function/`, and the target is checked on its raw, undecoded form so that no
 normalisation (`..`, `%2e`, `%2f`, backslashes) can move a request onto another function's route or
 another host. The upstream host always comes from the provider's endpoints, never from the request.
+
+Behind an OpenFaaS gateway every other target goes to the real provider (`--provider-url`), raw and
+unchanged, but only in origin form and only when no normalisation could turn it into another route:
+the provider's router cleans paths, so `/system/../function/NAME` would reach a function past the
+hold and the counts that keep a busy function from being scaled to zero.
 """
 
 from __future__ import annotations
@@ -81,10 +86,23 @@ class Router:
         return FunctionRef(name=name, namespace=namespace or self._default_namespace)
 
 
+def passthrough_target(target: str) -> str:
+    """The raw target to send to the provider as it came, or RouteError when it is not safe to pass."""
+    if not target.startswith("/"):
+        raise RouteError(
+            400, "invalid request target: only paths (/...) are passed to the provider, not URLs or '*'"
+        )
+    path = target.partition("?")[0]
+    check_path(path)
+    if "//" in path:
+        raise RouteError(400, "invalid path: empty segments ('//') are not allowed")
+    return target
+
+
 def check_path(path: str) -> None:
-    """Refuse paths that could step outside the function's route once decoded or normalised."""
+    """Refuse paths that could step outside their route once decoded or normalised."""
     if "\\" in path:
-        raise RouteError(400, "invalid path: backslashes are not allowed in function routes")
+        raise RouteError(400, "invalid path: backslashes are not allowed")
     if "%" in path and _ENCODED_STEP.search(path):
         raise RouteError(400, "invalid path: encoded '.', '/' or '\\' (%2e, %2f, %5c) are not allowed")
     if "/." in path:
