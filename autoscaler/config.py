@@ -20,8 +20,19 @@ from policies.engine import ZERO_GRACE
 DEFAULT_QUERIES = {
     "rps": "sum by (function_name) (rate(gateway_function_invocation_total[{window}]))",
     "inflight": "sum by (function_name) (gateway_function_invocation_inflight)",
-    "cpu": "sum by (function_name) (rate(pod_cpu_usage_seconds_total[{window}])) * 1000",
+    # OpenFaaS Pro's Prometheus scrapes the kubelet into pod_cpu_usage_seconds_total{function_name};
+    # any other Prometheus that scrapes cAdvisor (kube-prometheus-stack, most clusters) has
+    # container_cpu_usage_seconds_total, where faas-netes names the function's container after the
+    # function (pkg/handlers/deploy.go): CONTAINER.NAMESPACE is its function_name. The pod-level
+    # (container="") and pause ("POD") series are left out so that nothing counts twice.
+    "cpu": "sum by (function_name) (rate(pod_cpu_usage_seconds_total[{window}])) * 1000"
+    " or sum by (function_name) (label_join(rate(container_cpu_usage_seconds_total"
+    '{container!="",container!="POD"}[{window}]), "function_name", ".", "container", "namespace")) * 1000',
     "started": "sum by (function_name) (gateway_function_invocation_started)",
+    # The gateway exports a replica gauge for every function it knows, called or not (openfaas/faas
+    # gateway/metrics/exporter.go); so does our proxy. A fresh series proves the source is up and
+    # scraped and knows the function, which turns "absent from the counters" into "no calls".
+    "source": "max by (function_name) (gateway_service_count)",
 }
 
 
@@ -56,6 +67,12 @@ class MetricsSettings(_Base):
     )
     query_started: str = Field(
         default=DEFAULT_QUERIES["started"], description="PromQL for the started-invocations counter"
+    )
+    query_source: str = Field(
+        default=DEFAULT_QUERIES["source"],
+        description="PromQL giving a fresh series by function_name for every function the metric source "
+        "knows (proof it is up): such a function absent from the rps, in-flight and started queries had "
+        "no calls; empty: absence is never read as idleness",
     )
     stale_after: float = Field(
         default=60.0, gt=0, description="seconds after which a sample counts as stale (missing)"

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from autoscaler.config import ControllerSettings
 from autoscaler.errors import AutoscalerError, ProviderError, SpecError
 from autoscaler.interfaces import FunctionInfo, FunctionRef, LoadReader, LoadSnapshot, Provider
-from autoscaler.spec import parse_labels
+from autoscaler.spec import parse_labels, unsupported
 from autoscaler.tasks import Background
 from autoscaler.telemetry import ControllerMetrics, FunctionView, log_decision
 from policies.engine import FunctionState, KeepAlivePolicy, decide
@@ -52,6 +52,7 @@ class _Entry:
     error: SpecError | None
     state: FunctionState
     reported_error: str | None = None
+    reported_notes: tuple[tuple[str, str], ...] = ()  # (reason, message) warnings already told
 
 
 class Controller:
@@ -153,6 +154,7 @@ class Controller:
         views: dict[str, FunctionView] = {}
         changes: list[tuple[FunctionInfo, Decision]] = []
         invalid: list[tuple[FunctionInfo, SpecError]] = []
+        warned: list[tuple[FunctionInfo, tuple[str, str]]] = []
         for key, info in functions.items():
             entry = self._entry(key, info)
             load = snapshot.loads.get(key)
@@ -171,6 +173,10 @@ class Controller:
                 views[key] = FunctionView(decision=decision, spec=None, load=None)
             else:
                 entry.reported_error = None
+                notes = self._notes(info, entry.spec)
+                if notes != entry.reported_notes:
+                    entry.reported_notes = notes
+                    warned.extend((info, note) for note in notes)
                 decision = decide(
                     spec=entry.spec,
                     load=load,
@@ -191,6 +197,8 @@ class Controller:
         self.metrics.functions.views = views
         for info, error in invalid:
             self._report_invalid(info, error)
+        for info, note in warned:
+            self._report_note(info, note)
         if changes:
             await self._act(changes, report)
         report.seconds = time.perf_counter() - started
@@ -223,6 +231,28 @@ class Controller:
                 message=f"{error}; replicas left at {info.replicas}",
                 warning=True,
             ),
+            name=f"event for {info.ref.key}",
+        )
+
+    @staticmethod
+    def _notes(info: FunctionInfo, spec: ScalingSpec) -> tuple[tuple[str, str], ...]:
+        """(Event reason, message) for what is worth a warning about a function whose labels parse."""
+        notes = []
+        note = unsupported(spec)
+        if note is not None:
+            notes.append(("UnsupportedScalingType", note))
+        return tuple(notes)
+
+    def _report_note(self, info: FunctionInfo, note: tuple[str, str]) -> None:
+        reason, message = note
+        log.warning(
+            "%s: %s",
+            info.ref.key,
+            message,
+            extra={"fields": {"event": "spec_warning", "reason": reason, "function": info.ref.key}},
+        )
+        self._background.spawn(
+            self._provider.record_event(info.ref, reason=reason, message=message, warning=True),
             name=f"event for {info.ref.key}",
         )
 

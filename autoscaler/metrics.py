@@ -1,12 +1,19 @@
-"""Reads every function's load from Prometheus with four queries per tick, whatever the function count.
+"""Reads every function's load from Prometheus with five queries per tick, whatever the function count.
 
 One query per function would cost 10,000 round trips a tick on a large cluster; instead each load
 figure (rps, in-flight, CPU, started counter) is one `sum by (function_name)` instant query, and the
-four run concurrently on one aiohttp session without blocking the event loop.
+queries run concurrently on one aiohttp session without blocking the event loop.
 
 Invariant 1 lives here as much as in the policies: a failed, slow, malformed, NaN or stale answer
 becomes "no data" (None) for exactly the figures it concerns, never 0. If every query fails the
 snapshot carries an error naming the URL and the cause, and no loads at all.
+
+Absence is idleness only where it is proven: the fifth query (`--query-source`) lists every function
+the metric source (the gateway, our proxy) knows, from a series it exports for each whether called or
+not. A function in that answer, fresh, but absent from the rps, in-flight or started answer (each of
+which succeeded) had no calls there: that figure reads 0. The CE gateway exports no in-flight gauge
+at all, so its functions are judged by their started counter, as OpenFaaS itself does. A source that
+is down or not scraped goes stale in Prometheus and proves nothing: the function stays "no data".
 """
 
 from __future__ import annotations
@@ -39,6 +46,10 @@ FIELDS: Mapping[str, str] = {
     "cpu": "query_cpu",
     "started_total": "query_started",
 }
+# Load fields whose absence from a successful answer reads as 0 for a function the source knows (CPU
+# is measured elsewhere, by the kubelet, so the source's word says nothing about it).
+_COUNTED = ("rps", "inflight", "started_total")
+SOURCE = "source"
 # Bodies above this size are parsed in a worker thread so a 10,000-function answer never stalls the loop.
 _THREAD_PARSE_BYTES = 256 * 1024
 
@@ -67,6 +78,8 @@ class PrometheusReader:
             name: str(getattr(settings, key)).replace("{window}", settings.rate_window)
             for name, key in FIELDS.items()
         }
+        if settings.query_source.strip():
+            self.queries[SOURCE] = settings.query_source.replace("{window}", settings.rate_window)
         self.errors_total: collections.Counter[str] = collections.Counter()  # failed queries per load field
         self.last_errors: dict[str, str] = {}  # load field -> why its last query failed (empty when all fine)
         self._reported: str | None = None
@@ -92,7 +105,7 @@ class PrometheusReader:
         return str(self._base)
 
     async def read(self) -> LoadSnapshot:
-        """Issue the four queries concurrently; see the module docstring for what failure gives."""
+        """Issue the queries concurrently; see the module docstring for what failure gives."""
         started = time.perf_counter()
         now = self._clock()
         names = list(self.queries)
@@ -112,17 +125,28 @@ class PrometheusReader:
                 vectors[name] = result
         self._report(vectors)
 
+        source = vectors.pop(SOURCE, None)
         if not vectors:
             causes = list(dict.fromkeys(self.last_errors.values()))
             return LoadSnapshot(loads={}, error="; ".join(causes), queries=len(names))
         functions: set[str] = set()
         for found in vectors.values():
             functions.update(found.values)
-        loads = {
-            fn: Load(**{name: vec.values.get(fn) for name, vec in vectors.items()})
-            for fn in sorted(functions)
-        }
+        known = set() if source is None else {fn for fn, up in source.values.items() if up is not None}
+        functions.update(known)
+        loads = {fn: self._load(fn, vectors, proven=fn in known) for fn in sorted(functions)}
         return LoadSnapshot(loads=loads, queries=len(names))
+
+    @staticmethod
+    def _load(fn: str, vectors: Mapping[str, _promql.Vector], *, proven: bool) -> Load:
+        """One function's figures; with the source's proof, absent from an answer that came is 0."""
+        values: dict[str, float | None] = {}
+        for name, vec in vectors.items():
+            if fn in vec.values:
+                values[name] = vec.values[fn]  # None when stale or NaN: bad data is not absence
+            elif proven and name in _COUNTED:
+                values[name] = 0.0
+        return Load(**values)
 
     async def history(self, *, query: str, start: float, end: float, step: float) -> dict[str, np.ndarray]:
         """Range query grouped by function_name: function -> values at `start + i*step` up to `end`.
@@ -167,7 +191,7 @@ class PrometheusReader:
     # -- internals ---------------------------------------------------------------------------------
 
     async def _instant(self, name: str, *, now: float) -> _promql.Vector | QueryError:
-        flag = "--" + FIELDS[name].replace("_", "-")
+        flag = _flag(name)
         where = f"Prometheus at {self.url}"
         params = {
             "query": self.queries[name],
@@ -226,7 +250,7 @@ class PrometheusReader:
         """Log problems once when they appear or change, and once when they clear."""
         notes: list[str] = list(dict.fromkeys(self.last_errors.values()))
         for name, vec in vectors.items():
-            flag = "--" + FIELDS[name].replace("_", "-")
+            flag = _flag(name)
             if vec.unlabelled:
                 notes.append(
                     f"the {name} query returned {vec.unlabelled} series without a function_name label "
@@ -247,3 +271,8 @@ class PrometheusReader:
                     vec.stale,
                     vec.not_finite,
                 )
+
+
+def _flag(name: str) -> str:
+    """The flag that holds a query's PromQL, for messages."""
+    return "--" + FIELDS.get(name, f"query_{name}").replace("_", "-")

@@ -130,7 +130,7 @@ def parse_labels(labels: Mapping[str, str]) -> ScalingSpec:
     if minimum > maximum:
         raise SpecError(MIN, labels.get(MIN, str(minimum)), f"at most {MAX} ({maximum})")
     target = _float(labels, TARGET, 50.0, allowed="a number > 0 (load per replica)", upper=None)
-    kind = ScaleType(_choice(labels, TYPE, tuple(t.value for t in ScaleType), "rps"))
+    kind, type_label = _scale_type(labels)
     proportion = _float(
         labels, PROPORTION, 0.90, allowed="a number > 0 and <= 1 (fraction of target)", upper=1.0
     )
@@ -158,4 +158,44 @@ def parse_labels(labels: Mapping[str, str]) -> ScalingSpec:
         zero_duration=zero_duration,
         down_window=window,
         keepalive=keepalive,
+        type_label=type_label,
     )
+
+
+_MEASURED = tuple(t.value for t in ScaleType if t.measured)
+
+
+def _scale_type(labels: Mapping[str, str]) -> tuple[ScaleType, str]:
+    """The scale type, and the label as written for a custom type; any unknown value is a custom type.
+
+    OpenFaaS allows types this loop does not measure (`queue`, custom ones): those are not an error
+    that freezes the function, only a scale type without a load figure (see `unsupported`).
+    """
+    raw = labels.get(TYPE)
+    if raw is None:
+        return ScaleType.RPS, ""
+    value = raw.strip().lower()
+    if not value:
+        raise SpecError(TYPE, raw, "one of " + ", ".join((*_MEASURED, ScaleType.QUEUE.value)))
+    if value == ScaleType.UNSUPPORTED.value or value not in {t.value for t in ScaleType}:
+        return ScaleType.UNSUPPORTED, raw.strip()
+    return ScaleType(value), ""
+
+
+def unsupported(spec: ScalingSpec) -> str | None:
+    """Why the loop cannot scale this function by load, or None when it can (the Event's message)."""
+    if spec.type.measured:
+        return None
+    if spec.type is ScaleType.QUEUE:
+        what = f"{TYPE}=queue (pending asynchronous calls) is not supported yet"
+    else:
+        what = (
+            f"{TYPE}={spec.type_label!r} is not a scaling type this autoscaler measures "
+            f"({', '.join(_MEASURED)}; queue is planned)"
+        )
+    zero = (
+        f"scale to zero after {format_duration(spec.zero_duration)} idle and waking on traffic still apply"
+        if spec.zero
+        else "waking on traffic still applies"
+    )
+    return f"{what}: replicas are not scaled by load; {zero}"

@@ -187,6 +187,15 @@ def decide(
             return Decision(
                 current, spec.wake_replicas, Reason.WAKE, "invocations arrived at zero replicas: wake"
             )
+        if not spec.type.measured:
+            # `queue` or a custom type: no load figure to scale by, so the replicas stay as they are.
+            return Decision(
+                current,
+                current,
+                Reason.UNSUPPORTED_TYPE,
+                f"scale type {spec.type_label or spec.type.value!r} is not measured: keep {current} replicas",
+                False,
+            )
         # Invariant 1: missing, stale or failed metrics are not zero traffic.
         return Decision(
             current, current, Reason.NO_DATA, f"no {spec.type} data: keep {current} replicas", False

@@ -16,6 +16,15 @@ class ScaleType(StrEnum):
     RPS = "rps"  # completed requests per second
     CAPACITY = "capacity"  # in-flight requests
     CPU = "cpu"  # millicores
+    # Named by OpenFaaS but not measured by this loop yet: the function is not scaled by load (it keeps
+    # its replicas), while scale to zero and waking on traffic still apply.
+    QUEUE = "queue"  # pending asynchronous calls per replica (OpenFaaS Pro)
+    UNSUPPORTED = "unsupported"  # any other value of the type label (a custom type)
+
+    @property
+    def measured(self) -> bool:
+        """Whether the loop reads a load figure for this type (and so scales by load)."""
+        return self in (ScaleType.RPS, ScaleType.CAPACITY, ScaleType.CPU)
 
 
 class KeepAlive(StrEnum):
@@ -38,6 +47,7 @@ class ScalingSpec:
     zero_duration: float = 900.0  # seconds idle before zero
     down_window: float = 0.0  # seconds of scale-down stabilization; 0 means off
     keepalive: KeepAlive = KeepAlive.FIXED
+    type_label: str = ""  # a custom type label as written (type UNSUPPORTED), to name it in messages
 
     @property
     def static(self) -> bool:
@@ -65,7 +75,9 @@ class Load:
             return self.rps
         if kind is ScaleType.CAPACITY:
             return self.inflight
-        return self.cpu
+        if kind is ScaleType.CPU:
+            return self.cpu
+        return None  # not measured (see ScaleType.measured): no data, never zero
 
 
 NO_DATA = Load()
@@ -83,6 +95,7 @@ class Reason(StrEnum):
     STABILIZING = "Stabilizing"  # a lower recommendation held back by the down window
     NO_DATA = "NoData"  # metrics missing, stale or failed: keep current replicas
     STATIC = "Static"  # min == max: not autoscaled
+    UNSUPPORTED_TYPE = "UnsupportedType"  # a scale type the loop does not measure: not scaled by load
     INVALID_SPEC = "InvalidSpec"  # bad labels: keep current replicas
 
 

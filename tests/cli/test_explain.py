@@ -65,7 +65,7 @@ def test_explain_shows_when_an_idle_function_goes_to_zero() -> None:
     ("label", "expected"),
     [
         ("com.openfaas.scale.min=abc", "com.openfaas.scale.min='abc' is invalid"),
-        ("com.openfaas.scale.type=foo", "one of rps, capacity, cpu"),
+        ("com.openfaas.scale.type=", "one of rps, capacity, cpu, queue"),
         ("com.openfaas.scale.zero-duration=15 minutes", "Go duration"),
         ("no-equals-sign", "is not KEY=VALUE"),
     ],

@@ -144,11 +144,11 @@ class TestLeavingAlone:
         self, world: tuple[MemoryProvider, StaticReader]
     ) -> None:
         provider, reader = world
-        provider.add("fn", labels={"com.openfaas.scale.type": "foo"})
+        provider.add("fn", labels={"com.openfaas.scale.min": "abc"})
         reader.loads = {"fn.openfaas-fn": load(200)}
         loop = controller(provider, reader)
         await loop.tick(now=0)
-        provider.add("fn", labels={"com.openfaas.scale.type": "rps"})
+        provider.add("fn", labels={"com.openfaas.scale.min": "1"})
         await loop.tick(now=2)
         assert provider.scaled == [("fn.openfaas-fn", 5)]
 
@@ -272,3 +272,55 @@ class TestRunning:
         assert report.metrics_error is not None
         assert "boom" in report.metrics_error
         assert provider.scaled == []
+
+
+class TestScaleTypesTheLoopDoesNotMeasure:
+    QUEUE = {"com.openfaas.scale.type": "queue", **ZERO}
+
+    async def test_a_queue_function_keeps_its_replicas_and_says_why_once(
+        self, world: tuple[MemoryProvider, StaticReader], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        provider, reader = world
+        provider.add("jobs", replicas=3, labels=self.QUEUE)
+        reader.loads = {"jobs.openfaas-fn": load(500, started=1, inflight=4)}
+        loop = controller(provider, reader)
+        with caplog.at_level(logging.WARNING, logger="autoscaler.controller"):
+            for now in (0, 2, 4):
+                reader.loads = {"jobs.openfaas-fn": load(500, started=1 + now, inflight=4)}
+                report = await loop.tick(now=now)
+        await loop.close()
+        assert provider.scaled == []
+        assert report.decisions["jobs.openfaas-fn"].reason is Reason.UNSUPPORTED_TYPE
+        [(key, reason, message, warning)] = provider.events
+        assert (key, reason, warning) == ("jobs.openfaas-fn", "UnsupportedScalingType", True)
+        assert "com.openfaas.scale.type=queue" in message
+        assert "scale to zero after 1m idle" in message
+        lines = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "spec_warning"]
+        assert len(lines) == 1
+
+    @pytest.mark.parametrize("kind", ["queue", "my-custom-metric"])
+    async def test_an_idle_function_of_such_a_type_still_goes_to_zero_after_its_zero_duration(
+        self, world: tuple[MemoryProvider, StaticReader], kind: str
+    ) -> None:
+        provider, reader = world
+        provider.add("jobs", replicas=2, labels={**self.QUEUE, "com.openfaas.scale.type": kind})
+        reader.loads = {"jobs.openfaas-fn": load(0, started=7)}
+        loop = controller(provider, reader)
+        for now in range(0, 60, 2):
+            await loop.tick(now=now)
+        assert provider.scaled == []
+        await loop.tick(now=60)
+        assert provider.scaled == [("jobs.openfaas-fn", 0)]
+
+    async def test_traffic_wakes_such_a_function_from_zero(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
+        provider, reader = world
+        provider.add("jobs", replicas=0, labels=self.QUEUE)
+        reader.loads = {"jobs.openfaas-fn": load(0, started=3)}
+        loop = controller(provider, reader)
+        await loop.tick(now=0)
+        reader.loads = {"jobs.openfaas-fn": load(0, started=4, inflight=1)}
+        report = await loop.tick(now=2)
+        assert provider.scaled == [("jobs.openfaas-fn", 1)]
+        assert report.decisions["jobs.openfaas-fn"].reason is Reason.WAKE

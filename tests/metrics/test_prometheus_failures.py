@@ -45,7 +45,7 @@ async def test_a_killed_prometheus_gives_an_error_snapshot_never_zeros(
             snapshot = await reader.read()
 
     assert snapshot.loads == {}
-    assert snapshot.queries == 4
+    assert snapshot.queries == 5
     assert (
         snapshot.error
         == f"Prometheus at {prometheus.url}/ unreachable: Connection refused; check --prometheus-url"
@@ -59,7 +59,7 @@ async def test_an_unreachable_prometheus_is_named_with_its_url_and_the_cause() -
 
     assert snapshot.loads == {}
     assert snapshot.error == f"Prometheus at {url} unreachable: Connection refused; check --prometheus-url"
-    assert dict(reader.errors_total) == {"rps": 1, "inflight": 1, "cpu": 1, "started_total": 1}
+    assert dict(reader.errors_total) == {"rps": 1, "inflight": 1, "cpu": 1, "started_total": 1, "source": 1}
 
 
 async def test_a_slow_prometheus_fails_within_about_the_query_timeout(http_server: Serve) -> None:
@@ -138,7 +138,7 @@ async def test_a_base_url_with_a_path_prefix_keeps_the_prefix(http_server: Serve
 
     assert snapshot.error is None
     assert snapshot.loads[ECHO].rps == 7.0
-    assert paths == ["/prometheus/api/v1/query"] * 4
+    assert paths == ["/prometheus/api/v1/query"] * 5
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ async def test_a_true_zero_is_read_as_zero_not_as_no_data(live: Live) -> None:
     assert (idle.rps, idle.inflight, idle.cpu, idle.started_total) == (0.0, 0.0, 0.0, 0.0)
 
 
-async def test_every_read_costs_four_queries_whatever_the_function_count(live: Live) -> None:
+async def test_every_read_costs_five_queries_whatever_the_function_count(live: Live) -> None:
     async with PrometheusReader(settings=live.settings()) as reader:
         before = await query_requests_served(live)
         snapshot = await reader.read()
@@ -60,8 +60,8 @@ async def test_every_read_costs_four_queries_whatever_the_function_count(live: L
 
     assert len(snapshot.loads) > len(BULK)
     assert all(snapshot.loads[key].rps == pytest.approx(1.0, rel=0.1) for key in BULK)
-    assert snapshot.queries == 4
-    assert after - before == 4
+    assert snapshot.queries == 5
+    assert after - before == 5
 
 
 async def test_a_series_missing_for_one_function_leaves_that_figure_none_for_it_alone(live: Live) -> None:
@@ -99,7 +99,7 @@ async def test_a_failing_cpu_query_keeps_rps_and_inflight_for_everyone(live: Liv
         snapshot = await reader.read()
 
     assert snapshot.error is None
-    assert snapshot.queries == 4
+    assert snapshot.queries == 5
     assert all(load.cpu is None for load in snapshot.loads.values())
     assert snapshot.loads[ECHO].rps == pytest.approx(10.0, rel=0.1)
     assert snapshot.loads[ECHO].inflight == 3.0

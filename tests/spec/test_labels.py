@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autoscaler.errors import SpecError
-from autoscaler.spec import format_duration, parse_duration, parse_labels, zero_enabled
+from autoscaler.spec import format_duration, parse_duration, parse_labels, unsupported, zero_enabled
 from policies.model import KeepAlive, ScaleType, ScalingSpec
 
 P = "com.openfaas.scale."
@@ -91,7 +91,7 @@ def test_durations_print_back_in_go_syntax() -> None:
         ({P + "max": "0"}, P + "max", "whole number >= 1"),
         ({P + "target": "0"}, P + "target", "number > 0"),
         ({P + "target": "fast"}, P + "target", "number > 0"),
-        ({P + "type": "foo"}, P + "type", "one of rps, capacity, cpu"),
+        ({P + "type": " "}, P + "type", "one of rps, capacity, cpu, queue"),
         ({P + "zero-duration": "15 minutes"}, P + "zero-duration", "Go duration"),
         ({P + "zero-duration": "0"}, P + "zero-duration", "Go duration > 0"),
         ({P + "target-proportion": "1.5"}, P + "target-proportion", "<= 1"),
@@ -111,3 +111,25 @@ def test_invalid_labels_name_the_label_the_value_and_what_is_allowed(
     assert label in message
     assert repr(labels[label]) in message
     assert hint in message
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "named"),
+    [("queue", ScaleType.QUEUE, "type=queue (pending asynchronous calls) is not supported yet"),
+     ("Latency-P99", ScaleType.UNSUPPORTED, "type='Latency-P99' is not a scaling type")],
+)  # fmt: skip
+def test_a_type_the_loop_does_not_measure_is_a_warning_not_an_invalid_spec(
+    value: str, kind: ScaleType, named: str
+) -> None:
+    spec = parse_labels({P + "type": value, P + "zero": "true", P + "zero-duration": "2m"})
+    assert spec.type is kind
+    assert not spec.type.measured
+    note = unsupported(spec)
+    assert note is not None
+    assert named in note
+    assert "scale to zero after 2m idle and waking on traffic still apply" in note
+
+
+def test_measured_types_carry_no_warning() -> None:
+    for value in ("rps", "capacity", "CPU"):
+        assert unsupported(parse_labels({P + "type": value})) is None

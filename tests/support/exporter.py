@@ -45,6 +45,14 @@ _INFLIGHT_HEADER = (
     "# HELP gateway_function_invocation_inflight Requests in flight by function\n"
     "# TYPE gateway_function_invocation_inflight gauge\n"
 )
+_SERVICE_HEADER = (
+    "# HELP gateway_service_count Current count of replicas for function\n"
+    "# TYPE gateway_service_count gauge\n"
+)
+_CADVISOR_HEADER = (
+    "# HELP container_cpu_usage_seconds_total Cumulative cpu time consumed in seconds.\n"
+    "# TYPE container_cpu_usage_seconds_total counter\n"
+)
 _CPU_HEADER = (
     "# HELP pod_cpu_usage_seconds_total CPU seconds used by the function's pods\n"
     "# TYPE pod_cpu_usage_seconds_total counter\n"
@@ -53,6 +61,19 @@ _CPU_HEADER = (
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _cadvisor_lines(key: str, seconds: float) -> list[str]:
+    """The kubelet's series for one function's pod (one replica): the function's container named
+    after the function (as faas-netes names it), the pause container and the pod-level cgroup."""
+    name, _, namespace = key.partition(".")
+    pod = f'namespace="{_escape(namespace)}",pod="{_escape(name)}-6f7c9d-x2k4p"'
+    metric = "container_cpu_usage_seconds_total"
+    return [
+        f'{metric}{{{pod},container="{_escape(name)}"}} {_number(seconds)}\n',
+        f'{metric}{{{pod},container="POD"}} {_number(seconds / 100)}\n',
+        f'{metric}{{{pod},container=""}} {_number(seconds * 1.01)}\n',
+    ]
 
 
 def _number(value: float) -> str:
@@ -89,6 +110,8 @@ class _Function:
     inflight: float | None  # None: no inflight series at all
     has_cpu: bool
     code: str
+    invoked: bool = True  # False: deployed, never called (only gateway_service_count is served)
+    replicas: int = 1
 
 
 class GatewayExporter:
@@ -97,11 +120,27 @@ class GatewayExporter:
     Every setter is thread-safe and takes effect at the next scrape. Rates are per second of real
     time; `cpu` is in cores (the counter is CPU seconds, so `rate(...) * 1000` reads millicores).
     `inflight=None` or `cpu=None` leaves that series out, as when a source does not report it.
+
+    Like the gateway (openfaas/faas `gateway/metrics/exporter.go`), it serves `gateway_service_count`
+    for every function it knows, called or not; `service_count=False` leaves that out. `cpu_series`
+    picks where CPU comes from: `pro` (OpenFaaS Pro's `pod_cpu_usage_seconds_total{function_name}`)
+    or `cadvisor` (the kubelet's `container_cpu_usage_seconds_total{namespace,pod,container}` with the
+    pod-level and pause-container series a real kubelet also serves).
     """
 
     def __init__(
-        self, *, host: str = "127.0.0.1", port: int = 0, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        service_count: bool = True,
+        cpu_series: str = "pro",
     ):
+        if cpu_series not in ("pro", "cadvisor"):
+            raise ValueError(f"cpu_series must be 'pro' or 'cadvisor', got {cpu_series!r}")
+        self._service_count = service_count
+        self._cpu_series = cpu_series
         self._host = host
         self._requested_port = port
         self._clock = clock
@@ -234,6 +273,23 @@ class GatewayExporter:
                 fn.has_cpu = cpu is not None
                 fn.inflight = inflight
                 fn.code = code
+                fn.invoked = True
+
+    def deploy(self, key: str, *, replicas: int = 1) -> None:
+        """Know a function that was never called: only its `gateway_service_count` is served."""
+        now = self._clock()
+        with self._lock:
+            self._functions[key] = _Function(
+                label=f'function_name="{_escape(key)}"',
+                completed=_Counter(since=now),
+                started=_Counter(since=now),
+                cpu=_Counter(since=now),
+                inflight=None,
+                has_cpu=False,
+                code="200",
+                invoked=False,
+                replicas=replicas,
+            )
 
     def set_rate(self, key: str, rps: float, *, started_rps: float | None = None) -> None:
         """Change one function's completed (and started) invocations per second."""
@@ -278,7 +334,8 @@ class GatewayExporter:
         started_at = time.perf_counter()
         now = self._clock()
         with self._lock:
-            fns = list(self._functions.values())
+            known = list(self._functions.items())
+            fns = [f for f in self._functions.values() if f.invoked]
             total = [_HEADER]
             total.extend(
                 f'gateway_function_invocation_total{{{f.label},code="{f.code}"}} '
@@ -296,12 +353,21 @@ class GatewayExporter:
                 for f in fns
                 if f.inflight is not None
             )
-            total.append(_CPU_HEADER)
-            total.extend(
-                f"pod_cpu_usage_seconds_total{{{f.label}}} {_number(f.cpu.at(now))}\n"
-                for f in fns
-                if f.has_cpu
-            )
+            if self._cpu_series == "pro":
+                total.append(_CPU_HEADER)
+                total.extend(
+                    f"pod_cpu_usage_seconds_total{{{f.label}}} {_number(f.cpu.at(now))}\n"
+                    for f in fns
+                    if f.has_cpu
+                )
+            else:
+                total.append(_CADVISOR_HEADER)
+                for key, f in known:
+                    if f.invoked and f.has_cpu:
+                        total.extend(_cadvisor_lines(key, f.cpu.at(now)))
+            if self._service_count:
+                total.append(_SERVICE_HEADER)
+                total.extend(f"gateway_service_count{{{f.label}}} {f.replicas}\n" for _, f in known)
         text = "".join(total)
         self.last_render_seconds = time.perf_counter() - started_at
         return text

@@ -1,0 +1,120 @@
+"""Absent from the counters is idle only where a healthy source proves it (invariant 1, extended).
+
+A function that was never called has no invocation series anywhere, and one called only through the
+OpenFaaS CE gateway has no in-flight gauge. The reader reads those absences as 0 only when the metric
+source itself answers for the function (`gateway_service_count`, exported for every function the
+gateway or our proxy knows); a source that is down, or a query that failed, proves nothing.
+Against a real Prometheus scraping a gateway-shaped exporter.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from autoscaler.metrics import PrometheusReader
+from tests.metrics.conftest import RATE_WINDOW, Live
+from tests.support.exporter import GatewayExporter
+from tests.support.prometheus import PrometheusFactory
+
+pytestmark = pytest.mark.prometheus
+
+NEVER = "never.openfaas-fn"  # deployed, never called: only gateway_service_count
+CE_ONLY = "ce.openfaas-fn"  # called through a CE gateway: counters, no in-flight gauge
+SERVICE = "max by (function_name) (gateway_service_count)"
+
+
+async def start(factory: PrometheusFactory, exporter: GatewayExporter) -> Live:
+    exporter.deploy(NEVER)
+    exporter.set_function(CE_ONLY, rps=2.0, inflight=None)
+    prometheus = factory.start(targets=[exporter.target], scrape_interval=0.5)
+    await prometheus.wait_for_rates({CE_ONLY: 2.0}, window=RATE_WINDOW, tolerance=0.2)
+    await prometheus.wait_for_series(SERVICE, lambda found: NEVER in found)
+    return Live(exporter=exporter, prometheus=prometheus)
+
+
+async def test_a_function_the_source_knows_but_never_saw_called_reads_as_zero_calls(
+    prometheus_factory: PrometheusFactory,
+) -> None:
+    with GatewayExporter() as exporter:
+        live = await start(prometheus_factory, exporter)
+        async with PrometheusReader(settings=live.settings()) as reader:
+            snapshot = await reader.read()
+
+    never = snapshot.loads[NEVER]
+    assert (never.rps, never.inflight, never.started_total) == (0.0, 0.0, 0.0)
+    assert never.cpu is None  # the source says nothing of CPU: still no data
+    ce = snapshot.loads[CE_ONLY]
+    assert ce.inflight == 0.0
+    assert ce.rps == pytest.approx(2.0, rel=0.2)
+    assert ce.started_total is not None
+    assert ce.started_total > 0
+
+
+async def test_without_the_source_query_absence_stays_no_data(prometheus_factory: PrometheusFactory) -> None:
+    with GatewayExporter() as exporter:
+        live = await start(prometheus_factory, exporter)
+        async with PrometheusReader(settings=live.settings(query_source="")) as reader:
+            snapshot = await reader.read()
+
+    assert snapshot.queries == 4
+    assert NEVER not in snapshot.loads
+    assert snapshot.loads[CE_ONLY].inflight is None
+
+
+async def test_a_source_that_went_down_proves_nothing(prometheus_factory: PrometheusFactory) -> None:
+    with GatewayExporter() as exporter:
+        live = await start(prometheus_factory, exporter)
+    # The exporter is stopped: Prometheus's next scrape fails and marks every series of it stale.
+    await live.prometheus.wait_for_series(SERVICE, lambda found: not found, timeout=10)
+    async with PrometheusReader(settings=live.settings()) as reader:
+        snapshot = await reader.read()
+
+    assert snapshot.error is None
+    assert NEVER not in snapshot.loads
+    # rate() still spans the last scrapes for a while; no missing figure is made up as 0.
+    ce = snapshot.loads.get(CE_ONLY)
+    assert ce is None or (ce.inflight, ce.started_total) == (None, None)
+
+
+async def test_a_failed_counter_query_is_not_read_as_zero_for_known_functions(
+    prometheus_factory: PrometheusFactory,
+) -> None:
+    with GatewayExporter() as exporter:
+        live = await start(prometheus_factory, exporter)
+        broken = live.settings(query_started="sum by (function_name) (")
+        async with PrometheusReader(settings=broken) as reader:
+            snapshot = await reader.read()
+
+    assert set(reader.last_errors) == {"started_total"}
+    assert snapshot.loads[NEVER].started_total is None
+    assert snapshot.loads[NEVER].inflight == 0.0
+
+
+async def test_a_stale_or_nan_series_is_bad_data_not_absence(prometheus_factory: PrometheusFactory) -> None:
+    with GatewayExporter() as exporter:
+        exporter.set_function("nan.openfaas-fn", rps=1.0, inflight=float("nan"))
+        live = await start(prometheus_factory, exporter)
+        async with PrometheusReader(settings=live.settings()) as reader:
+            snapshot = await reader.read()
+
+    assert snapshot.loads["nan.openfaas-fn"].inflight is None
+
+
+async def test_cpu_comes_from_the_kubelet_series_where_the_pro_series_is_missing(
+    prometheus_factory: PrometheusFactory,
+) -> None:
+    with GatewayExporter(cpu_series="cadvisor") as exporter:
+        exporter.set_function("busy.openfaas-fn", rps=1.0, cpu=0.5)
+        prometheus = prometheus_factory.start(targets=[exporter.target], scrape_interval=0.5)
+        live = Live(exporter=exporter, prometheus=prometheus)
+        await prometheus.wait_for_rates({"busy.openfaas-fn": 1.0}, window=RATE_WINDOW, tolerance=0.2)
+        cpu = 'rate(container_cpu_usage_seconds_total{container="busy"}[' + RATE_WINDOW + "])"
+        await prometheus.wait_for_series(
+            f"sum({cpu})", lambda found: sum(found.values()) >= 0.47
+        )
+        async with PrometheusReader(settings=live.settings()) as reader:
+            snapshot = await reader.read()
+
+    # 0.5 cores in the function's container; the pause container and the pod-level cgroup (which
+    # repeats the containers' sum) are left out, as the default query says.
+    assert snapshot.loads["busy.openfaas-fn"].cpu == pytest.approx(500.0, rel=0.15)
