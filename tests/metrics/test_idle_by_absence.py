@@ -109,9 +109,7 @@ async def test_cpu_comes_from_the_kubelet_series_where_the_pro_series_is_missing
         live = Live(exporter=exporter, prometheus=prometheus)
         await prometheus.wait_for_rates({"busy.openfaas-fn": 1.0}, window=RATE_WINDOW, tolerance=0.2)
         cpu = 'rate(container_cpu_usage_seconds_total{container="busy"}[' + RATE_WINDOW + "])"
-        await prometheus.wait_for_series(
-            f"sum({cpu})", lambda found: sum(found.values()) >= 0.47
-        )
+        await prometheus.wait_for_series(f"sum({cpu})", lambda found: sum(found.values()) >= 0.47)
         async with PrometheusReader(settings=live.settings()) as reader:
             snapshot = await reader.read()
 
