@@ -237,7 +237,7 @@ class Controller:
     @staticmethod
     def _notes(info: FunctionInfo, spec: ScalingSpec) -> tuple[tuple[str, str], ...]:
         """(Event reason, message) for what is worth a warning about a function whose labels parse."""
-        notes = []
+        notes = [("ConflictingScalingLabels", conflict) for conflict in info.conflicts]
         note = unsupported(spec)
         if note is not None:
             notes.append(("UnsupportedScalingType", note))

@@ -324,3 +324,24 @@ class TestScaleTypesTheLoopDoesNotMeasure:
         report = await loop.tick(now=2)
         assert provider.scaled == [("jobs.openfaas-fn", 1)]
         assert report.decisions["jobs.openfaas-fn"].reason is Reason.WAKE
+
+
+class TestLabelConflicts:
+    async def test_a_conflict_between_template_and_deployment_labels_is_told_once_and_again_when_it_changes(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
+        provider, reader = world
+        said = "com.openfaas.scale.max: pod template '5', Deployment '9'; using the pod template's '5'"
+        provider.add("fn", labels={"com.openfaas.scale.max": "5"}, conflicts=(said,))
+        reader.loads = {"fn.openfaas-fn": load(0)}
+        loop = controller(provider, reader)
+        for now in (0, 2, 4):
+            await loop.tick(now=now)
+        provider.add("fn", labels={"com.openfaas.scale.max": "5"}, conflicts=(said.replace("9", "7"),))
+        await loop.tick(now=6)
+        await loop.close()
+        warnings = [(reason, message) for _, reason, message, warning in provider.events if warning]
+        assert warnings == [
+            ("ConflictingScalingLabels", said),
+            ("ConflictingScalingLabels", said.replace("9", "7")),
+        ]

@@ -32,10 +32,15 @@ class MemoryProvider:
         replicas: int = 1,
         labels: Mapping[str, str] | None = None,
         namespace: str = "openfaas-fn",
+        conflicts: tuple[str, ...] = (),
     ) -> FunctionRef:
         ref = FunctionRef(name, namespace)
         self.items[ref.key] = FunctionInfo(
-            ref=ref, labels=dict(labels or {}), replicas=replicas, ready_replicas=replicas
+            ref=ref,
+            labels=dict(labels or {}),
+            replicas=replicas,
+            ready_replicas=replicas,
+            conflicts=conflicts,
         )
         return ref
 
