@@ -93,6 +93,12 @@ class Cluster:
             new["status"] = dict(new.get("status") or {}, readyReplicas=ready_replicas)
         return self._save_deployment(new, old, explicit_ready=ready_replicas is not None)
 
+    def replace_deployment(self, obj: Obj) -> Obj:
+        """Store `obj` as its Deployment's next version, as `kubectl replace` would."""
+        meta = obj["metadata"]
+        old = self.store.get(DEPLOYMENTS, meta["namespace"], meta["name"])
+        return self._save_deployment(copy.deepcopy(obj), old)
+
     def delete_deployment(self, name: str, *, namespace: str = "openfaas-fn") -> None:
         self.store.delete(DEPLOYMENTS, namespace, name)
 

@@ -336,9 +336,13 @@ class FakeApiServer(Cluster):
                         sent = change.rv
             while (remaining := deadline - asyncio.get_running_loop().time()) > 0:
                 try:
-                    item: Change | None = await asyncio.wait_for(watcher.queue.get(), remaining)
+                    # Wake now and then to notice a client that went away, as the real server
+                    # forgets a watch whose connection closed.
+                    item: Change | None = await asyncio.wait_for(watcher.queue.get(), min(remaining, 0.2))
                 except TimeoutError:
-                    break
+                    if request.transport is None or request.transport.is_closing():
+                        return response
+                    continue
                 if item is None:  # dropped: cut the connection without the final chunk
                     if request.transport is not None:
                         request.transport.close()
