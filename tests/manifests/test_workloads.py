@@ -144,13 +144,20 @@ def test_the_service_monitor_scrapes_the_admin_port_of_both_services(base: list[
 
 
 def test_the_example_function_carries_scaling_labels_the_autoscaler_accepts(example: list[Obj]) -> None:
+    from autoscaler.providers._k8s_objects import function_info
     from autoscaler.spec import parse_labels
 
     deployment = only(example, "Deployment", "figlet")
-    labels = deployment["metadata"]["labels"]
-    spec = parse_labels(labels)
+    # Where faas-netes puts them: only faas_function on the Deployment, the rest on the pod template.
+    assert deployment["metadata"]["labels"] == {"faas_function": "figlet"}
+    info = function_info(deployment)
+    assert info is not None
+    spec = parse_labels(info.labels)
     assert spec.zero is True
     assert (spec.min_replicas, spec.max_replicas, spec.zero_duration) == (1, 10, 300.0)
-    assert labels["faas_function"] == "figlet"
+    scaling = [k for k in info.labels if k.startswith("com.openfaas.scale.")]
+    assert len(scaling) == 7
+    assert {info.label_sources[k] for k in scaling} == {"template"}
+    assert info.conflicts == ()
     service = only(example, "Service", "figlet")
     assert _selects(service["spec"]["selector"], deployment["spec"]["template"]["metadata"]["labels"])
