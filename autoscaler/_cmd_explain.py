@@ -1,7 +1,10 @@
 """`autoscaler explain`: the loop's decision for one function, explained, without touching anything.
 
 Offline it takes labels and a load on the command line; with a function name it reads the function from
-the cluster and its load from Prometheus, then runs the very same `decide` the loop runs.
+the cluster and its load from Prometheus, then runs the very same `decide` the loop runs. Against a
+cluster it also says where each label was read (the pod template, where OpenFaaS writes them, or the
+Deployment's own metadata), which labels the two disagree on, and for a function made from a
+Function resource (the CRD) that owner and its spec.
 """
 
 from __future__ import annotations
@@ -46,12 +49,27 @@ def explain_offline(
     return spec, decide(spec=spec, load=observed, current=replicas, state=state, now=now)
 
 
+_SOURCES = {"template": "pod template", "deployment": "Deployment", "both": "pod template and Deployment"}
+_SPECIAL = ("spec", "labels", "label_sources", "conflicts", "owner_spec")
+
+
 def _render(result: dict[str, Any], *, as_json: bool) -> str:
     if as_json:
         return json.dumps(result)
-    lines = [f"{key}: {value}" for key, value in result.items() if key not in ("spec", "labels")]
+    lines = [f"{key}: {value}" for key, value in result.items() if key not in _SPECIAL]
     if "labels" in result:
-        lines.insert(0, "labels: " + ", ".join(f"{k}={v}" for k, v in sorted(result["labels"].items())))
+        sources = result.get("label_sources") or {}
+        lines.insert(
+            0,
+            "labels: "
+            + ", ".join(
+                f"{k}={v}" + (f" ({_SOURCES.get(sources[k], sources[k])})" if k in sources else "")
+                for k, v in sorted(result["labels"].items())
+            ),
+        )
+    lines.extend(f"conflict: {conflict}" for conflict in result.get("conflicts") or ())
+    if result.get("owner_spec") is not None:
+        lines.append("owner spec: " + json.dumps(result["owner_spec"], sort_keys=True))
     if result.get("spec"):
         spec = result["spec"]
         lines.append(
@@ -90,7 +108,7 @@ async def _explain_live(args: argparse.Namespace) -> dict[str, Any]:
             "explain NAME needs --prometheus-url (or AUTOSCALER_PROMETHEUS_URL) to read the load"
         )
     ref = FunctionRef.parse(args.function, default_namespace=providers.namespaces[0])
-    providers = providers.model_copy(update={"namespaces": [ref.namespace]})
+    providers = providers.model_copy(update={"namespaces": [ref.namespace], "namespaces_annotated": None})
     provider = await KubernetesProvider.create(settings=providers)
     reader = PrometheusReader(settings=metrics)
     try:
@@ -98,8 +116,9 @@ async def _explain_live(args: argparse.Namespace) -> dict[str, Any]:
         info = provider.get(ref)
         if info is None:
             raise ConfigError(
-                f"no function {ref.key}: no Deployment {ref.name!r} with a faas_function or "
-                f"com.openfaas.scale.* label in namespace {ref.namespace!r}"
+                f"no function {ref.key}: no Deployment {ref.name!r} in namespace {ref.namespace!r} with "
+                "a faas_function or com.openfaas.scale.* label (on it or its pod template) or owned by "
+                "a Function"
             )
         snapshot = await reader.read()
     finally:
@@ -107,10 +126,16 @@ async def _explain_live(args: argparse.Namespace) -> dict[str, Any]:
         await provider.close()
     load = snapshot.loads.get(ref.key)
     now = time.time()
+    where: dict[str, Any] = {"labels": dict(info.labels), "label_sources": dict(info.label_sources)}
+    if info.conflicts:
+        where["conflicts"] = list(info.conflicts)
+    if info.owner is not None:
+        where["owner"] = info.owner
+        where["owner_spec"] = None if info.owner_spec is None else dict(info.owner_spec)
     try:
         spec = parse_labels(info.labels)
     except SpecError as e:
-        return {"function": ref.key, "labels": dict(info.labels), "error": str(e), "current": info.replicas}
+        return {"function": ref.key, **where, "error": str(e), "current": info.replicas}
     state = FunctionState(last_active=info.last_active)
     decision = decide(
         spec=spec, load=load, current=info.replicas, state=state, now=now, last_wake=info.last_active
@@ -119,7 +144,7 @@ async def _explain_live(args: argparse.Namespace) -> dict[str, Any]:
         spec,
         decision,
         function=ref.key,
-        labels=dict(info.labels),
+        **where,
         ready=info.ready_replicas,
         load=None if load is None else load.value(spec.type),
         metrics_error=snapshot.error,

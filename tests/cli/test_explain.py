@@ -112,3 +112,36 @@ def test_run_without_prometheus_says_what_to_do() -> None:
     assert done.returncode == 2
     assert "--prometheus-url" in done.stderr
     assert "autoscaler demo" in done.stderr
+
+
+def test_a_live_explanation_in_text_says_where_labels_came_from_the_conflicts_and_the_owner_spec() -> None:
+    from autoscaler._cmd_explain import _render
+
+    text = _render(
+        {
+            "function": "nodeinfo.openfaas-fn",
+            "labels": {"com.openfaas.scale.max": "3", "faas_function": "nodeinfo", "team": "a"},
+            "label_sources": {
+                "com.openfaas.scale.max": "template",
+                "faas_function": "both",
+                "team": "deployment",
+            },
+            "conflicts": [
+                "label com.openfaas.scale.max: the pod template says '3', the Deployment's metadata '5'"
+            ],
+            "owner": "Function/nodeinfo",
+            "owner_spec": {"name": "nodeinfo", "image": "ghcr.io/openfaas/nodeinfo:latest"},
+            "desired": 1,
+        },
+        as_json=False,
+    )
+
+    assert text.splitlines() == [
+        "labels: com.openfaas.scale.max=3 (pod template), "
+        "faas_function=nodeinfo (pod template and Deployment), team=a (Deployment)",
+        "function: nodeinfo.openfaas-fn",
+        "owner: Function/nodeinfo",
+        "desired: 1",
+        "conflict: label com.openfaas.scale.max: the pod template says '3', the Deployment's metadata '5'",
+        'owner spec: {"image": "ghcr.io/openfaas/nodeinfo:latest", "name": "nodeinfo"}',
+    ]
