@@ -214,14 +214,16 @@ def test_with_the_gateway_s_series_exported_by_the_gateway_the_queries_read_each
         query_rps=env["AUTOSCALER_QUERY_RPS"],
         query_started=env["AUTOSCALER_QUERY_STARTED"],
         query_inflight=env["AUTOSCALER_QUERY_INFLIGHT"],
+        query_source=env["AUTOSCALER_QUERY_SOURCE"],
     )
     targets = _targets(openfaas)
     for expr, metric in (
         (settings.query_rps, "gateway_function_invocation_total"),
         (settings.query_started, "gateway_function_invocation_started"),
+        (settings.query_source, "gateway_service_count"),  # the proof the source is up
     ):
         assert metric_names(expr) == {metric}
-        assert expr.startswith("sum by (function_name) ")
+        assert expr.startswith(("sum by (function_name) ", "max by (function_name) "))
         matchers = _matchers(expr, metric)
         for name, target in targets.items():
             assert target is not None
