@@ -18,7 +18,7 @@ from typing import Any
 
 from autoscaler.config import MetricsSettings, ProviderSettings, build
 from autoscaler.errors import ConfigError, SpecError
-from autoscaler.spec import format_duration, parse_duration, parse_labels
+from autoscaler.spec import format_duration, parse_duration, parse_labels, unsupported
 from policies.engine import FunctionState, decide
 from policies.model import Decision, Load, ScaleType, ScalingSpec
 
@@ -90,8 +90,14 @@ def _result(spec: ScalingSpec, decision: Decision, **extra: Any) -> dict[str, An
         "code": decision.reason.value,
         "valid": decision.valid,
     }
+    note = unsupported(spec)
+    if note is not None:
+        body["warning"] = note  # what the loop's UnsupportedScalingType Event says
     body.update(extra)
-    body["spec"] = {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(spec).items()}
+    fields = asdict(spec)
+    if not fields["type_label"]:
+        del fields["type_label"]  # only a custom type keeps the label as written
+    body["spec"] = {k: (v.value if hasattr(v, "value") else v) for k, v in fields.items()}
     return body
 
 

@@ -145,3 +145,25 @@ def test_a_live_explanation_in_text_says_where_labels_came_from_the_conflicts_an
         "conflict: label com.openfaas.scale.max: the pod template says '3', the Deployment's metadata '5'",
         'owner spec: {"image": "ghcr.io/openfaas/nodeinfo:latest", "name": "nodeinfo"}',
     ]
+
+
+def test_explain_says_a_queue_function_is_not_scaled_by_load_but_still_goes_to_zero() -> None:
+    done = autoscaler(
+        "explain",
+        "--label", "com.openfaas.scale.type=queue",
+        "--label", "com.openfaas.scale.zero=true",
+        "--idle", "20m", "--load", "0", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["desired"], result["code"]) == (0, "ScaleToZero")
+    assert "type=queue (pending asynchronous calls) is not supported yet" in result["warning"]
+    assert result["spec"]["type"] == "queue"
+
+
+def test_explain_names_a_custom_scale_type_as_written() -> None:
+    done = autoscaler("explain", "--label", "com.openfaas.scale.type=Latency", "--load", "3")
+    assert done.returncode == 0, done.stderr
+    assert "code: UnsupportedType" in done.stdout
+    assert "warning: com.openfaas.scale.type='Latency' is not a scaling type" in done.stdout
+    assert "type_label=Latency" in done.stdout
