@@ -23,7 +23,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from autoscaler.config import DEFAULT_QUERIES, MetricsSettings, ProxySettings
+from autoscaler.config import DEFAULT_QUERIES, MetricsSettings, ProviderSettings, ProxySettings
 from autoscaler.proxy import Proxy
 from tests.manifests.conftest import ROOT, Obj, build, kubectl, only
 from tests.manifests.crd_schemas import BY_KIND
@@ -68,7 +68,7 @@ def standalone() -> list[Obj]:
 # -- both overlays build and are valid -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", ["openfaas", "standalone"])
+@pytest.mark.parametrize("overlay", ["openfaas", "openfaas-namespaces", "standalone"])
 def test_each_overlay_builds_and_every_object_validates_against_the_schemas(overlay: str) -> None:
     objects = build(OVERLAYS / overlay)
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
@@ -359,3 +359,16 @@ def test_the_overlay_files_exist_where_the_readme_says(tmp_path: Path) -> None:
     readme = (ROOT / "manifests" / "README.md").read_text()
     for path in re.findall(r"(overlays/[\w./-]+\.(?:yaml|sh))", readme):
         assert (ROOT / path).is_file(), path
+
+
+def test_the_namespaces_overlay_follows_annotated_namespaces_in_both_and_grants_it_cluster_wide() -> None:
+    objects = build(OVERLAYS / "openfaas-namespaces")
+    for name, container in (("autoscaler-controller", "controller"), ("autoscaler-proxy", "proxy")):
+        env = _env(only(objects, "Deployment", name), container)
+        assert env["AUTOSCALER_NAMESPACES_ANNOTATED"] == "openfaas=*"
+        ProviderSettings(namespaces_annotated=env["AUTOSCALER_NAMESPACES_ANNOTATED"])  # a valid value
+        assert env[
+            "AUTOSCALER_PROVIDER_URL" if container == "proxy" else "AUTOSCALER_QUERY_RPS"
+        ]  # still openfaas
+    bound = {o["roleRef"]["name"] for o in objects if o["kind"] == "ClusterRoleBinding"}
+    assert {"autoscaler-namespaces", "autoscaler-functions"} <= bound

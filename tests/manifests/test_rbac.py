@@ -7,7 +7,7 @@ A verb the code needs and the role lacks fails in production as 403; a verb gran
 privilege nobody needs. Both fail here.
 
 Following namespaces by annotation (`--namespaces-annotated`) needs cluster-wide grants, so they are
-not in the base: `manifests/rbac-annotated-namespaces.yaml` adds them, and the base plus that file
+not in the base: `overlays/openfaas-namespaces/rbac-annotated-namespaces.yaml` adds them, and the base plus that file
 grant exactly the calls the code declares.
 """
 
@@ -37,7 +37,7 @@ _METHOD = re.compile(r"^(list|read|create|patch|replace|delete)_(namespaced_[a-z
 _HTTP_VERB = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 _PATH = re.compile(r"^/apis?/(?:(?P<group>[^/]+)/)?v\w+/namespaces/\{namespace\}/(?P<rest>.+)$")
 _CLUSTER_PATH = re.compile(r"^/api/v\w+/(?P<rest>namespaces(?:/\{name\})?)$")
-ANNOTATED_RBAC = MANIFESTS / "rbac-annotated-namespaces.yaml"
+ANNOTATED_RBAC = MANIFESTS.parent / "overlays" / "openfaas-namespaces" / "rbac-annotated-namespaces.yaml"
 # Made only when namespaces are followed by annotation: granted by ANNOTATED_RBAC, not by the base.
 NAMESPACE_CALLS = {c for c in provider.API_CALLS if c[1] == "namespaces"}
 
