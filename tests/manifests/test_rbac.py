@@ -7,8 +7,8 @@ A verb the code needs and the role lacks fails in production as 403; a verb gran
 privilege nobody needs. Both fail here.
 
 Following namespaces by annotation (`--namespaces-annotated`) needs cluster-wide grants, so they are
-not in the base: `overlays/openfaas-namespaces/rbac-annotated-namespaces.yaml` adds them, and the base plus that file
-grant exactly the calls the code declares.
+not in the base: `overlays/openfaas-namespaces/rbac-annotated-namespaces.yaml` adds them, and the base
+plus that file grant exactly the calls the code declares.
 """
 
 from __future__ import annotations
