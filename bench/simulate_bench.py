@@ -15,9 +15,9 @@ import argparse
 import time
 from pathlib import Path
 
-from autoscaler._sim_policies import POLICY_NAMES, SimSettings, simulate_function
-from autoscaler._sim_trace import read_trace
 from autoscaler.simulate import simulate
+from autoscaler.simulate.policies import POLICY_NAMES, SimSettings, simulate_function
+from autoscaler.simulate.trace import read_trace
 
 DEFAULT = Path("/work/shared/traces/azure2019-1000")
 

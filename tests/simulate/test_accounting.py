@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoscaler._sim_account import account
-from autoscaler._sim_engine import Outcome
-from autoscaler._sim_policies import SimSettings, simulate_function
-from autoscaler._sim_trace import read_trace, spread_arrivals
+from autoscaler.simulate.account import account
+from autoscaler.simulate.engine import Outcome
+from autoscaler.simulate.policies import SimSettings, simulate_function
+from autoscaler.simulate.trace import read_trace, spread_arrivals
 from tests.simulate.support import write_trace
 
 LAG = 2 + 15 + 2  # a tick, a scrape interval and a tick: the most the loop can lag behind a call

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoscaler._sim_drivers import desired_replicas_array
-from autoscaler._sim_policies import POLICY_NAMES, SimSettings, project_spec, simulate_function
-from autoscaler._sim_trace import read_trace
+from autoscaler.simulate.drivers import desired_replicas_array
+from autoscaler.simulate.policies import POLICY_NAMES, SimSettings, project_spec, simulate_function
+from autoscaler.simulate.trace import read_trace
 from policies.model import ScalingSpec
 from policies.replicas import desired_replicas
 from tests.simulate.support import write_trace

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoscaler._sim_trace import TraceError, read_trace, spread_arrivals
 from autoscaler.simulate import DEFAULT_TRACE
+from autoscaler.simulate.trace import TraceError, read_trace, spread_arrivals
 from tests.simulate.support import write_trace
 
 

@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from autoscaler._demo_stack import LocalStack
+from autoscaler.demo.stack import LocalStack
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,22 +24,22 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from autoscaler._sim_account import SERVICE_MODEL
-from autoscaler._sim_plot import plot
-from autoscaler._sim_policies import (
+from autoscaler.errors import ConfigError
+from autoscaler.simulate.account import SERVICE_MODEL
+from autoscaler.simulate.plot import plot
+from autoscaler.simulate.policies import (
     DESCRIPTIONS,
     POLICY_NAMES,
     FunctionResult,
     SimSettings,
     simulate_chunk,
 )
-from autoscaler._sim_report import PolicyResult, document, print_report, summarize, verdict, write_json
-from autoscaler._sim_trace import ARRIVAL_RULE, Trace, TraceFunction, read_trace
-from autoscaler._sim_views import CONCURRENCY_MODEL, PROMETHEUS_MODEL
-from autoscaler.errors import ConfigError
+from autoscaler.simulate.report import PolicyResult, document, print_report, summarize, verdict, write_json
+from autoscaler.simulate.trace import ARRIVAL_RULE, Trace, TraceFunction, read_trace
+from autoscaler.simulate.views import CONCURRENCY_MODEL, PROMETHEUS_MODEL
 from autoscaler.spec import parse_duration
 
-DEFAULT_TRACE = Path(__file__).resolve().parent / "data" / "traces" / "azure2019-sample"
+DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "data" / "traces" / "azure2019-sample"
 
 
 @dataclass(slots=True)

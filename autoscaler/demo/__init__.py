@@ -18,10 +18,10 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from autoscaler._demo_script import Script
-from autoscaler._demo_stack import LocalStack, StackSettings, shorten_zero_durations
-from autoscaler._demo_view import View
 from autoscaler.config import MetricsSettings, build
+from autoscaler.demo.script import Script
+from autoscaler.demo.stack import LocalStack, StackSettings, shorten_zero_durations
+from autoscaler.demo.view import View
 from autoscaler.errors import ConfigError
 from autoscaler.functionsfile import FunctionsFile, load, load_builtin
 from autoscaler.spec import parse_duration

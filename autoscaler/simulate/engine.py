@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 
 class Driver(Protocol):
-    """A policy wired to one function's inputs; see autoscaler._sim_drivers."""
+    """A policy wired to one function's inputs; see autoscaler.simulate.drivers."""
 
     tick: float
 

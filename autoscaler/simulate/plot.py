@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
 
-from autoscaler._sim_report import PolicyResult
+from autoscaler.simulate.report import PolicyResult
 
 COLORS = {
     "adaptive": "tab:green",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from autoscaler._sim_engine import Outcome
+from autoscaler.simulate.engine import Outcome
 
 Floats = npt.NDArray[np.float64]
 

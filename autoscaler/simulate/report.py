@@ -17,7 +17,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from autoscaler._sim_policies import FunctionResult
+from autoscaler.simulate.policies import FunctionResult
 
 # The goal for `adaptive` against `fixed-10m` (the "done when").
 GOAL_COLD_RATIO = 0.5  # at most half the 75th-percentile function's cold-start percentage

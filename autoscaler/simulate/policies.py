@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from autoscaler._sim_account import account, concurrency
-from autoscaler._sim_drivers import DecideDriver, HpaDriver, KpaDriver
-from autoscaler._sim_engine import Driver, run
-from autoscaler._sim_trace import TraceFunction, spread_arrivals
-from autoscaler._sim_views import ConcurrencyView, PrometheusView, concurrency_view, prometheus_view
+from autoscaler.simulate.account import account, concurrency
+from autoscaler.simulate.drivers import DecideDriver, HpaDriver, KpaDriver
+from autoscaler.simulate.engine import Driver, run
+from autoscaler.simulate.trace import TraceFunction, spread_arrivals
+from autoscaler.simulate.views import ConcurrencyView, PrometheusView, concurrency_view, prometheus_view
 from autoscaler.spec import KEEPALIVE, ZERO, ZERO_DURATION, parse_labels
 from policies.adaptive import HybridHistogram
 from policies.baselines import KedaHpa, KnativeKPA

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from autoscaler._demo_stack import LocalStack
-from autoscaler._demo_view import View
+from autoscaler.demo.stack import LocalStack
+from autoscaler.demo.view import View
 from autoscaler.interfaces import FunctionRef
 from autoscaler.spec import ZERO, parse_labels
 

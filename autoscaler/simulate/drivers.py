@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from autoscaler._sim_views import ConcurrencyView, PrometheusView
 from autoscaler.errors import ConfigError
+from autoscaler.simulate.views import ConcurrencyView, PrometheusView
 from policies.baselines import KedaHpa, KnativeKPA
 from policies.engine import ZERO_GRACE, FunctionState, KeepAlivePolicy, decide, learned, windows_start
 from policies.model import KeepAlive, Load, ScaleType, ScalingSpec
