@@ -18,7 +18,7 @@ import yarl
 
 from autoscaler.errors import ConfigError, MetricsError
 
-FUNCTION_LABEL = "function_name"
+FUNCTION_NAME_LABEL = "function_name"  # the gateway metrics' label: NAME.NAMESPACE
 MAX_POINTS = 10_000  # Prometheus refuses range queries of more than 11,000 points per series
 
 
@@ -111,13 +111,13 @@ def vector(data: Any, *, now: float, stale_after: float, where: str, flag: str) 
     kind = data.get("resultType")
     if kind != "vector":
         raise QueryError(
-            f"{where} returned a {kind}, not an instant vector by {FUNCTION_LABEL}; check {flag}"
+            f"{where} returned a {kind}, not an instant vector by {FUNCTION_NAME_LABEL}; check {flag}"
         )
     out = Vector()
     sums: dict[str, float] = {}
     for item in data["result"]:
         try:
-            name = item["metric"].get(FUNCTION_LABEL)
+            name = item["metric"].get(FUNCTION_NAME_LABEL)
             stamp, raw = item["value"]
         except (KeyError, TypeError, ValueError, AttributeError):
             raise QueryError(
@@ -144,10 +144,10 @@ def matrix(
     """Add a range query's series to `into` (function -> values on the grid start + i*step; NaN = no data)."""
     kind = data.get("resultType")
     if kind != "matrix":
-        raise QueryError(f"{where} returned a {kind}, not a range vector by {FUNCTION_LABEL}")
+        raise QueryError(f"{where} returned a {kind}, not a range vector by {FUNCTION_NAME_LABEL}")
     for item in data["result"]:
         try:
-            name = item["metric"].get(FUNCTION_LABEL)
+            name = item["metric"].get(FUNCTION_NAME_LABEL)
             pairs = item["values"]
         except (KeyError, TypeError, AttributeError):
             raise QueryError(f"{where} answered a malformed series {item!r}") from None

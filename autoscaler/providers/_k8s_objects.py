@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
-FUNCTION_LABEL = "faas_function"
+FUNCTION_LABEL = "faas_function"  # the label faas-netes puts on a function's Deployment and pods
 SCALE_LABEL_PREFIX = "com.openfaas.scale."
 EXTENSION_PREFIX = "autoscaler.dev/"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
