@@ -41,6 +41,7 @@ from kubernetes_asyncio.client import ApiClient, CoordinationV1Api, V1Lease, V1L
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from autoscaler.errors import ConfigError, ConflictError, NotFoundError, ProviderError
+from autoscaler.providers._k8s_calls import wrap
 
 API_CALLS: tuple[tuple[str, str, str], ...] = (
     ("coordination.k8s.io", "leases", "get"),
@@ -311,18 +312,9 @@ class LeaderElector:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
             async with asyncio.timeout(seconds + 0.5):
                 return await method(*args, _request_timeout=seconds)
-        except ApiException as e:
-            if e.status == 404:
-                raise NotFoundError(f"{what}: not found", status=404) from e
-            if e.status == 409:
-                raise ConflictError(f"{what}: conflict", status=409, retryable=True) from e
-            raise ProviderError(
-                f"{what}: HTTP {e.status} {e.reason}",
-                status=e.status,
-                retryable=e.status in (429, 500, 502, 503, 504),
-            ) from e
-        except (aiohttp.ClientError, TimeoutError) as e:
-            raise ProviderError(f"{what}: {type(e).__name__}: {e}", retryable=True) from e
+        except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as e:
+            # The provider's one mapping: the same statuses retryable, the same Status messages.
+            raise wrap(e, what=what) from e
 
     def _fields(self, event: str) -> dict[str, Any]:
         return {
