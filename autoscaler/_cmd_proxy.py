@@ -1,7 +1,9 @@
 """`autoscaler proxy`: the wake-up proxy in front of the functions of a cluster.
 
 Proxies scale horizontally: each replica watches the functions itself, and wake-ups reach the control
-loop through the function's activity annotation, which the loop's own watch sees at once.
+loop through the function's activity annotation, which the loop's own watch sees at once. With
+`--nats-url`, `/async-function/` calls are queued on JetStream (`autoscaler.queue`) for
+`autoscaler queue-worker`.
 """
 
 from __future__ import annotations
@@ -10,28 +12,43 @@ import argparse
 import asyncio
 
 from autoscaler.cli import settings_overrides
-from autoscaler.config import ProviderSettings, ProxySettings, build
+from autoscaler.config import ProviderSettings, ProxySettings, QueueSettings, build
+
+# Seconds the proxy waits for NATS at start-up before serving (async calls are 503 until it is up).
+NATS_START_WAIT = 5.0
 
 
-async def serve(*, settings: ProxySettings, providers: ProviderSettings) -> int:
+async def serve(
+    *, settings: ProxySettings, providers: ProviderSettings, queue: QueueSettings | None = None
+) -> int:
     from autoscaler.providers.kubernetes import KubernetesProvider
     from autoscaler.proxy import Proxy, serve_forever
+    from autoscaler.queue import AsyncAcceptor
 
     provider = await KubernetesProvider.create(settings=providers)
+    acceptor: AsyncAcceptor | None = None
     try:
         await provider.start()
-        proxy = Proxy(settings=settings, provider=provider)
+        if queue is not None and queue.nats_url is not None:
+            acceptor = AsyncAcceptor(
+                settings=queue, provider=provider, default_namespace=settings.default_namespace
+            )
+            await acceptor.start(wait=NATS_START_WAIT)
+        proxy = Proxy(settings=settings, provider=provider, async_acceptor=acceptor)
         await proxy.start()
         return await serve_forever(proxy, grace=settings.shutdown_grace)
     finally:
+        if acceptor is not None:
+            await acceptor.close()
         await provider.close()
 
 
 def run(args: argparse.Namespace) -> int:
     settings: ProxySettings = build(ProxySettings, settings_overrides(args, ProxySettings))
     providers: ProviderSettings = build(ProviderSettings, settings_overrides(args, ProviderSettings))
+    queue: QueueSettings = build(QueueSettings, settings_overrides(args, QueueSettings))
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(serve(settings=settings, providers=providers))
-    return uvloop.run(serve(settings=settings, providers=providers))
+        return asyncio.run(serve(settings=settings, providers=providers, queue=queue))
+    return uvloop.run(serve(settings=settings, providers=providers, queue=queue))

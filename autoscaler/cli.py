@@ -1,4 +1,4 @@
-"""The `autoscaler` command: run, proxy, demo, simulate and explain.
+"""The `autoscaler` command: run, proxy, queue-worker, demo, simulate and explain.
 
 Flags are generated from the settings models in `autoscaler.config`, so every setting has a flag, an
 environment variable and help text that cannot drift apart. Bad input exits 2 with a message that says
@@ -16,7 +16,14 @@ from typing import Any
 from pydantic import BaseModel
 
 from autoscaler import __version__
-from autoscaler.config import ControllerSettings, MetricsSettings, ProviderSettings, ProxySettings
+from autoscaler.config import (
+    ControllerSettings,
+    MetricsSettings,
+    ProviderSettings,
+    ProxySettings,
+    QueueSettings,
+    QueueWorkerSettings,
+)
 from autoscaler.errors import AutoscalerError, ConfigError
 
 EXIT_USAGE = 2
@@ -80,7 +87,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_settings_flags(proxy, ProxySettings)
     add_settings_flags(proxy, ProviderSettings)
+    add_settings_flags(proxy, QueueSettings)
     proxy.set_defaults(handler="autoscaler._cmd_proxy:run")
+
+    worker = sub.add_parser(
+        "queue-worker",
+        help="invoke the asynchronous calls queued on NATS JetStream, through the proxy",
+        description="Pull each function's queued calls (one durable consumer per function), invoke them "
+        "through the proxy's /function/ route, retry with back-off, post callbacks, dead-letter the rest.",
+    )
+    add_settings_flags(worker, QueueSettings)
+    add_settings_flags(worker, QueueWorkerSettings)
+    worker.set_defaults(handler="autoscaler._cmd_queue_worker:run")
 
     explain = sub.add_parser(
         "explain",

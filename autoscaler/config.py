@@ -202,3 +202,116 @@ def build(model: type[_Base], overrides: dict[str, Any]) -> Any:
                 f"{err['msg']} (got {err.get('input')!r})"
             )
         raise ConfigError("invalid settings: " + "; ".join(problems)) from e
+
+
+# A stream name and subject token: no dots, wildcards, spaces or path separators (JetStream's rules).
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class QueueSettings(_Base):
+    """Where asynchronous calls are queued: the NATS server and the JetStream stream (the queue)."""
+
+    nats_url: str | None = Field(
+        default=None,
+        description="NATS server(s) with JetStream, e.g. nats://nats.openfaas:4222 (comma-separated for "
+        "a cluster); unset: no /async-function/ route on the proxy",
+    )
+    queue_name: str = Field(
+        default="faas-request",
+        description="JetStream stream holding the queued calls (one subject per function under it); "
+        "dead letters go to the stream QUEUE-dead",
+    )
+    async_max_body: int = Field(
+        default=1024 * 1024, gt=0, description="body limit of an asynchronous call in bytes (413)"
+    )
+    publish_timeout: float = Field(
+        default=5.0, gt=0, description="seconds to wait for JetStream to acknowledge a queued call (503)"
+    )
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for part in value.split(","):
+            url = yarl.URL(part.strip())
+            if url.scheme not in ("nats", "tls", "ws", "wss") or not url.host:
+                raise ValueError("expected nats://HOST:PORT (or tls://, ws://, wss://), comma-separated")
+        return value.strip()
+
+    @field_validator("queue_name")
+    @classmethod
+    def _queue_name(cls, value: str) -> str:
+        if not _QUEUE_NAME.fullmatch(value):
+            raise ValueError("expected letters, digits, '-' and '_' only (at most 64), e.g. faas-request")
+        return value
+
+    def servers(self) -> list[str]:
+        return [part.strip() for part in (self.nats_url or "").split(",") if part.strip()]
+
+
+class QueueWorkerSettings(_Base):
+    """How `autoscaler queue-worker` invokes queued calls and delivers their callbacks."""
+
+    proxy_url: str = Field(
+        default="http://autoscaler-proxy.openfaas:8080",
+        description="the wake-up proxy calls are invoked through (its /function/ route), so a function "
+        "at zero is woken, not failed",
+    )
+    max_inflight: int = Field(default=1, gt=0, description="concurrent calls per function (OpenFaaS default)")
+    ack_wait: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds JetStream waits for an ack before redelivering; a running call extends it "
+        "every third of this (a killed worker's calls come back after it)",
+    )
+    invoke_timeout: float = Field(
+        default=360.0, gt=0, description="seconds for one synchronous invocation through the proxy"
+    )
+    retry_attempts: int = Field(default=10, gt=0, description="attempts per call, the first included")
+    retry_codes: str = Field(
+        default="429,502,500,504,408", description="function statuses that are retried, comma-separated"
+    )
+    retry_min_wait: float = Field(default=10.0, ge=0, description="seconds before the first retry")
+    retry_max_wait: float = Field(default=120.0, ge=0, description="longest wait between retries")
+    callback_attempts: int = Field(default=5, gt=0, description="attempts to deliver one callback")
+    callback_min_wait: float = Field(default=1.0, ge=0, description="seconds before a callback's retry")
+    callback_max_wait: float = Field(default=30.0, ge=0, description="longest wait between callback tries")
+    callback_timeout: float = Field(default=10.0, gt=0, description="seconds per callback request")
+    discover_interval: float = Field(
+        default=2.0, gt=0, description="seconds between looks for functions with queued calls"
+    )
+    admin_port: int = Field(default=8083, ge=0, le=65535, description="port for /healthz, /readyz, /metrics")
+    admin_host: str = Field(default="0.0.0.0", description="address the admin server binds")
+    shutdown_grace: float = Field(
+        default=30.0, ge=0, description="seconds to finish running calls on SIGTERM (the rest is redelivered)"
+    )
+
+    @field_validator("retry_codes")
+    @classmethod
+    def _codes(cls, value: str) -> str:
+        parse_codes(value)
+        return value
+
+    def codes(self) -> frozenset[int]:
+        return parse_codes(self.retry_codes)
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _proxy_url(cls, value: str) -> str:
+        url = yarl.URL(value.strip())
+        if url.scheme not in ("http", "https") or not url.host or url.query_string or url.fragment:
+            raise ValueError("expected http://HOST:PORT of the wake-up proxy, e.g. http://127.0.0.1:8080")
+        return str(url).rstrip("/")
+
+
+def parse_codes(text: str) -> frozenset[int]:
+    """`429,502,500` into status codes; ValueError naming the bad part."""
+    codes = set()
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        if not part.strip().isdigit() or not 100 <= int(part) <= 599:
+            raise ValueError(f"expected comma-separated HTTP status codes 100-599 (got {part.strip()!r})")
+        codes.add(int(part))
+    return frozenset(codes)

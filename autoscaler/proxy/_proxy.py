@@ -22,6 +22,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -56,6 +57,12 @@ CLIENT_CLOSED = 499
 GC_THRESHOLD = 20_000
 
 
+class AsyncAcceptor(Protocol):
+    """Takes `/async-function/...` requests (autoscaler.queue.AsyncAcceptor puts them on JetStream)."""
+
+    async def accept(self, request: web.BaseRequest) -> web.StreamResponse: ...
+
+
 class Proxy:
     """The `/function/NAME[.NAMESPACE]/...` data path plus its admin port."""
 
@@ -67,8 +74,10 @@ class Proxy:
         registry: CollectorRegistry | None = None,
         on_wake: Callable[[FunctionRef], None] | None = None,
         clock: Callable[[], float] = time.time,
+        async_acceptor: AsyncAcceptor | None = None,
     ) -> None:
         self._settings = settings
+        self._async_acceptor = async_acceptor  # /async-function/ calls go to the queue (autoscaler.queue)
         self._provider = provider
         self._registry = registry if registry is not None else CollectorRegistry()
         self._clock = clock
@@ -225,6 +234,8 @@ class Proxy:
         )
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self._async_acceptor is not None and request.raw_path.startswith("/async-function/"):
+            return await self._async_acceptor.accept(request)
         if self._provider_origin is not None and not request.raw_path.startswith(PREFIX):
             return await self._pass_through(request, self._provider_origin)
         try:

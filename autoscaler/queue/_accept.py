@@ -1,0 +1,251 @@
+"""The accept side of asynchronous calls: `POST|PUT /async-function/NAME[.NAMESPACE]/...` on the proxy.
+
+A 202 is a promise that the call will be invoked, so it is answered only after JetStream acknowledged
+the publish (the message is then stored on the server); any doubt is a 503 with a body that says
+nothing was queued, never a silent drop. As the OpenFaaS gateway's queue proxy does, the whole request
+is kept (method, path after the function, query, headers, body, callback URL) and the caller's
+`X-Call-Id` is kept too, so a caller can correlate its callback and a function can spot a duplicate.
+
+Only functions the provider knows are queued (invariant 4: no open proxy, also not later through a
+queue), and paths that could step outside the function's route are refused here already, before the
+proxy's own router refuses them at invocation time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+
+import nats.js.errors
+from aiohttp import web
+from yarl import URL
+
+from autoscaler.config import QueueSettings
+from autoscaler.interfaces import FunctionRef, Provider
+from autoscaler.queue._jetstream import NATS_ERRORS, NatsLink, QueueUnavailable
+from autoscaler.queue._message import QueuedCall, subject
+
+log = logging.getLogger("autoscaler.queue")
+
+ASYNC_PREFIX = "/async-function/"
+RETRY_LABEL_PREFIX = "com.openfaas.retry."
+# Headers that describe one hop, not the call; the worker's own request sets them afresh.
+HOP_HEADERS = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+        "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Expect", "X-Call-Id",
+    )
+)  # fmt: skip
+HEADER_ROOM = 4096  # bytes kept free for the NATS header block beyond the encoded call
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_CALL_ID = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII: it goes into headers and logs
+_ENCODED_STEP = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+
+
+class AsyncAcceptor:
+    """Queues asynchronous calls on JetStream; `accept(request)` is the proxy's hook."""
+
+    def __init__(
+        self,
+        *,
+        settings: QueueSettings,
+        provider: Provider,
+        default_namespace: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._provider = provider
+        self._default_namespace = default_namespace
+        self._clock = clock
+        self._link = NatsLink(settings=settings, name="autoscaler-proxy")
+        self.accepted = 0
+
+    async def start(self, *, wait: float = 0.0) -> None:
+        """Start connecting to NATS; wait up to `wait` seconds for it (never fails: 503s until then)."""
+        await self._link.start()
+        if wait > 0 and await self._link.wait_connected(wait):
+            try:
+                await self._link.ensure_streams()
+            except QueueUnavailable as e:
+                log.warning("%s", e)
+
+    async def close(self) -> None:
+        await self._link.close()
+
+    def ready(self) -> bool:
+        return self._link.connected()
+
+    async def accept(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method not in ("POST", "PUT"):
+            return _error(
+                405,
+                f"asynchronous calls are POST or PUT (got {request.method}): the result goes to "
+                "X-Callback-Url, there is nothing to GET",
+                headers={"Allow": "POST, PUT"},
+            )
+        routed = self._route(request.raw_path)
+        if isinstance(routed, web.Response):
+            return routed
+        ref, path, query = routed
+        info = self._provider.get(ref)
+        if info is None:
+            return _error(
+                404,
+                f"function {ref.key} not found: no such function is deployed in namespace "
+                f"{ref.namespace!r} (check the name, the namespace and that the function is opted in)",
+            )
+        callback = request.headers.get("X-Callback-Url")
+        if callback is not None and not _valid_callback(callback):
+            return _error(
+                400,
+                f"invalid X-Callback-Url {callback[:200]!r}: expected an absolute http:// or https:// URL "
+                "with a host, e.g. http://receiver.example:8888/results",
+            )
+        call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
+        if not _CALL_ID.fullmatch(call_id):
+            return _error(400, "invalid X-Call-Id: expected 1 to 128 visible ASCII characters")
+        body = await self._read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        if not body:
+            return _error(
+                400,
+                "an asynchronous call needs a body: send the function's input (an empty call would be "
+                "invoked with nothing to work on)",
+            )
+        call = QueuedCall(
+            ref=ref,
+            method=request.method,
+            path=path,
+            query=query,
+            headers=tuple((k, v) for k, v in request.headers.items() if k.lower() not in HOP_HEADERS),
+            call_id=call_id,
+            callback_url=callback,
+            accepted_at=self._clock(),
+            body=body,
+            retry=_retry_labels(info.labels, info.annotations),
+        )
+        headers = call.nats_headers()
+        room = self._link.max_payload - HEADER_ROOM - sum(len(k) + len(v) for k, v in headers.items())
+        if len(body) > room:
+            return _too_large(
+                f"this call does not fit in one NATS message: the server takes {self._link.max_payload} "
+                f"bytes per message, headers included (body {len(body)} bytes); raise the server's "
+                "max_payload or send less"
+            )
+        try:
+            await self._publish(call, headers)
+        except QueueUnavailable as e:
+            log.warning("async call %s for %s refused: %s", call_id, ref.key, e)
+            return _error(503, str(e), headers={"Retry-After": "5"})
+        self.accepted += 1
+        return web.Response(
+            status=202,
+            text=f"accepted: call {call_id} for {ref.key} is queued\n",
+            headers={"X-Call-Id": call_id},
+        )
+
+    def _route(self, target: str) -> tuple[FunctionRef, str, str] | web.Response:
+        raw_path, _, query = target.partition("?")
+        rest_at = raw_path.find("/", len(ASYNC_PREFIX))
+        segment = raw_path[len(ASYNC_PREFIX) :] if rest_at < 0 else raw_path[len(ASYNC_PREFIX) : rest_at]
+        path = "/" if rest_at < 0 else raw_path[rest_at:]
+        if not segment:
+            return _error(404, "no function named: use /async-function/NAME/... or NAME.NAMESPACE")
+        name, dot, namespace = segment.partition(".")
+        if not _DNS_LABEL.fullmatch(name) or (dot and not _DNS_LABEL.fullmatch(namespace)):
+            return _error(
+                400,
+                f"invalid function name {segment[:100]!r}: expected NAME or NAME.NAMESPACE, each made of "
+                "lower-case letters, digits and '-' (at most 63 characters)",
+            )
+        if "\\" in path or _ENCODED_STEP.search(path) or any(p in (".", "..") for p in path.split("/")):
+            return _error(400, "invalid path: '.', '..', backslashes and %2e, %2f, %5c are not allowed")
+        return FunctionRef(name=name, namespace=namespace or self._default_namespace), path, query
+
+    async def _read_body(self, request: web.BaseRequest) -> bytes | web.Response:
+        limit = self._settings.async_max_body
+        length = request.content_length
+        if length is not None and length > limit:
+            return _too_large(
+                f"request body too large for an asynchronous call: the limit is {limit} bytes "
+                f"(got {length} bytes); send less, or a reference to the data"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                return _too_large(
+                    f"request body too large for an asynchronous call: the limit is {limit} bytes; "
+                    "send less, or a reference to the data"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _publish(self, call: QueuedCall, headers: dict[str, str]) -> None:
+        """Publish and wait for JetStream's ack; QueueUnavailable when it is not certain."""
+        link = self._link
+        # JetStream stores one message per id within its duplicate window: a publish retried here, or
+        # by a caller resending with the same X-Call-Id after a 503, is queued once.
+        headers = {**headers, "Nats-Msg-Id": call.call_id}
+        for attempt in (1, 2):
+            await link.ensure_streams()
+            js = link.jetstream()
+            try:
+                await js.publish(
+                    subject(self._settings.queue_name, call.ref),
+                    call.body,
+                    timeout=self._settings.publish_timeout,
+                    stream=self._settings.queue_name,
+                    headers=headers,
+                )
+                return
+            except nats.js.errors.NoStreamResponseError as e:
+                link.forget_streams()  # the stream was deleted under us: create it again, once
+                if attempt == 2:
+                    raise QueueUnavailable(
+                        f"the queue is unavailable: JetStream at {link.where} has no stream "
+                        f"{self._settings.queue_name!r} answering; nothing was queued, retry later"
+                    ) from e
+            except NATS_ERRORS as e:
+                raise QueueUnavailable(
+                    f"the queue is unavailable: JetStream at {link.where} did not acknowledge the call "
+                    f"within {self._settings.publish_timeout:g}s ({type(e).__name__}); it may or may "
+                    "not be queued, retry later with the same X-Call-Id"
+                ) from e
+
+
+def _valid_callback(value: str) -> bool:
+    try:
+        url = URL(value)
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and bool(url.host) and url.user is None
+
+
+def _retry_labels(labels: Mapping[str, str], annotations: Mapping[str, str]) -> dict[str, str]:
+    """The function's `com.openfaas.retry.*` settings; an annotation wins over a label."""
+    found = {k: v for k, v in labels.items() if k.startswith(RETRY_LABEL_PREFIX)}
+    found.update({k: v for k, v in annotations.items() if k.startswith(RETRY_LABEL_PREFIX)})
+    return found
+
+
+def _error(status: int, message: str, *, headers: Mapping[str, str] | None = None) -> web.Response:
+    response = web.Response(status=status, text=message + "\n", headers=headers)
+    response.content_type = "text/plain"
+    response.charset = "utf-8"
+    return response
+
+
+def _too_large(message: str) -> web.Response:
+    response = _error(413, message)
+    response.force_close()  # the rest of the body may still be on its way
+    return response
