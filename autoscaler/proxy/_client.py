@@ -18,6 +18,9 @@ neither a slow upstream nor a large upload fills memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -54,6 +57,15 @@ class StaleConnection(ClientError):
     """A reused connection was closed by the peer before any byte of the response came back."""
 
 
+class NotAccepted(ClientError):
+    """A fresh connection's request bytes were never acknowledged: the replica never accepted it.
+
+    When a listener's accept queue is full, the kernel drops the handshake's last packet: the client
+    sees an open connection and sends, the server has no connection to read from. The request never
+    reached the replica, so it may go anywhere else, whatever its method.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class StreamBody:
     """A request body sent as it is read: `read()` gives the next piece (b"" at the end).
@@ -66,9 +78,16 @@ class StreamBody:
 
 
 class Origin:
-    """One upstream `scheme://host:port`: its idle connections and its waiters for a free slot."""
+    """One upstream `scheme://host:port`: its connections, its dials and the requests waiting for one.
 
-    __slots__ = ("busy", "host", "host_header", "idle", "label", "port", "ssl", "waiters")
+    `untried` counts dials in progress and connections without a first response yet, `proven` the
+    open connections that had one; the pool keeps `untried` within `window` (see `_pool`).
+    """
+
+    __slots__ = (
+        "dialing", "handshake", "host", "host_header", "idle", "in_use", "label", "port", "proven", "ssl",
+        "threshold", "untried", "waiters", "window",
+    )  # fmt: skip
 
     def __init__(self, url: URL) -> None:
         if url.scheme not in ("http", "https") or not url.host:
@@ -80,8 +99,14 @@ class Origin:
         self.host_header = self.host if self.port == default else f"{self.host}:{self.port}"
         self.label = str(url.origin())
         self.idle: list[Connection] = []
-        self.busy = 0  # connections handed out or being opened; at most the pool's limit
-        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.in_use = 0  # connections handed out to requests
+        self.dialing = 0  # connections being opened
+        self.untried = 0
+        self.proven = 0
+        self.window = 0.0
+        self.threshold = float("inf")  # above it the window grows by one per window of first answers
+        self.handshake = 0.0  # seconds a connect takes here (a moving average; 0 before the first)
+        self.waiters: deque[asyncio.Future[Connection]] = deque()
 
 
 class Connection(asyncio.Protocol):
@@ -102,6 +127,7 @@ class Connection(asyncio.Protocol):
         "closed",
         "connection",
         "content_length",
+        "counted",
         "done",
         "error",
         "got_bytes",
@@ -109,9 +135,11 @@ class Connection(asyncio.Protocol):
         "keep_alive",
         "last_used",
         "origin",
+        "proven",
         "reason",
         "status",
         "transport",
+        "trial",
         "uses",
     )  # fmt: skip
 
@@ -120,6 +148,9 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.uses = 0
+        self.proven = False  # a response came back on it: the replica accepted it
+        self.trial = False  # counted in origin.untried
+        self.counted = False  # counted in origin.proven
         self.last_used = 0.0
         self._write_paused = False  # the transport's write buffer is above its high-water mark
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -153,6 +184,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._forget()
         self._wake_drain()
         if self._state == _UNTIL_EOF and exc is None:
             self._finish()
@@ -282,8 +314,64 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._forget()
         if self.transport is not None:
             self.transport.close()
+
+    def untrial(self) -> None:
+        """Stop counting this connection among its origin's untried ones (once)."""
+        if self.trial:
+            self.trial = False
+            self.origin.untried -= 1
+
+    def prove(self) -> None:
+        """A response came back: the replica accepted this connection."""
+        self.proven = True
+        self.untrial()
+        if not self.closed:
+            self.counted = True
+            self.origin.proven += 1
+
+    def _forget(self) -> None:
+        self.untrial()
+        if self.counted:
+            self.counted = False
+            self.origin.proven -= 1
+
+    def unaccepted(self) -> bool | None:
+        """While the request waits for its answer: whether the peer's kernel acknowledged none of it.
+
+        Read from TCP_INFO (Linux): sent segments unacknowledged and no byte acknowledged. None when
+        the exchange is over or TCP_INFO cannot tell.
+        """
+        head = self._head
+        if self.closed or self.got_bytes or head is None or head.done() or self.transport is None:
+            return None
+        sock = self.transport.get_extra_info("socket")
+        if sock is None or not hasattr(socket, "TCP_INFO"):
+            return None
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 128)
+        except (OSError, AttributeError):
+            return None
+        if len(info) < 28:
+            return None
+        unacked = struct.unpack_from("I", info, 24)[0]  # tcpi_unacked
+        acked = struct.unpack_from("Q", info, 120)[0] if len(info) >= 128 else 0  # tcpi_bytes_acked
+        return unacked > 0 and acked == 0
+
+    def drop_unaccepted(self) -> None:
+        """Reset the connection, so that the kernel never delivers the request, and fail the exchange."""
+        transport = self.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._fail(NotAccepted(f"{self.origin.label} never accepted the connection"))
+        self.closed = True
+        self.untrial()
+        if transport is not None:
+            transport.abort()
 
     # -- the parser --------------------------------------------------------------------------------
 

@@ -1,13 +1,25 @@
-"""Keep-alive connection pools per upstream origin, with a connection limit served in arrival order.
+"""Keep-alive connection pools per upstream origin: requests take whichever connection frees first.
 
 Opening a TCP connection per request would cost more than the proxying itself, and a burst of held
-requests released at once must not open a thousand connections to a replica that just started: each
-origin has at most `limit` connections in use, and requests beyond it wait in a FIFO queue, so held
-requests released together are sent in the order they were released. A connection whose exchange
-ended cleanly goes back to its pool (its slot straight to the next waiter); any other is closed.
-Idle connections are closed after `idle_timeout` seconds (`--upstream-idle-timeout`, 15 s by
-default, aiohttp's keep-alive timeout) by one background sweep, which also forgets origins that have
-nothing left (endpoints come and go with replicas).
+requests released at once must not open a hundred connections into a replica's small accept queue
+(Python's `http.server` listens with a backlog of 5). So connections are not tied to requests, as in
+Go's `http.Transport`: a request waiting for a connection takes the first that is free, a released
+keep-alive connection or any dial that completes, in arrival order; a dial that completes with no
+one waiting goes to the idle pool. Dials to an origin grow as its connections prove themselves,
+like TCP's slow start: at most `window` connections are untried (being dialled, or open without a
+first response), the window starts at `INITIAL_WINDOW`, grows by one with each first response and
+halves when the replica shows it is overwhelmed (a dial slower than `accept_check`, a connection it
+never accepted). `limit` caps all of an origin's connections.
+
+A full accept queue makes the kernel drop the handshake's last packet: the client sees an open
+connection, the server never accepted it. A request on a fresh connection whose bytes the peer's
+kernel has not acknowledged after `accept_check` seconds (TCP_INFO) was never received: the
+connection is reset and the request goes back to the head of the queue for another connection.
+
+A connection whose exchange ended cleanly goes back to its pool; any other is closed. Idle
+connections are closed after `idle_timeout` seconds (`--upstream-idle-timeout`, 15 s by default,
+aiohttp's keep-alive timeout) by one background sweep, which also forgets origins that have nothing
+left (endpoints come and go with replicas).
 """
 
 from __future__ import annotations
@@ -23,17 +35,31 @@ from autoscaler.proxy._client import (
     ClientError,
     ConnectError,
     Connection,
+    NotAccepted,
     Origin,
     StaleConnection,
     StreamBody,
 )
 from autoscaler.tasks import Background
 
+# Untried connections allowed per origin before any has answered (below Python's backlog of 5).
+INITIAL_WINDOW = 4
+# Seconds after which a dial still in progress, or a fresh connection whose request bytes the peer
+# never acknowledged, counts as a sign of a full accept queue (loopback and in-cluster RTTs are ~1 ms).
+ACCEPT_CHECK = 0.1
+
 
 class Pool:
     """Sends requests to upstream endpoints over pooled keep-alive connections."""
 
-    def __init__(self, *, limit_per_origin: int, connect_timeout: float, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        limit_per_origin: int,
+        connect_timeout: float,
+        idle_timeout: float,
+        accept_check: float = ACCEPT_CHECK,
+    ) -> None:
         if limit_per_origin < 1:
             raise ValueError(f"limit_per_origin must be >= 1 (got {limit_per_origin})")
         if idle_timeout <= 0:
@@ -41,16 +67,20 @@ class Pool:
         self._limit = limit_per_origin
         self._idle_timeout = idle_timeout
         self._connect_timeout = connect_timeout
+        self._accept_check = accept_check
         self._origins: dict[str, Origin] = {}
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
+        self._dials: set[asyncio.Task[None]] = set()
 
     def start(self, background: Background) -> None:
         background.spawn(self._sweep(), name="upstream idle connections")
 
     def close(self) -> None:
-        """Close every idle connection; connections in use close when their exchange ends."""
+        """Close every idle connection and stop dialling; connections in use close when released."""
         self._closed = True
+        for task in list(self._dials):
+            task.cancel()
         for origin in self._origins.values():
             for conn in list(origin.idle):
                 conn.close()
@@ -67,38 +97,59 @@ class Pool:
     ) -> Connection:
         """Send the request; return the connection once the response head is in (release it after).
 
-        A stale kept-alive connection is retried once for idempotent methods, but never with a
-        `StreamBody`: its bytes are read from the client as they are sent and cannot be sent again.
+        A request on a fresh connection that the replica never accepted is sent again on another one
+        (it never arrived). A stale kept-alive connection is retried once for idempotent methods, never
+        with a `StreamBody` (its bytes are read from the client as they are sent); that one resend
+        goes to the same replica, and when the replica then refuses the connection it has failed with
+        the request: the error is a plain ClientError, so that the caller does not try other replicas.
         """
         origin = self._origins.get(endpoint)
         if origin is None:
             origin = self._origins[endpoint] = Origin(URL(endpoint))
+            origin.window = float(min(INITIAL_WINDOW, self._limit))
         head = _request_head(method, path, origin.host_header, headers, body)
-        retried = False
+        resent = False
+        first = False  # back at the head of the queue: it was waiting before the others
         while True:
-            conn = await self._acquire(origin)
+            try:
+                conn = await self._acquire(origin, first=first)
+            except ConnectError as e:
+                if resent:
+                    raise ClientError(f"{e} (after the kept-alive connection was closed)") from e
+                raise
+            first = False
             try:
                 if isinstance(body, StreamBody):
                     await conn.send_stream(method, head, body)
                 else:
-                    await conn.send(method, head, body)
+                    answered = conn.send(method, head, body)
+                    if not conn.proven:
+                        asyncio.get_running_loop().call_later(self._accept_check, self._check, conn)
+                    await answered
+                if not conn.proven:
+                    self._proved(conn)
                 if conn.error is not None:
                     # The body broke its framing in the bytes that came with the head: say so
                     # now (a 502) rather than relay a status line and cut the body after it.
                     raise conn.error
                 return conn
+            except NotAccepted:
+                self.release(conn)
+                self._overwhelmed(origin)
+                first = True
             except StaleConnection as e:
                 self.release(conn)
-                if retried or method not in IDEMPOTENT or isinstance(body, StreamBody):
+                if resent or method not in IDEMPOTENT or isinstance(body, StreamBody):
                     raise ClientError(str(e)) from e
-                retried = True  # the peer closed an idle connection just as it was reused: once more
+                resent = True  # the peer closed an idle connection just as it was reused: once more
             except BaseException:
                 self.release(conn)
                 raise
 
     def release(self, conn: Connection) -> None:
-        """Give the connection's slot back; the connection is reused only after a complete exchange."""
+        """Give the connection back; it is reused only after a complete exchange."""
         origin = conn.origin
+        origin.in_use -= 1
         if (
             conn.done
             and conn.keep_alive
@@ -107,67 +158,156 @@ class Pool:
             and not conn.body
             and not self._closed
         ):
-            conn.park(asyncio.get_running_loop().time())
-            origin.idle.append(conn)
+            self._give(origin, conn)
         else:
             conn.close()
-        self._pass_slot(origin)
+            self._pump(origin)
 
-    async def _acquire(self, origin: Origin) -> Connection:
+    # -- connections to requests -------------------------------------------------------------------
+
+    async def _acquire(self, origin: Origin, *, first: bool) -> Connection:
         if self._closed:
             raise ClientError("the proxy is stopping")
-        if origin.busy >= self._limit or origin.waiters:
-            waiter = asyncio.get_running_loop().create_future()
-            origin.waiters.append(waiter)
-            try:
-                await waiter  # the slot of a released connection is handed over, not freed
-            except BaseException:
-                if waiter.done() and not waiter.cancelled():
-                    self._pass_slot(origin)
-                else:
-                    origin.waiters.remove(waiter)
-                raise
+        idle = origin.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                origin.in_use += 1
+                return conn
+        waiter: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
+        if first:
+            origin.waiters.appendleft(waiter)
         else:
-            origin.busy += 1
+            origin.waiters.append(waiter)
+        self._pump(origin)
         try:
-            idle = origin.idle
-            while idle:
-                conn = idle.pop()
-                if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                    return conn
-            return await self._connect(origin)
+            return await waiter
         except BaseException:
-            self._pass_slot(origin)
+            if not waiter.done():
+                waiter.cancel()
+            if waiter in origin.waiters:
+                origin.waiters.remove(waiter)
+            elif not waiter.cancelled() and waiter.exception() is None:
+                # A connection was handed over just as this request gave up: pass it on.
+                origin.in_use -= 1
+                self._give(origin, waiter.result())
             raise
 
-    def _pass_slot(self, origin: Origin) -> None:
+    def _give(self, origin: Origin, conn: Connection) -> None:
+        """Hand a usable connection to the first waiting request, or park it in the idle pool."""
         waiters = origin.waiters
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
+                origin.in_use += 1
+                waiter.set_result(conn)
                 return
-        origin.busy -= 1
+        conn.park(asyncio.get_running_loop().time())
+        origin.idle.append(conn)
 
-    async def _connect(self, origin: Origin) -> Connection:
+    def _pump(self, origin: Origin) -> None:
+        """Start the dials the waiting requests need, within the origin's limit and window."""
+        while (
+            len(origin.waiters) > origin.dialing
+            and origin.in_use + len(origin.idle) + origin.dialing < self._limit
+            and origin.untried < min(origin.window, INITIAL_WINDOW + 2 * origin.proven)
+            and not self._closed
+        ):
+            conn = Connection(origin)
+            conn.trial = True
+            origin.untried += 1
+            origin.dialing += 1
+            task = asyncio.get_running_loop().create_task(self._dial(origin, conn))
+            self._dials.add(task)
+            task.add_done_callback(self._dials.discard)
+
+    def _proved(self, conn: Connection) -> None:
+        conn.prove()
+        origin = conn.origin
+        if origin.window < self._limit:
+            # Slow start up to the threshold (doubling per round of answers), then one per round.
+            origin.window += 1.0 if origin.window < origin.threshold else 1.0 / origin.window
+        self._pump(origin)
+
+    def _overwhelmed(self, origin: Origin) -> None:
+        origin.threshold = origin.window = max(1.0, origin.window / 2)
+
+    def _check(self, conn: Connection) -> None:
+        """`accept_check` seconds after a request went out on a fresh connection, still unanswered."""
+        if conn.proven or conn.closed:
+            return
+        unaccepted = conn.unaccepted()
+        if unaccepted:
+            conn.drop_unaccepted()
+        elif unaccepted is not None or not conn.done:
+            # The peer's kernel holds the request (or we cannot tell): the connection is established
+            # and a slow function is no reason to hold back the dials of the requests behind it.
+            self._proved(conn)
+
+    async def _dial(self, origin: Origin, conn: Connection) -> None:
+        error: ConnectError | None = None
+        try:
+            await self._connect(origin, conn)
+        except ConnectError as e:
+            error = e
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            origin.dialing -= 1
+        if error is not None:
+            self._fail_first(origin, error)
+        elif self._closed:
+            conn.close()
+        else:
+            self._give(origin, conn)
+        self._pump(origin)
+
+    def _fail_first(self, origin: Origin, error: ConnectError) -> None:
+        """A dial failed: the request waiting longest learns why (the caller may try another replica)."""
+        waiters = origin.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+                return
+
+    async def _connect(self, origin: Origin, conn: Connection) -> None:
+        """Open `conn`, giving up on a handshake that takes far longer than this origin's usual ones.
+
+        A SYN dropped by a full accept queue is sent again by the kernel only after 1 s, then 3 s: a
+        new attempt after `accept_check` (or four usual handshakes, if longer), with the patience
+        doubling each time, gets in as soon as the queue has room. Every such wait halves the window.
+        """
         loop = asyncio.get_running_loop()
         context: ssl.SSLContext | None = None
         if origin.ssl:
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: Connection(origin), origin.host, origin.port, ssl=context
-                )
-        except TimeoutError as e:
-            raise ConnectError(
-                f"cannot connect to {origin.label}: no connection within {self._connect_timeout:g} s"
-            ) from e
-        except OSError as e:
-            raise ConnectError(f"cannot connect to {origin.label}: {e.strerror or e}") from e
-        return conn
+        started = loop.time()
+        give_up = started + self._connect_timeout
+        patience = max(self._accept_check, 4 * origin.handshake)
+        while True:
+            attempt = loop.time()
+            try:
+                async with asyncio.timeout_at(min(give_up, attempt + patience)):
+                    await loop.create_connection(lambda: conn, origin.host, origin.port, ssl=context)
+            except TimeoutError as e:
+                if loop.time() < give_up:
+                    self._overwhelmed(origin)
+                    patience *= 2
+                    continue
+                conn.untrial()
+                raise ConnectError(
+                    f"cannot connect to {origin.label}: no connection within {self._connect_timeout:g} s"
+                ) from e
+            except OSError as e:
+                conn.untrial()
+                raise ConnectError(f"cannot connect to {origin.label}: {e.strerror or e}") from e
+            took = loop.time() - attempt
+            origin.handshake = took if origin.handshake == 0 else 0.8 * origin.handshake + 0.2 * took
+            return
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -180,7 +320,7 @@ class Pool:
                     if conn.last_used <= stale:
                         conn.close()
                 origin.idle[:] = keep
-                if not keep and origin.busy == 0 and not origin.waiters:
+                if not keep and origin.in_use == 0 and origin.dialing == 0 and not origin.waiters:
                     del self._origins[endpoint]  # endpoints come and go with replicas
 
 

@@ -53,6 +53,8 @@ RETRY_FIRST_DELAY = 0.02
 RETRY_MAX_DELAY = 0.25
 # Status recorded for a request whose client went away (or that shutdown cut) before an answer.
 CLIENT_CLOSED = 499
+# The data port's listen backlog (the kernel caps it at net.core.somaxconn).
+LISTEN_BACKLOG = 4096
 # Allocations between young-generation collections in a proxy process (CPython's default is 700).
 GC_THRESHOLD = 20_000
 
@@ -143,7 +145,9 @@ class Proxy:
         )
         await self._admin_runner.setup()
         try:
-            self._site = web.TCPSite(self._runner, settings.host, settings.port)
+            # aiohttp listens with a backlog of 128: a burst of callers would overflow it (SYN retries
+            # of 1 s and more), as the functions' small queues overflow behind us.
+            self._site = web.TCPSite(self._runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
             await self._listen(self._site, "--port", settings.port)
             self._port = _bound_port(self._runner)
             await self._listen(
