@@ -378,8 +378,8 @@ class QueueWorker:
     ) -> None:
         """Copy the call to the dead-letter stream (then ack it when `ack`); raises when not stored."""
         queue = self._queue.queue_name
-        headers = dict(msg.headers or {})
-        headers.pop("Nats-Msg-Id", None)
+        # The publish's own Nats-* headers (message id, expected stream) belong to the queue stream.
+        headers = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
         headers[DEAD_REASON_HEADER] = reason.replace("\r", " ").replace("\n", " ")[:500]
         headers[DEAD_STATUS_HEADER] = str(status)
         js = self._link.jetstream()

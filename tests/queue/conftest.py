@@ -36,6 +36,7 @@ class Receiver:
     # Statuses answered in turn (then 200 for ever); `delay` seconds before each answer.
     script: list[int] = field(default_factory=list)
     delay: float = 0.0
+    delays: list[float] = field(default_factory=list)  # per request in turn, before `delay` applies
     seen: list[Seen] = field(default_factory=list)
     busy: int = 0
     most_busy: int = 0
@@ -67,8 +68,9 @@ class Receiver:
         self.busy += 1
         self.most_busy = max(self.most_busy, self.busy)
         try:
-            if self.delay:
-                await asyncio.sleep(self.delay)
+            delay = self.delays.pop(0) if self.delays else self.delay
+            if delay:
+                await asyncio.sleep(delay)
             status = self.script.pop(0) if self.script else 200
             return web.Response(
                 status=status,

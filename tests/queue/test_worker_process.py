@@ -1,0 +1,105 @@
+"""`autoscaler queue-worker` as a process: a worker killed mid-call loses nothing, bad flags exit 2."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.queue.conftest import MakeReceiver, MakeWorker, Stack
+from tests.support.waiting import until
+
+pytestmark = pytest.mark.nats
+
+
+def worker_process(stack: Stack, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable, "-m", "autoscaler", "--log-format", "text", "queue-worker",
+                "--nats-url", stack.nats.url, "--proxy-url", stack.base, "--ack-wait", "1.5",
+                "--discover-interval", "0.1", "--admin-port", "0", "--admin-host", "127.0.0.1", *extra,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+
+
+class TestAKilledWorker:
+    async def test_its_call_is_redelivered_and_completed_by_a_new_worker(
+        self, stack: Stack, make_receiver: MakeReceiver, make_worker: MakeWorker, tmp_path: Path
+    ) -> None:
+        function = await make_receiver(delays=[30.0])  # the first invocation hangs
+        callback = await make_receiver()
+        await stack.provider.add("long", url=function.url)
+        first = worker_process(stack, tmp_path / "worker-1.log")
+        try:
+            async with (
+                aiohttp.ClientSession() as client,
+                client.post(
+                    f"{stack.base}/async-function/long",
+                    data=b"keep me",
+                    headers={"X-Callback-Url": callback.url},
+                ) as response,
+            ):
+                assert response.status == 202
+                call_id = response.headers["X-Call-Id"]
+            await until(
+                lambda: len(function.seen) == 1,
+                within=15,
+                what=lambda: f"the first worker's call; its log:\n{(tmp_path / 'worker-1.log').read_text()}",
+            )
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait(timeout=10)
+        assert callback.seen == []
+        await make_worker(ack_wait=1.5)
+        await until(lambda: len(callback.seen) == 1, within=15, what="the redelivered call's callback")
+        assert function.call_ids() == [call_id, call_id]  # the duplicate is visible to the function
+        [posted] = callback.seen
+        assert posted.headers["X-Call-Id"] == call_id
+        assert posted.headers["X-Function-Status"] == "200"
+        assert posted.body == b"result:keep me"
+        await asyncio.sleep(0.5)
+        assert len(callback.seen) == 1
+
+
+class TestBadFlags:
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            ([], "--nats-url (env AUTOSCALER_NATS_URL) is required"),
+            (
+                ["--nats-url", "http://x:1"],
+                "--nats-url (env AUTOSCALER_NATS_URL): Value error, expected nats://",
+            ),
+            (["--nats-url", "nats://x:1", "--retry-codes", "5xx"], "--retry-codes"),
+            (["--nats-url", "nats://x:1", "--max-inflight", "0"], "--max-inflight"),
+            (["--nats-url", "nats://x:1", "--proxy-url", "ftp://p"], "--proxy-url"),
+            (["--nats-url", "nats://x:1", "--queue-name", "a.b"], "--queue-name"),
+        ],
+    )
+    def test_exit_2_with_one_clear_line_and_no_traceback(self, args: list[str], message: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOSCALER_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "autoscaler", "queue-worker", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+        )
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr
+        assert "Traceback" not in done.stderr
+        assert done.stderr.startswith("error: ")
