@@ -341,8 +341,9 @@ class Connection(asyncio.Protocol):
     def unaccepted(self) -> bool | None:
         """While the request waits for its answer: whether the peer's kernel acknowledged none of it.
 
-        Read from TCP_INFO (Linux): sent segments unacknowledged and no byte acknowledged. None when
-        the exchange is over or TCP_INFO cannot tell.
+        Read from TCP_INFO (Linux): sent segments unacknowledged and nothing acknowledged beyond the
+        SYN (which `tcpi_bytes_acked` counts as one byte). None when the exchange is over or TCP_INFO
+        cannot tell.
         """
         head = self._head
         if self.closed or self.got_bytes or head is None or head.done() or self.transport is None:
@@ -358,7 +359,7 @@ class Connection(asyncio.Protocol):
             return None
         unacked = struct.unpack_from("I", info, 24)[0]  # tcpi_unacked
         acked = struct.unpack_from("Q", info, 120)[0] if len(info) >= 128 else 0  # tcpi_bytes_acked
-        return unacked > 0 and acked == 0
+        return unacked > 0 and acked <= 1
 
     def drop_unaccepted(self) -> None:
         """Reset the connection, so that the kernel never delivers the request, and fail the exchange."""
