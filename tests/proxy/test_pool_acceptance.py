@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from autoscaler.proxy._pool import Pool
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux only")
 
@@ -83,13 +84,6 @@ async def listener() -> AsyncIterator[HalfOpenListener]:
     server.close()
 
 
-async def until(condition: object, what: str, timeout: float = 2.0) -> None:
-    assert callable(condition)
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.005)  # polling kernel state: there is no event to wait on
-
-
 async def test_a_request_on_a_connection_the_replica_never_accepted_moves_and_arrives_once(
     listener: HalfOpenListener,
 ) -> None:
@@ -106,19 +100,19 @@ async def test_a_request_on_a_connection_the_replica_never_accepted_moves_and_ar
         with contextlib.suppress(asyncio.CancelledError):
             await gave_up
         origin = pool._origins[listener.url]
-        await until(lambda: len(origin.idle) == 1, "the dial that nobody waited for to become idle")
+        await until(lambda: len(origin.idle) == 1, within=2, what="the dial nobody waited for to go idle")
         unaccepted = origin.idle[0]
         assert unaccepted.transport is not None
         unaccepted_port = int(unaccepted.transport.get_extra_info("sockname")[1])
 
         filler = socket.create_connection(("127.0.0.1", listener.port))
         filler.send(b"x")  # the filler takes the only place in the accept queue
-        await until(lambda: listener.queued() == 1, "the filler to be queued")
+        await until(lambda: listener.queued() == 1, within=2, what="the filler to be queued")
 
         call = asyncio.ensure_future(
             pool.request(endpoint=listener.url, method="POST", path="/moved", headers=[], body=b"pay")
         )
-        await until(lambda: unaccepted.closed, "the unaccepted connection to be reset")
+        await until(lambda: unaccepted.closed, within=2, what="the unaccepted connection to be reset")
         serving = asyncio.ensure_future(listener.serve())  # the replica accepts again
         async with asyncio.timeout(5):
             conn = await call
