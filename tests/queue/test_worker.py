@@ -237,3 +237,41 @@ class TestConcurrency:
         await submit(client, stack, "fast", b"f1")
         await until(lambda: len(fast.seen) == 1, within=2, what="the fast call while the slow one runs")
         assert len(slow.seen) == 1
+
+
+class TestARestartedNatsServer:
+    async def test_loses_no_accepted_call_and_the_worker_carries_on(
+        self,
+        stack: Stack,
+        make_receiver: MakeReceiver,
+        make_worker: MakeWorker,
+        client: aiohttp.ClientSession,
+    ) -> None:
+        function = await make_receiver()
+        callback = await make_receiver()
+        await stack.provider.add("hello", url=function.url)
+        before = [
+            await submit(client, stack, "hello", f"b{i}".encode(), X_Callback_Url=callback.url)
+            for i in range(3)
+        ]
+        stack.nats.stop()  # file storage: the accepted calls are on disk
+        stack.nats.start()
+        await make_worker()
+        await until(lambda: len(callback.seen) == 3, within=15, what="the calls accepted before the restart")
+        stack.nats.stop()
+        stack.nats.start()
+        after = []
+        for i in range(3):
+            for _ in range(100):  # 503 until the proxy's client has reconnected
+                async with client.post(
+                    f"{stack.base}/async-function/hello",
+                    data=f"a{i}".encode(),
+                    headers={"X-Callback-Url": callback.url},
+                ) as response:
+                    if response.status == 202:
+                        after.append(response.headers["X-Call-Id"])
+                        break
+                    assert response.status == 503
+                await asyncio.sleep(0.1)
+        await until(lambda: len(callback.seen) == 6, within=15, what="the calls accepted after the restart")
+        assert sorted(seen.headers["X-Call-Id"] for seen in callback.seen) == sorted(before + after)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 
 from tests.queue.conftest import MakeReceiver, MakeWorker, Stack
+from tests.support.prometheus import free_port
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.nats
@@ -103,3 +105,90 @@ class TestBadFlags:
         assert message in done.stderr
         assert "Traceback" not in done.stderr
         assert done.stderr.startswith("error: ")
+
+
+async def scrape(client: aiohttp.ClientSession, port: int) -> dict[str, float]:
+    """The worker's /metrics as {series: value} (series written as in the exposition)."""
+    async with client.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            values[series] = float(value)
+    return values
+
+
+class TestTheAdminPort:
+    async def test_exports_pending_and_inflight_calls_under_openfaas_pro_names(
+        self, stack: Stack, make_receiver: MakeReceiver, tmp_path: Path
+    ) -> None:
+        function = await make_receiver(delay=1.5)
+        await stack.provider.add("batch", url=function.url)
+        port = free_port()
+        worker = worker_process(
+            stack, tmp_path / "worker.log", "--admin-port", str(port), "--max-inflight", "1"
+        )
+        pending = 'queue_worker_pending_messages{function_name="batch.openfaas-fn",queue_name="faas-request"}'
+        inflight = 'queue_worker_function_invocation_inflight{function_name="batch.openfaas-fn"}'
+        try:
+            async with aiohttp.ClientSession() as client:
+                for i in range(3):
+                    async with client.post(f"{stack.base}/async-function/batch", data=f"{i}".encode()) as r:
+                        assert r.status == 202
+                seen: dict[str, float] = {}
+
+                async def poll() -> None:
+                    while True:
+                        with contextlib.suppress(aiohttp.ClientError):
+                            seen.update(await scrape(client, port))
+                        if seen.get(pending) == 3 and seen.get(inflight) == 1:
+                            return
+                        await asyncio.sleep(0.1)
+
+                await asyncio.wait_for(poll(), timeout=10)
+                async with client.get(f"http://127.0.0.1:{port}/readyz") as response:
+                    assert response.status == 200
+                await until(lambda: len(function.seen) == 3 and function.busy == 0, within=15, what="3 calls")
+                for _ in range(60):
+                    values = await scrape(client, port)
+                    if values.get(pending) == 0 and values.get(inflight) == 0:
+                        break
+                    await asyncio.sleep(0.1)
+                assert (values.get(pending), values.get(inflight)) == (0, 0)
+            assert function.most_busy == 1
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                assert worker.wait(timeout=15) == 0
+            finally:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait(timeout=10)
+
+    async def test_is_not_ready_while_nats_is_down(self, stack: Stack, tmp_path: Path) -> None:
+        port = free_port()
+        stack.nats.stop()
+        worker = worker_process(stack, tmp_path / "worker.log", "--admin-port", str(port))
+        try:
+            async with aiohttp.ClientSession() as client:
+                body = ""
+                for _ in range(100):
+                    try:
+                        async with client.get(f"http://127.0.0.1:{port}/readyz") as response:
+                            assert response.status == 503
+                            body = await response.text()
+                            break
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.1)
+                assert "waiting for NATS at nats://127.0.0.1" in body
+                stack.nats.start()
+                for _ in range(100):
+                    async with client.get(f"http://127.0.0.1:{port}/readyz") as response:
+                        if response.status == 200:
+                            break
+                    await asyncio.sleep(0.1)
+                assert response.status == 200
+        finally:
+            worker.kill()
+            worker.wait(timeout=10)
