@@ -9,13 +9,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import signal
 
 from autoscaler.cli import settings_overrides
 from autoscaler.config import QueueSettings, QueueWorkerSettings, build
 from autoscaler.errors import ConfigError
+from autoscaler.interfaces import FunctionRef
 
 log = logging.getLogger("autoscaler.queue")
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+CONNECT_WAIT = 5.0  # seconds `queue-replay` waits for NATS before it gives up
 
 
 async def serve(*, queue: QueueSettings, settings: QueueWorkerSettings) -> int:
@@ -68,3 +73,42 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.run(serve(queue=queue, settings=settings))
     return uvloop.run(serve(queue=queue, settings=settings))
+
+
+async def replay(*, queue: QueueSettings, function: FunctionRef | None, limit: int | None) -> int:
+    from autoscaler.queue import QueueUnavailable
+    from autoscaler.queue._jetstream import NATS_ERRORS, NatsLink
+    from autoscaler.queue._replay import replay_dead
+
+    link = NatsLink(settings=queue, name="autoscaler-queue-replay")
+    await link.start()
+    try:
+        if not await link.wait_connected(CONNECT_WAIT):
+            raise QueueUnavailable(f"NATS at {link.where} is not reachable (waited {CONNECT_WAIT:g}s)")
+        try:
+            moved = await replay_dead(link, queue=queue.queue_name, function=function, limit=limit)
+        except NATS_ERRORS as e:
+            raise QueueUnavailable(
+                f"replaying from JetStream at {link.where} failed: {type(e).__name__}: {e}"
+            ) from e
+    finally:
+        await link.close()
+    which = function.key if function is not None else "every function"
+    print(f"replayed {moved} dead letter(s) of {which} to the queue {queue.queue_name!r}")
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    queue: QueueSettings = build(QueueSettings, settings_overrides(args, QueueSettings))
+    if queue.nats_url is None:
+        raise ConfigError("--nats-url (env AUTOSCALER_NATS_URL) is required, e.g. nats://nats.openfaas:4222")
+    function: FunctionRef | None = None
+    if args.function:
+        name, _, namespace = args.function.partition(".")
+        namespace = namespace or args.namespace
+        if not _DNS_LABEL.fullmatch(name) or not _DNS_LABEL.fullmatch(namespace):
+            raise ConfigError(f"invalid function {args.function!r}: expected NAME or NAME.NAMESPACE")
+        function = FunctionRef(name=name, namespace=namespace)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1 (got {args.limit})")
+    return asyncio.run(replay(queue=queue, function=function, limit=args.limit))

@@ -100,6 +100,18 @@ def _parser() -> argparse.ArgumentParser:
     add_settings_flags(worker, QueueWorkerSettings)
     worker.set_defaults(handler="autoscaler._cmd_queue_worker:run")
 
+    replay = sub.add_parser(
+        "queue-replay",
+        help="send dead-lettered asynchronous calls back to the queue",
+        description="Move the calls in the dead-letter stream (QUEUE-dead) of one function, or of all, back "
+        "to the queue, with their original X-Call-Id; each is deleted from the dead letters once re-queued.",
+    )
+    replay.add_argument("function", nargs="?", help="NAME[.NAMESPACE] (default: every function)")
+    replay.add_argument("--namespace", default="openfaas-fn", help="namespace when FUNCTION has none")
+    replay.add_argument("--limit", type=int, default=None, help="replay at most this many")
+    add_settings_flags(replay, QueueSettings)
+    replay.set_defaults(handler="autoscaler._cmd_queue_worker:run_replay")
+
     explain = sub.add_parser(
         "explain",
         help="say what the loop would decide for given labels and load (offline), or for a live function",
