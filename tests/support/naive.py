@@ -6,10 +6,10 @@ connection (or HTTP/1.1 keep-alive with `--keep-alive`), and a thread per connec
 separate process, as a replica does, so its accept loop and threads never share the tests' GIL.
 
 Routes: any POST or GET echoes `METHOD PATH LENGTH SHA256` of the body it read (Content-Length
-framing only, like most naive handlers); `/crash` ends the process at once, before answering (a
-request that kills its replica); with `--max-inflight N` a request above N at once gets 429, as
-OpenFaaS's watchdog answers above its `max_inflight`. `--backlog` changes the listen backlog (the
-benchmark's baseline). `--delay` makes each answer take that many seconds.
+framing only, like most naive handlers); `/crash` closes the listener and ends the process at once,
+before answering (a request that kills its replica); with `--max-inflight N` a request above N at
+once gets 429, as OpenFaaS's watchdog answers above its `max_inflight`. `--backlog` changes the
+listen backlog (the benchmark's baseline). `--delay` makes each answer take that many seconds.
 
 `NaiveServer` starts one and stops it; `serve()` is the process's entry point.
 """
@@ -106,6 +106,7 @@ def serve() -> None:
             nonlocal inflight
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if self.path == "/crash":
+                self.server.socket.close()  # the listener first: the replica is gone, not restarting
                 os._exit(3)
             with lock:
                 inflight += 1
