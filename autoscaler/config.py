@@ -259,6 +259,11 @@ class QueueWorkerSettings(_Base):
         "at zero is woken, not failed",
     )
     max_inflight: int = Field(default=1, gt=0, description="concurrent calls per function (OpenFaaS default)")
+    adaptive_concurrency: bool = Field(
+        default=True,
+        description="start each function at one call at a time, add one after a round of successes, "
+        "halve on repeated 429s, up to --max-inflight (off: always --max-inflight)",
+    )
     ack_wait: float = Field(
         default=30.0,
         gt=0,

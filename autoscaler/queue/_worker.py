@@ -45,6 +45,7 @@ from autoscaler.queue._message import (
 )
 from autoscaler.queue._retry import policy_for
 from autoscaler.tasks import Background
+from policies.concurrency import Concurrency, after_call
 from policies.retry import NO_ANSWER, RetryPolicy, decide
 
 log = logging.getLogger("autoscaler.queue")
@@ -56,6 +57,7 @@ RESUBSCRIBE_DELAY = 0.5
 @dataclass
 class _Function:
     ref: FunctionRef
+    concurrency: Concurrency
     inflight: int = 0
     changed: asyncio.Event | None = None
 
@@ -80,6 +82,12 @@ class WorkerMetrics:
             "autoscaler_queue_invocations",
             "Attempts to invoke a queued call, by the status it ended with (0: no answer)",
             ["function_name", "code"],
+            registry=registry,
+        )
+        self.limit = Gauge(
+            "autoscaler_queue_concurrency_limit",
+            "Calls the worker lets run at once per function (adaptive: up on success, down on 429s)",
+            ["function_name"],
             registry=registry,
         )
         self.retries = Counter(
@@ -196,7 +204,10 @@ class QueueWorker:
                         seen.add(ref.key)
                         self.metrics.pending.labels(ref.key, queue).set(count)
                         if ref.key not in self._functions:
-                            self._functions[ref.key] = _Function(ref=ref, changed=asyncio.Event())
+                            self._functions[ref.key] = _Function(
+                                ref=ref, concurrency=self._initial_concurrency(), changed=asyncio.Event()
+                            )
+                            self.metrics.limit.labels(ref.key).set(self._functions[ref.key].concurrency.limit)
                             self._loops.spawn(
                                 self._consume(self._functions[ref.key]), name=f"consume {ref.key}"
                             )
@@ -235,7 +246,7 @@ class QueueWorker:
                 )
                 try:
                     while not self._stopping.is_set():
-                        free = settings.max_inflight - fn.inflight
+                        free = fn.concurrency.limit - fn.inflight
                         if free <= 0:
                             fn.changed.clear()
                             await fn.changed.wait()
@@ -256,6 +267,27 @@ class QueueWorker:
             except UNAVAILABLE as e:
                 log.warning("consuming %s: %s; again in %gs", fn.ref.key, e, RESUBSCRIBE_DELAY)
                 await asyncio.sleep(RESUBSCRIBE_DELAY)
+
+    def _initial_concurrency(self) -> Concurrency:
+        settings = self._settings
+        return Concurrency(limit=1 if settings.adaptive_concurrency else settings.max_inflight)
+
+    def _adapt(self, fn: _Function, status: int) -> None:
+        if not self._settings.adaptive_concurrency:
+            return
+        before = fn.concurrency.limit
+        fn.concurrency = after_call(
+            fn.concurrency, status=status, ceiling=self._settings.max_inflight, busy=fn.inflight
+        )
+        if fn.concurrency.limit != before:
+            log.info(
+                "function %s: concurrency %d -> %d (status %d)",
+                fn.ref.key,
+                before,
+                fn.concurrency.limit,
+                status,
+            )
+            self.metrics.limit.labels(fn.ref.key).set(fn.concurrency.limit)
 
     def _release(self, fn: _Function) -> None:
         fn.inflight -= 1
@@ -278,6 +310,7 @@ class QueueWorker:
             attempt = msg.metadata.num_delivered
             policy = policy_for(call.retry, self._default, function=fn.ref.key)
             result = await self._invoke(call)
+            self._adapt(fn, result.status)
             self._release(fn)
             released = True
             self.metrics.invocations.labels(fn.ref.key, str(result.status)).inc()

@@ -37,6 +37,8 @@ class Receiver:
     script: list[int] = field(default_factory=list)
     delay: float = 0.0
     delays: list[float] = field(default_factory=list)  # per request in turn, before `delay` applies
+    capacity: int = 0  # like a function's max_inflight: 429 at once beyond this many (0: no limit)
+    throttled: int = 0  # 429s answered for capacity
     seen: list[Seen] = field(default_factory=list)
     busy: int = 0
     most_busy: int = 0
@@ -68,6 +70,9 @@ class Receiver:
         self.busy += 1
         self.most_busy = max(self.most_busy, self.busy)
         try:
+            if self.capacity and self.busy > self.capacity:
+                self.throttled += 1
+                return web.Response(status=429, text="too many requests")
             delay = self.delays.pop(0) if self.delays else self.delay
             if delay:
                 await asyncio.sleep(delay)
