@@ -199,3 +199,20 @@ def unsupported(spec: ScalingSpec) -> str | None:
         else "waking on traffic still applies"
     )
     return f"{what}: replicas are not scaled by load; {zero}"
+
+
+# -- the proxy's concurrency limit ---------------------------------------------------------------
+
+MAX_INFLIGHT = PROJECT_PREFIX + "max-inflight"
+
+
+def max_inflight(labels: Mapping[str, str]) -> int | None:
+    """Requests one replica takes at once (`autoscaler.dev/max-inflight`); None when unset or 0.
+
+    The proxy sends a replica no more than this and queues the rest, as Knative does above
+    `containerConcurrency`; 0 means no limit, as `max_inflight` does for the OpenFaaS watchdog.
+    Raises SpecError for anything but a whole number >= 0.
+    """
+    if MAX_INFLIGHT not in labels:
+        return None
+    return _int(labels, MAX_INFLIGHT, 0, least=0) or None

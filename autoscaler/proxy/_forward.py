@@ -158,6 +158,14 @@ class Forwarder:
         finally:
             self._deadlines.disarm(task)
 
+    def discard(self, upstream: Connection) -> None:
+        """Drop a response the caller will not see; the connection is kept only if it is all in."""
+        if upstream.done:
+            upstream.take_body()
+        else:
+            upstream.close()
+        self._pool.release(upstream)
+
     async def relay(
         self, request: web.BaseRequest, upstream: Connection, *, key: str, what: str | None = None
     ) -> web.StreamResponse:

@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from autoscaler.errors import AutoscalerError, NotFoundError, ProviderError, SpecError
 from autoscaler.interfaces import FunctionRef, Provider
 from autoscaler.proxy._metrics import FunctionStats
 from autoscaler.spec import parse_labels
 from autoscaler.tasks import Background
+
+if TYPE_CHECKING:
+    from autoscaler.proxy._slots import Slots
 
 log = logging.getLogger("autoscaler.proxy")
 
@@ -31,9 +35,10 @@ class HoldError(AutoscalerError):
 
 
 class FunctionState:
-    """Per-function state of the proxy: counters, the current wake-up, the round-robin cursor."""
+    """Per-function state of the proxy: counters, the current wake-up, the round-robin cursor, and
+    the concurrency limit with its slots when the function declares one."""
 
-    __slots__ = ("last_mark", "ref", "rr", "stats", "wake", "woken_at")
+    __slots__ = ("last_mark", "limit", "limit_label", "ref", "rr", "slots", "stats", "wake", "woken_at")
 
     def __init__(self, ref: FunctionRef) -> None:
         self.ref = ref
@@ -42,6 +47,9 @@ class FunctionState:
         self.woken_at = float("-inf")  # loop time of the last wake-up this proxy started
         self.last_mark = float("-inf")  # clock time of the last mark_active call
         self.rr = 0
+        self.limit_label: str | None = None  # the max-inflight label value `limit` was parsed from
+        self.limit: int | None = None
+        self.slots: Slots | None = None
 
 
 def wake_replicas(labels: Mapping[str, str]) -> int:

@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from autoscaler.config import ProxySettings
-from autoscaler.errors import ConfigError
+from autoscaler.errors import ConfigError, SpecError
 from autoscaler.interfaces import FunctionRef, InvocationStats, Provider
 from autoscaler.proxy._admin import admin_app, error_response
 from autoscaler.proxy._client import Connection, StreamBody
@@ -41,7 +41,8 @@ from autoscaler.proxy._forward import Forwarder, UpstreamConnectError, UpstreamE
 from autoscaler.proxy._hold import ColdStarts, FunctionState, HoldError
 from autoscaler.proxy._metrics import StatsCollector
 from autoscaler.proxy._routing import PREFIX, RouteError, Router, passthrough_target
-from autoscaler.spec import zero_enabled
+from autoscaler.proxy._slots import Slots
+from autoscaler.spec import MAX_INFLIGHT, max_inflight, zero_enabled
 from autoscaler.tasks import Background
 
 log = logging.getLogger("autoscaler.proxy")
@@ -131,6 +132,7 @@ class Proxy:
         """Bind the data and admin ports (port 0 picks a free one) and start serving."""
         settings = self._settings
         await self._forwarder.start()
+        self._provider.subscribe(self._changed)
         server = web.Server(
             self._handle,
             request_factory=self._make_request,
@@ -271,8 +273,9 @@ class Proxy:
                 state.last_mark = now
                 self._background.spawn(self._provider.mark_active(ref, now), name=f"mark-active {ref.key}")
         status = CLIENT_CLOSED
+        limit = None if MAX_INFLIGHT not in info.labels else self._concurrency(state, info.labels)
         try:
-            response = await self._serve(request, state, path, cold=cold, arrived=arrived)
+            response = await self._serve(request, state, path, cold=cold, arrived=arrived, limit=limit)
             status = response.status
             return response
         finally:
@@ -281,8 +284,33 @@ class Proxy:
             if self._draining and self._inflight == 0:
                 self._idle.set()
 
+    def _concurrency(self, state: FunctionState, labels: Mapping[str, str]) -> int | None:
+        """The function's declared limit per replica (parsed once per label value)."""
+        raw = labels.get(MAX_INFLIGHT)
+        if raw != state.limit_label:
+            state.limit_label = raw
+            try:
+                state.limit = max_inflight(labels)
+            except SpecError as e:
+                log.warning("%s: forwarding %s without a concurrency limit", e, state.ref.key)
+                state.limit = None
+        return state.limit
+
+    def _changed(self, ref: FunctionRef) -> None:
+        # The provider's watch saw the function change (e.g. a new replica): let queued requests on.
+        state = self._states.get(ref.key)
+        if state is not None and state.slots is not None:
+            state.slots.dispatch()
+
     async def _serve(
-        self, request: web.BaseRequest, state: FunctionState, path: str, *, cold: bool, arrived: float
+        self,
+        request: web.BaseRequest,
+        state: FunctionState,
+        path: str,
+        *,
+        cold: bool,
+        arrived: float,
+        limit: int | None,
     ) -> web.StreamResponse:
         settings = self._settings
         body: bytes | None = None
@@ -295,16 +323,14 @@ class Proxy:
             except web.HTTPRequestEntityTooLarge:
                 return self._too_large(state, None)
         loop = asyncio.get_running_loop()
-        retry_until: float | None = None
+        deadline = arrived + settings.hold_timeout
         endpoints = self._provider.endpoints(state.ref)
         held = cold or not endpoints
         if held:
-            deadline = arrived + settings.hold_timeout
             try:
                 await self._cold.hold(state, deadline=deadline)
             except HoldError as e:
-                headers = {"Retry-After": str(self._settings.retry_after)} if e.status == 429 else None
-                return error_response(e.status, str(e), headers=headers)
+                return self._refused(e)
             retry_until = deadline
         elif loop.time() - state.woken_at < WAKE_RETRY_WINDOW:
             retry_until = loop.time() + WAKE_RETRY_WINDOW
@@ -313,15 +339,33 @@ class Proxy:
             # a replica that stopped listening before its endpoint left the EndpointSlice costs a
             # short delay, not an error.
             retry_until = loop.time() + min(settings.hold_timeout, CONNECT_RETRY_WINDOW)
+        slot: str | None = None
         try:
-            upstream = await self._open(
-                request, state, path, body, endpoints=None if held else endpoints, retry_until=retry_until
-            )
+            upstream, slot = await self._open(
+                request, state, path, body, endpoints=None if held else endpoints, retry_until=retry_until,
+                limit=limit, deadline=deadline,
+            )  # fmt: skip
             if held:
                 state.stats.cold_start.observe(loop.time() - arrived)
             return await self._forwarder.relay(request, upstream, key=state.ref.key)
         except UpstreamError as e:
             return error_response(e.status, str(e))
+        except HoldError as e:
+            return self._refused(e)
+        finally:
+            if slot is not None and state.slots is not None:
+                state.slots.release(slot)
+
+    def _refused(self, error: HoldError) -> web.Response:
+        headers = {"Retry-After": str(self._settings.retry_after)} if error.status == 429 else None
+        return error_response(error.status, str(error), headers=headers)
+
+    def _slots(self, state: FunctionState) -> Slots:
+        slots = state.slots
+        if slots is None:
+            ref = state.ref
+            slots = state.slots = Slots(lambda: self._provider.endpoints(ref))
+        return slots
 
     async def _open(
         self,
@@ -331,35 +375,66 @@ class Proxy:
         body: bytes | None,
         *,
         endpoints: list[str] | None,
-        retry_until: float | None,
-    ) -> Connection:
-        """Open the upstream request, retrying connect errors on other endpoints or until `retry_until`."""
+        retry_until: float,
+        limit: int | None,
+        deadline: float,
+    ) -> tuple[Connection, str | None]:
+        """Open the upstream request; return it with the endpoint whose slot it holds, if limited.
+
+        Connect errors (the request never left) are retried on other endpoints, then until
+        `retry_until`. A 429 from a function that declared no limit (it did not process the
+        request) is retried on its other replicas, then after a short back-off, until `deadline`;
+        past it, the caller gets the function's 429.
+        """
         ref = state.ref
         headers = request_headers(request)
         loop = asyncio.get_running_loop()
         delay = RETRY_FIRST_DELAY
         failures = 0
+        throttled = 0
         while True:
             if endpoints is None:
                 endpoints = self._provider.endpoints(ref)
-                failures = 0
+                failures = throttled = 0
             if endpoints:
-                state.rr += 1
-                endpoint = endpoints[state.rr % len(endpoints)]
+                slot: str | None = None
+                if limit is not None:
+                    slot = endpoint = await self._slots(state).acquire(
+                        key=ref.key, limit=limit, deadline=deadline, max_queue=self._settings.max_held,
+                        hold_timeout=self._settings.hold_timeout,
+                    )  # fmt: skip
+                else:
+                    state.rr += 1
+                    endpoint = endpoints[state.rr % len(endpoints)]
                 try:
-                    return await self._forwarder.open(
+                    upstream = await self._forwarder.open(
                         method=request.method, endpoint=endpoint, path=path, headers=headers, body=body,
                         key=ref.key,
                     )  # fmt: skip
                 except UpstreamConnectError as e:
+                    if slot is not None:
+                        self._slots(state).release(slot)
                     failures += 1
-                    error: UpstreamError = e
+                    error: UpstreamError | None = e
                     if failures < len(endpoints):
                         continue  # another replica may answer
+                except BaseException:
+                    if slot is not None:
+                        self._slots(state).release(slot)
+                    raise
+                else:
+                    if upstream.status != 429 or limit is not None or loop.time() + delay > deadline:
+                        return upstream, slot
+                    self._forwarder.discard(upstream)
+                    throttled += 1
+                    if throttled < len(endpoints):
+                        continue  # another replica may have room
+                    error = None  # every replica is full: back off and try again
+                    retry_until = max(retry_until, deadline)
             else:
                 error = UpstreamError(503, f"function {ref.key} has no ready endpoint; retry later")
-            if retry_until is None or loop.time() + delay > retry_until:
-                raise error
+            if loop.time() + delay > retry_until:
+                raise error or UpstreamError(502, f"function {ref.key} kept answering 429")
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY)
             endpoints = None  # read them again: the replica set may have changed

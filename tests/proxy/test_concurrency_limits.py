@@ -1,0 +1,227 @@
+"""A function's concurrency limit is the proxy's to keep: callers queue for a slot instead of getting 429.
+
+OpenFaaS functions set `max_inflight` and their watchdog answers 429 above it. The function servers
+here do the same (a `ThreadingHTTPServer` in its own process that answers 429 above N requests at
+once), or record what they see (`Upstream`). With `autoscaler.dev/max-inflight` declared, the proxy
+sends each replica at most that many requests and queues the rest in arrival order, within the hold
+limits (429 with Retry-After when the queue is full, 504 past the hold timeout); a 429 from a function
+that declared nothing is retried (the function did not process the request), not passed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from autoscaler.errors import SpecError
+from autoscaler.proxy import Proxy
+from autoscaler.spec import MAX_INFLIGHT, max_inflight
+from tests.proxy.conftest import MakeProxy, base
+from tests.support.fakeprovider import FakeProvider
+from tests.support.naive import NaiveServer
+from tests.support.waiting import until
+
+CALLS = 40
+
+
+@pytest.fixture
+async def limited() -> AsyncIterator[NaiveServer]:
+    server = NaiveServer(keep_alive=True, max_inflight=2, delay=0.02)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def post_many(client: aiohttp.ClientSession, url: str, count: int) -> list[tuple[int, bool]]:
+    async def post(index: int) -> tuple[int, bool]:
+        body = f"call {index}".encode()
+        expected = f"POST /call/{index} {len(body)} {hashlib.sha256(body).hexdigest()}"
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with client.post(f"{url}/call/{index}", data=body, timeout=timeout) as response:
+            return response.status, await response.text() == expected
+
+    return await asyncio.gather(*(post(index) for index in range(count)))
+
+
+def started(proxy: Proxy, key: str) -> float:
+    stats = proxy.invocation_stats().get(key)
+    return 0 if stats is None else stats.started_total
+
+
+def inflight(proxy: Proxy, key: str) -> int:
+    stats = proxy.invocation_stats().get(key)
+    return 0 if stats is None else stats.inflight
+
+
+# -- the declared limit ----------------------------------------------------------------------------
+
+
+async def test_a_function_that_declares_its_limit_gets_no_more_and_no_caller_sees_its_429(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession, limited: NaiveServer
+) -> None:
+    await provider.add("narrow", url=limited.url, labels={MAX_INFLIGHT: "2"})
+    proxy = await make_proxy()
+    results = await post_many(client, base(proxy) + "/function/narrow", CALLS)
+    assert results == [(200, True)] * CALLS
+
+
+async def test_requests_above_the_limit_are_forwarded_one_slot_at_a_time_in_arrival_order(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("single", labels={MAX_INFLIGHT: "1"})
+    proxy = await make_proxy()
+    url = base(proxy) + "/function/single/slow?seconds=0.2"
+
+    async def call(index: int) -> int:
+        async with client.post(url, data=f"{index}".encode()) as response:
+            await response.read()
+            return response.status
+
+    calls = []
+    for index in range(6):  # each arrives after the one before it is in the proxy
+        calls.append(asyncio.ensure_future(call(index)))
+        await until(lambda n=index: started(proxy, ref.key) > n, within=5, what=f"call {index} to arrive")
+    assert await asyncio.gather(*calls) == [200] * 6
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    assert upstream.most_busy == 1
+    assert [seen.body for seen in upstream.received] == [f"{index}".encode() for index in range(6)]
+
+
+async def test_queued_requests_count_as_in_flight_so_the_function_is_busy(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("queued", labels={MAX_INFLIGHT: "1"})
+    proxy = await make_proxy()
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    url = base(proxy) + "/function/queued/stream"  # the first answer waits on the gate
+
+    async def call() -> int:
+        async with client.get(url) as response:
+            await response.read()
+            return response.status
+
+    calls = [asyncio.ensure_future(call()) for _ in range(3)]
+    await until(lambda: inflight(proxy, ref.key) == 3 and upstream.busy == 1, within=5, what="3 calls in")
+    assert upstream.busy == 1  # one inside the function, two queued in the proxy
+    assert proxy.busy(ref.key)
+    upstream.gate.set()
+    assert await asyncio.gather(*calls) == [200] * 3
+    assert upstream.most_busy == 1
+
+
+async def test_beyond_the_queue_room_a_caller_gets_429_with_retry_after(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("full", labels={MAX_INFLIGHT: "1"})
+    proxy = await make_proxy(max_held=2, retry_after=7)
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    url = base(proxy) + "/function/full/stream"
+
+    async def call() -> int:
+        async with client.get(url) as response:
+            await response.read()
+            return response.status
+
+    calls = [asyncio.ensure_future(call()) for _ in range(3)]  # one in the function, two queued
+    await until(lambda: inflight(proxy, ref.key) == 3 and upstream.busy == 1, within=5, what="3 calls in")
+    async with client.get(url) as response:
+        assert (response.status, response.headers["Retry-After"]) == (429, "7")
+        assert "concurrency limit (1 per replica) and already queues 2" in await response.text()
+    upstream.gate.set()
+    assert await asyncio.gather(*calls) == [200] * 3
+
+
+async def test_a_request_queued_past_the_hold_timeout_gets_504_saying_so(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("sloth", labels={MAX_INFLIGHT: "1"})
+    proxy = await make_proxy(hold_timeout=0.3)
+    url = base(proxy) + "/function/sloth/slow?seconds=0.6"
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    first = asyncio.ensure_future(client.get(url))
+    await until(lambda: upstream.busy == 1, within=5, what="the first call to take the only slot")
+    async with client.get(url) as response:
+        assert response.status == 504
+        assert "had no free slot (concurrency limit 1 per replica)" in await response.text()
+    async with await first as response:
+        assert response.status == 200
+
+
+async def test_the_limit_spreads_over_replicas_the_least_busy_first(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    servers = [NaiveServer(keep_alive=True, max_inflight=2, delay=0.02) for _ in range(2)]
+    try:
+        for server in servers:
+            await server.start()
+        ref = await provider.add("pair", url=servers[0].url, labels={MAX_INFLIGHT: "2"})
+        provider.set_endpoints(ref, [server.url for server in servers])
+        proxy = await make_proxy()
+        results = await post_many(client, base(proxy) + "/function/pair", CALLS)
+        assert results == [(200, True)] * CALLS
+    finally:
+        for server in servers:
+            await server.stop()
+
+
+# -- no declared limit -----------------------------------------------------------------------------
+
+
+async def test_a_429_from_a_function_that_declared_no_limit_is_retried_not_passed_on(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession, limited: NaiveServer
+) -> None:
+    await provider.add("undeclared", url=limited.url)
+    proxy = await make_proxy()
+    results = await post_many(client, base(proxy) + "/function/undeclared", CALLS)
+    assert results == [(200, True)] * CALLS
+
+
+async def test_a_function_that_keeps_answering_429_past_the_hold_timeout_passes_it_on(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    await provider.add("refuser")
+    proxy = await make_proxy(hold_timeout=0.3)
+    async with client.post(base(proxy) + "/function/refuser/status/429", data=b"x") as response:
+        assert response.status == 429
+        assert "status 429 from refuser" in await response.text()
+
+
+# -- the label -------------------------------------------------------------------------------------
+
+
+def test_the_label_reads_a_whole_number_and_zero_or_absent_means_no_limit() -> None:
+    assert max_inflight({MAX_INFLIGHT: " 8 "}) == 8
+    assert max_inflight({MAX_INFLIGHT: "0"}) is None
+    assert max_inflight({}) is None
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "2.5", ""])
+def test_a_bad_label_value_is_a_clear_error(value: str) -> None:
+    with pytest.raises(SpecError, match=f"label {MAX_INFLIGHT}=.* is invalid: a whole number >= 0"):
+        max_inflight({MAX_INFLIGHT: value})
+
+
+async def test_a_function_with_a_bad_limit_is_still_served_and_the_log_says_why(
+    provider: FakeProvider,
+    make_proxy: MakeProxy,
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await provider.add("typo", labels={MAX_INFLIGHT: "lots"})
+    proxy = await make_proxy()
+    with caplog.at_level(logging.WARNING, logger="autoscaler.proxy"):
+        for _ in range(2):
+            async with client.get(base(proxy) + "/function/typo/") as response:
+                assert response.status == 200
+    warnings = [r.getMessage() for r in caplog.records if MAX_INFLIGHT in r.getMessage()]
+    assert len(warnings) == 1  # once per value, not per request
+    assert "is invalid: a whole number >= 0" in warnings[0]
