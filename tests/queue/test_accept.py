@@ -80,6 +80,19 @@ class TestAnAcceptedCall:
             "team-a",
         )
 
+    async def test_with_expect_100_continue_gets_the_go_ahead_for_its_body(
+        self, stack: Stack, client: aiohttp.ClientSession, js: JetStreamContext
+    ) -> None:
+        await stack.provider.add("hello")
+        body = b"z" * 200_000
+        async with asyncio.timeout(5):  # a client waiting for a 100 Continue that never comes hangs
+            async with client.post(
+                f"{stack.base}/async-function/hello", data=body, expect100=True
+            ) as response:
+                assert response.status == 202, await response.text()
+        [call] = await queued(js, stack)
+        assert call.body == body
+
     async def test_carries_the_functions_retry_labels(
         self, stack: Stack, client: aiohttp.ClientSession, js: JetStreamContext
     ) -> None:
