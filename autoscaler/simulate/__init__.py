@@ -26,15 +26,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from autoscaler.errors import ConfigError
 from autoscaler.simulate.account import SERVICE_MODEL
+from autoscaler.simulate.frontier import against, summary
 from autoscaler.simulate.plot import plot
 from autoscaler.simulate.policies import (
-    DESCRIPTIONS,
     POLICY_NAMES,
+    SWEEP,
     FunctionResult,
     SimSettings,
+    check_policy,
+    describe,
     simulate_chunk,
 )
-from autoscaler.simulate.report import PolicyResult, document, print_report, summarize, verdict, write_json
+from autoscaler.simulate.report import (
+    PolicyResult,
+    document,
+    print_frontier,
+    print_report,
+    summarize,
+    verdict,
+    write_json,
+)
 from autoscaler.simulate.trace import ARRIVAL_RULE, Trace, TraceFunction, read_trace
 from autoscaler.simulate.views import CONCURRENCY_MODEL, PROMETHEUS_MODEL
 from autoscaler.spec import parse_duration
@@ -52,7 +63,9 @@ class Simulation:
     evaluations: int
 
 
-def assumptions(settings: SimSettings, trace: Trace) -> dict[str, Any]:
+def assumptions(
+    settings: SimSettings, trace: Trace, policies: tuple[str, ...] = POLICY_NAMES
+) -> dict[str, Any]:
     """Every modelling choice a reader needs to judge the numbers (the JSON's `assumptions`)."""
     return {
         **asdict(settings),
@@ -75,7 +88,7 @@ def assumptions(settings: SimSettings, trace: Trace) -> dict[str, Any]:
         "minutes": trace.minutes,
         "durations_filled_with_median": trace.durations_filled,
         "memory_filled_with_median": trace.memory_filled,
-        "policies": {name: DESCRIPTIONS[name] for name in POLICY_NAMES},
+        "policies": {name: describe(name) for name in policies},
     }
 
 
@@ -137,6 +150,13 @@ def _duration(text: str) -> float:
     return value
 
 
+def _policy(text: str) -> str:
+    try:
+        return check_policy(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_parser(subparsers: Any) -> None:
     """Register `simulate` on the `autoscaler` command's subparsers."""
     parser = subparsers.add_parser(
@@ -155,8 +175,15 @@ def add_parser(subparsers: Any) -> None:
         "--policy",
         dest="policies",
         action="append",
-        choices=POLICY_NAMES,
-        help="a policy to simulate (repeat; default: all of them)",
+        type=_policy,
+        help=f"a policy to simulate (repeat; default: {', '.join(POLICY_NAMES)}); also fixed-<N>m "
+        "(keep warm N minutes) and adaptive-p<P> (keep warm to the P-th percentile of the idle times)",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="the trade-off curves: fixed at 1 to 120 minutes and adaptive over its idle-time percentile, "
+        "and where adaptive runs below fixed's curve",
     )
     parser.add_argument(
         "--cold-start", type=_duration, default=2.0, help="time to a ready replica (default 2s)"
@@ -201,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--warmup ({args.warmup:g}s) leaves nothing to measure of a {trace.minutes}-minute trace"
         )
-    policies = tuple(dict.fromkeys(args.policies or POLICY_NAMES))
+    chosen = (*(args.policies or ()), *SWEEP) if args.sweep else (args.policies or POLICY_NAMES)
+    policies = tuple(dict.fromkeys(chosen))
     keep: TraceFunction | None = None
     if args.function_key is not None:
         matches = [fn for fn in trace.functions if fn.key.startswith(args.function_key)]
@@ -243,6 +271,10 @@ def run(args: argparse.Namespace) -> int:
     judged = verdict(sim.rows)
     out = Console() if sys.stdout.isatty() else Console(width=130)  # a file or pipe gets whole numbers
     print_report(out, sim.rows, title=title, judged=judged)
+    compared = against(sim.rows)
+    frontier = summary(compared) if args.sweep else None
+    if frontier is not None:
+        print_frontier(out, compared, frontier)
     if args.json_path is not None:
         extra = {
             "functions": total,
@@ -251,8 +283,16 @@ def run(args: argparse.Namespace) -> int:
             "policy_evaluations": sim.evaluations,
             "adaptive_vs_fixed_10m": judged,
         }
+        if frontier is not None:
+            extra["adaptive_vs_fixed_curve"] = {
+                "summary": frontier,
+                "points": [{**asdict(a), "below_by_pct_points": a.below_by} for a in compared],
+            }
         doc = document(
-            trace=str(trace.path), assumptions=assumptions(settings, trace), rows=sim.rows, extra=extra
+            trace=str(trace.path),
+            assumptions=assumptions(settings, trace, policies),
+            rows=sim.rows,
+            extra=extra,
         )
         write_json(args.json_path, doc)
     if args.plot is not None:

@@ -18,11 +18,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
 
+from autoscaler.simulate.policies import family
 from autoscaler.simulate.report import PolicyResult
 
 COLORS = {
     "adaptive": "tab:green",
-    "fixed-10m": "tab:blue",
+    "fixed": "tab:blue",
     "openfaas": "tab:purple",
     "knative": "tab:orange",
     "keda-hpa": "tab:red",
@@ -45,13 +46,22 @@ def plot(
         2 if with_timeline else 1, 1, figsize=(9, 9 if with_timeline else 5.5), squeeze=False
     )
     ax = axes[0][0]
+    curves: dict[str, list[PolicyResult]] = {}
     for row in rows:
-        color = COLORS.get(row.policy, "black")
-        x = row.wasted_memory_gb_s / 3600.0
-        ax.scatter([x], [row.cold_start_pct_p75_function], s=90, color=color, zorder=3)
-        ax.annotate(
-            row.policy, (x, row.cold_start_pct_p75_function), xytext=(6, 6), textcoords="offset points"
-        )
+        curves.setdefault(family(row.policy), []).append(row)
+    for name, points in curves.items():
+        color = COLORS.get(name, "black")
+        points.sort(key=lambda r: r.wasted_memory_gb_s)
+        xs = [r.wasted_memory_gb_s / 3600.0 for r in points]
+        ys = [r.cold_start_pct_p75_function for r in points]
+        if len(points) > 1:  # a swept family: its trade-off curve
+            ax.plot(xs, ys, color=color, alpha=0.6, zorder=2, label=name)
+        ax.scatter(xs, ys, s=90 if len(points) == 1 else 40, color=color, zorder=3)
+        for row, x, y in zip(points, xs, ys, strict=True):
+            text = row.policy.removeprefix(name + "-") if len(points) > 1 else row.policy
+            ax.annotate(text, (x, y), xytext=(6, 6), textcoords="offset points", fontsize="small")
+    if any(len(points) > 1 for points in curves.values()):
+        ax.legend(loc="upper right", fontsize="small")
     ax.set_xlabel("wasted memory (GB-hours: idle replica time x memory)")
     ax.set_ylabel("cold starts of the 75th-percentile function (%)")
     ax.set_title(title)
@@ -77,7 +87,7 @@ def plot(
                 np.array(times) / 3600.0,
                 np.array(values) + lift,
                 where="post",
-                color=COLORS.get(name, "black"),
+                color=COLORS.get(family(name), "black"),
                 label=name,
             )
         tl.set_xlabel("hour of the day")

@@ -9,6 +9,7 @@ Knative's concurrency windows) is computed once per function and shared by all p
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +21,7 @@ from autoscaler.simulate.engine import Driver, run
 from autoscaler.simulate.trace import TraceFunction, spread_arrivals
 from autoscaler.simulate.views import ConcurrencyView, PrometheusView, concurrency_view, prometheus_view
 from autoscaler.spec import KEEPALIVE, ZERO, ZERO_DURATION, parse_labels
-from policies.adaptive import HybridHistogram
+from policies.adaptive import HistogramConfig, HybridHistogram
 from policies.baselines import KedaHpa, KnativeKPA
 from policies.model import ScalingSpec
 
@@ -80,10 +81,87 @@ class FunctionResult:
     changes: list[tuple[float, int]] = field(default_factory=list)  # kept only for the plotted function
 
 
+# The frontier (`simulate --sweep`): the fixed keep-alive at windows from 1 to 120 minutes, and the
+# adaptive one over its main knob, the percentile of the idle times it keeps a function warm to.
+SWEEP_FIXED_MINUTES = (1, 2, 5, 10, 20, 30, 60, 90, 120)
+SWEEP_ADAPTIVE_PERCENTILES = (50, 60, 70, 75, 80, 90, 95, 99)
+SWEEP = (
+    *(f"fixed-{m}m" for m in SWEEP_FIXED_MINUTES),
+    *(f"adaptive-p{p}" for p in SWEEP_ADAPTIVE_PERCENTILES),
+)
+_FIXED = re.compile(r"fixed-(\d+)m")
+_ADAPTIVE = re.compile(r"adaptive-p(\d+)")
+
+
+def check_policy(name: str) -> str:
+    """`name` when the simulator knows it, else ValueError saying what it knows.
+
+    Besides the named policies: `fixed-<N>m` (keep warm N minutes after the last call, 1 <= N <= 1440)
+    and `adaptive-p<P>` (the adaptive keep-alive keeping warm to the P-th percentile of the idle
+    times, 5 < P <= 100; `adaptive` is `adaptive-p75`).
+    """
+    fixed, adaptive = _FIXED.fullmatch(name), _ADAPTIVE.fullmatch(name)
+    if (
+        name in POLICY_NAMES
+        or (fixed is not None and 1 <= int(fixed.group(1)) <= 1440)
+        or (adaptive is not None and HistogramConfig().head_percentile < int(adaptive.group(1)) <= 100)
+    ):
+        return name
+    raise ValueError(
+        f"unknown policy {name!r}: choose from {', '.join(POLICY_NAMES)}, fixed-<N>m (N minutes, 1 to "
+        "1440) or adaptive-p<P> (P the idle-time percentile kept warm, 6 to 100)"
+    )
+
+
+def family(name: str) -> str:
+    """`fixed`, `adaptive` or the policy itself: the curve a policy's point belongs to."""
+    if _FIXED.fullmatch(name):
+        return "fixed"
+    if name == "adaptive" or _ADAPTIVE.fullmatch(name):
+        return "adaptive"
+    return name
+
+
+def describe(name: str) -> str:
+    """What a policy is, for the JSON report's assumptions."""
+    if name in DESCRIPTIONS:
+        return DESCRIPTIONS[name]
+    if _FIXED.fullmatch(name):
+        labels = _labels(name)
+        return (
+            "policies.engine.decide, fixed keep-alive (labels "
+            + ", ".join(f"{k}={v}" for k, v in labels.items())
+            + ")"
+        )
+    return (
+        f"{DESCRIPTIONS['adaptive']} with tail_percentile={_tail_percentile(name):g} "
+        "(the percentile of the idle times kept warm)"
+    )
+
+
+def _labels(name: str) -> dict[str, str]:
+    fixed = _FIXED.fullmatch(name)
+    if fixed is not None:
+        return {ZERO: "true", ZERO_DURATION: f"{int(fixed.group(1))}m"}
+    if _ADAPTIVE.fullmatch(name):
+        return PROJECT_LABELS["adaptive"]
+    return PROJECT_LABELS[name]
+
+
+def _tail_percentile(name: str) -> float:
+    adaptive = _ADAPTIVE.fullmatch(name)
+    return HistogramConfig().tail_percentile if adaptive is None else float(adaptive.group(1))
+
+
+def is_project(name: str) -> bool:
+    """Decided by the loop's own engine (as opposed to a peer's model)."""
+    return family(name) in ("fixed", "adaptive") or name in PROJECT_LABELS
+
+
 @functools.cache
 def project_spec(name: str) -> ScalingSpec:
     """The ScalingSpec the loop would build from the policy's labels."""
-    return parse_labels(PROJECT_LABELS[name])
+    return parse_labels(_labels(check_policy(name)))
 
 
 @dataclass(slots=True)
@@ -117,9 +195,12 @@ class _Inputs:
 
 def make_driver(name: str, inputs: _Inputs, *, per_pod: int) -> Driver:
     """A fresh policy object (no memory of other functions) wired to this function's inputs."""
-    if name in PROJECT_LABELS:
+    if is_project(name):
         spec = project_spec(name)
-        keepalive = HybridHistogram(fixed_keepalive=spec.zero_duration) if name == "adaptive" else None
+        keepalive = None
+        if family(name) == "adaptive":
+            config = HistogramConfig(tail_percentile=_tail_percentile(name))
+            keepalive = HybridHistogram(fixed_keepalive=spec.zero_duration, config=config)
         return DecideDriver(spec=spec, view=inputs.prometheus, tick=inputs.settings.tick, keepalive=keepalive)
     if name == "knative":
         kpa = KnativeKPA(container_concurrency=float(per_pod))

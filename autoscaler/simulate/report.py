@@ -162,3 +162,21 @@ def print_report(
             f"<= x{GOAL_MEMORY_RATIO}, no baseline colder and cheaper) "
             + ("met" if judged["goal_met"] else "NOT met")
         )
+
+
+def print_frontier(console: Console, compared: Sequence[Any], sentence: str) -> None:
+    """The adaptive curve's points against the fixed curve at the same wasted memory."""
+    out = Table(title="adaptive against the fixed keep-alive's curve (p75-function cold starts)")
+    for header in ("policy", "wasted GB-s", "cold % p75 fn", "fixed's curve there", "points below"):
+        out.add_column(header, justify="left" if header == "policy" else "right", no_wrap=header == "policy")
+    for point in compared:
+        base, below = point.baseline_cold_pct, point.below_by
+        out.add_row(
+            point.policy,
+            f"{point.wasted_memory_gb_s:,.0f}",
+            f"{point.cold_pct:.2f}",
+            "outside its range" if base is None else f"{base:.2f}",
+            "" if below is None else f"{below:+.2f}",
+        )
+    console.print(out)
+    console.print(sentence)

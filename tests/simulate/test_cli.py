@@ -143,7 +143,7 @@ def test_the_command_runs_in_worker_processes_and_prints_the_table(tmp_path: Pat
     [
         (("--functions", "-3"), "--functions must be at least 1, got -3"),
         (("--trace", "/nonexistent-trace-dir"), "trace directory /nonexistent-trace-dir does not exist"),
-        (("--policy", "nope"), "invalid choice: 'nope'"),
+        (("--policy", "nope"), "unknown policy 'nope'"),
         (("--cold-start", "soon"), "not a Go duration: 'soon'"),
     ],
 )
