@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.support.prometheus import free_port  # noqa: E402 - after the path the tests live on
+
 BODY = "hello from the function\n"
 CPUS = os.cpu_count() or 1
 # The proxy under test, nginx-as-proxy or ours, gets one CPU; wrk and the function nginx share the other.
@@ -74,12 +76,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

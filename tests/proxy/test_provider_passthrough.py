@@ -29,7 +29,8 @@ from aiohttp import web
 from yarl import URL
 
 from tests.proxy.conftest import MakeProxy, base
-from tests.support.fakeprovider import FakeProvider, free_port
+from tests.support.fakeprovider import FakeProvider
+from tests.support.prometheus import free_port
 from tests.support.upstream import pattern
 from tests.support.waiting import until
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from autoscaler.errors import NotFoundError, ProviderError
 from autoscaler.interfaces import FunctionInfo, FunctionRef
+from tests.support.prometheus import free_port
 from tests.support.upstream import Upstream
 
 
@@ -33,12 +33,6 @@ class _Function:
     listed: bool = False  # whether endpoints() lists the replica
     extra_endpoints: list[str] | None = None  # set_endpoints(): replaces the listed endpoints
     release: asyncio.Event = field(default_factory=asyncio.Event)  # ready_now(): cut the delay short
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class FakeProvider:
