@@ -4,6 +4,7 @@ each call invoked through the proxy, retried on its schedule, answered to its ca
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -275,3 +276,40 @@ class TestARestartedNatsServer:
                 await asyncio.sleep(0.1)
         await until(lambda: len(callback.seen) == 6, within=15, what="the calls accepted after the restart")
         assert sorted(seen.headers["X-Call-Id"] for seen in callback.seen) == sorted(before + after)
+
+
+class TestABatch:
+    async def test_of_300_calls_to_a_function_at_zero_gets_exactly_one_callback_per_call_with_its_body(
+        self,
+        stack: Stack,
+        make_receiver: MakeReceiver,
+        make_worker: MakeWorker,
+        client: aiohttp.ClientSession,
+    ) -> None:
+        callback = await make_receiver()
+        await stack.provider.add("batch", warm=False)
+        gate = asyncio.Semaphore(20)
+
+        async def one(i: int) -> tuple[str, bytes]:
+            body = f"item-{i}".encode()
+            async with gate:
+                return await submit(client, stack, "batch", body, X_Callback_Url=callback.url), body
+
+        sent = dict(await asyncio.gather(*(one(i) for i in range(300))))
+        assert len(sent) == 300  # 300 distinct call ids
+        await make_worker(max_inflight=5)
+        await until(
+            lambda: len(callback.seen) >= 300,
+            within=60,
+            what=lambda: f"{len(callback.seen)} of 300 callbacks",
+        )
+        await asyncio.sleep(0.3)  # a duplicate would arrive about now
+        got = {seen.headers["X-Call-Id"]: seen for seen in callback.seen}
+        assert len(callback.seen) == 300
+        assert got.keys() == sent.keys()
+        for call_id, seen in got.items():
+            assert seen.headers["X-Function-Status"] == "200"
+            echo = json.loads(seen.body)  # the function (tests.support.upstream) echoes what it got
+            assert echo["body"] == sent[call_id].decode()
+            assert ["X-Call-Id", call_id] in echo["headers"]
+        assert len(stack.provider.scale_calls) >= 1  # woken from zero by the proxy
