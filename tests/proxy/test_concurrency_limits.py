@@ -21,7 +21,7 @@ import pytest
 from autoscaler.errors import SpecError
 from autoscaler.proxy import Proxy
 from autoscaler.spec import MAX_INFLIGHT, max_inflight
-from tests.proxy.conftest import MakeProxy, base
+from tests.proxy.conftest import MakeProxy, base, wait_held
 from tests.support.fakeprovider import FakeProvider
 from tests.support.naive import NaiveServer
 from tests.support.waiting import until
@@ -70,6 +70,19 @@ async def test_a_function_that_declares_its_limit_gets_no_more_and_no_caller_see
     assert results == [(200, True)] * CALLS
 
 
+async def test_requests_held_through_a_cold_start_queue_for_slots_instead_of_getting_429(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession, limited: NaiveServer
+) -> None:
+    ref = await provider.add(
+        "sleepy", url=limited.url, warm=False, ready_delay=30, labels={MAX_INFLIGHT: "2"}
+    )
+    proxy = await make_proxy()
+    calls = asyncio.ensure_future(post_many(client, base(proxy) + "/function/sleepy", CALLS))
+    await wait_held(proxy, ref.key, CALLS)
+    provider.ready_now(ref)
+    assert await calls == [(200, True)] * CALLS
+
+
 async def test_requests_above_the_limit_are_forwarded_one_slot_at_a_time_in_arrival_order(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
@@ -85,7 +98,8 @@ async def test_requests_above_the_limit_are_forwarded_one_slot_at_a_time_in_arri
     calls = []
     for index in range(6):  # each arrives after the one before it is in the proxy
         calls.append(asyncio.ensure_future(call(index)))
-        await until(lambda n=index: started(proxy, ref.key) > n, within=5, what=f"call {index} to arrive")
+        arrived = index + 1
+        await until(lambda: started(proxy, ref.key) >= arrived, within=5, what=f"call {index} to arrive")  # noqa: B023
     assert await asyncio.gather(*calls) == [200] * 6
     upstream = provider.upstream(ref)
     assert upstream is not None

@@ -106,7 +106,7 @@ def serve() -> None:
             nonlocal inflight
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if self.path == "/crash":
-                self.server.socket.close()  # the listener first: the replica is gone, not restarting
+                server.socket.close()  # the listener first: the replica is gone, not restarting
                 os._exit(3)
             with lock:
                 inflight += 1
