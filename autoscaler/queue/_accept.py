@@ -25,7 +25,7 @@ from yarl import URL
 
 from autoscaler.config import QueueSettings
 from autoscaler.interfaces import FunctionRef, Provider
-from autoscaler.queue._jetstream import NATS_ERRORS, NatsLink, QueueUnavailable
+from autoscaler.queue._jetstream import DUPLICATE_WINDOW, NATS_ERRORS, NatsLink, QueueUnavailable
 from autoscaler.queue._message import QueuedCall, subject
 
 log = logging.getLogger("autoscaler.queue")
@@ -138,10 +138,20 @@ class AsyncAcceptor:
                 "max_payload or send less"
             )
         try:
-            await self._publish(call, headers)
+            duplicate = await self._publish(call, headers)
         except QueueUnavailable as e:
             log.warning("async call %s for %s refused: %s", call_id, ref.key, e)
             return _error(503, str(e), headers={"Retry-After": "5"})
+        if duplicate:
+            # JetStream already holds a call with this id (a resend after a 503, or a reused id):
+            # it is not queued twice, and the caller is told so rather than left to believe it was.
+            log.info("async call %s for %s is a duplicate of a queued call", call_id, ref.key)
+            return web.Response(
+                status=202,
+                text=f"already queued: a call with X-Call-Id {call_id} was accepted within the last "
+                f"{DUPLICATE_WINDOW:g}s; this one is not queued again (use a new X-Call-Id for a new call)\n",
+                headers={"X-Call-Id": call_id, "X-Duplicate": "true"},
+            )
         self.accepted += 1
         return web.Response(
             status=202,
@@ -193,8 +203,9 @@ class AsyncAcceptor:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _publish(self, call: QueuedCall, headers: dict[str, str]) -> None:
-        """Publish and wait for JetStream's ack; QueueUnavailable when it is not certain."""
+    async def _publish(self, call: QueuedCall, headers: dict[str, str]) -> bool:
+        """Publish and wait for JetStream's ack (True: it was a duplicate, stored before);
+        QueueUnavailable when it is not certain."""
         link = self._link
         # JetStream stores one message per id within its duplicate window: a publish retried here, or
         # by a caller resending with the same X-Call-Id after a 503, is queued once.
@@ -203,14 +214,14 @@ class AsyncAcceptor:
             await link.ensure_streams()
             js = link.jetstream()
             try:
-                await js.publish(
+                ack = await js.publish(
                     subject(self._settings.queue_name, call.ref),
                     call.body,
                     timeout=self._settings.publish_timeout,
                     stream=self._settings.queue_name,
                     headers=headers,
                 )
-                return
+                return bool(ack.duplicate)
             except nats.js.errors.NoStreamResponseError as e:
                 link.forget_streams()  # the stream was deleted under us: create it again, once
                 if attempt == 2:
@@ -224,6 +235,7 @@ class AsyncAcceptor:
                     f"within {self._settings.publish_timeout:g}s ({type(e).__name__}); it may or may "
                     "not be queued, retry later with the same X-Call-Id"
                 ) from e
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 def _valid_callback(value: str) -> bool:

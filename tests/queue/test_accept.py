@@ -80,6 +80,20 @@ class TestAnAcceptedCall:
             "team-a",
         )
 
+    async def test_sent_again_with_the_same_call_id_is_queued_once_and_says_so(
+        self, stack: Stack, client: aiohttp.ClientSession, js: JetStreamContext
+    ) -> None:
+        await stack.provider.add("hello")
+        for _ in range(2):
+            async with client.post(
+                f"{stack.base}/async-function/hello", data=b"once", headers={"X-Call-Id": "resent-1"}
+            ) as response:
+                assert response.status == 202
+                text = await response.text()
+        assert response.headers["X-Duplicate"] == "true"
+        assert "already queued" in text
+        assert [call.call_id for call in await queued(js, stack)] == ["resent-1"]
+
     async def test_with_expect_100_continue_gets_the_go_ahead_for_its_body(
         self, stack: Stack, client: aiohttp.ClientSession, js: JetStreamContext
     ) -> None:
