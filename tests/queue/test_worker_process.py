@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import nats
 import pytest
 
 from tests.queue.conftest import MakeReceiver, MakeWorker, Stack
@@ -192,3 +193,38 @@ class TestTheAdminPort:
         finally:
             worker.kill()
             worker.wait(timeout=10)
+
+
+class TestAStoppedWorker:
+    async def test_finishes_its_running_call_on_sigterm_and_exits_0(
+        self, stack: Stack, make_receiver: MakeReceiver, tmp_path: Path
+    ) -> None:
+        function = await make_receiver(delay=1.5)
+        callback = await make_receiver()
+        await stack.provider.add("steady", url=function.url)
+        worker = worker_process(stack, tmp_path / "worker.log", "--shutdown-grace", "10")
+        try:
+            async with (
+                aiohttp.ClientSession() as client,
+                client.post(
+                    f"{stack.base}/async-function/steady",
+                    data=b"finish me",
+                    headers={"X-Callback-Url": callback.url},
+                ) as response,
+            ):
+                assert response.status == 202
+            await until(lambda: len(function.seen) == 1, within=15, what="the call")
+            worker.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(worker.wait, 15) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(timeout=10)
+        assert len(callback.seen) == 1
+        assert callback.seen[0].headers["X-Function-Status"] == "200"
+        # Acknowledged before the exit: the work-queue stream no longer holds it.
+        nc = await nats.connect(stack.nats.url)
+        try:
+            assert (await nc.jetstream().stream_info(stack.queue.queue_name)).state.messages == 0
+        finally:
+            await nc.close()
