@@ -313,3 +313,21 @@ class TestABatch:
             assert echo["body"] == sent[call_id].decode()
             assert ["X-Call-Id", call_id] in echo["headers"]
         assert len(stack.provider.scale_calls) >= 1  # woken from zero by the proxy
+
+
+class TestALongCall:
+    async def test_outlasting_the_ack_wait_is_not_redelivered_while_it_runs(
+        self,
+        stack: Stack,
+        make_receiver: MakeReceiver,
+        make_worker: MakeWorker,
+        client: aiohttp.ClientSession,
+    ) -> None:
+        function = await make_receiver(delay=4.0)
+        callback = await make_receiver()
+        await stack.provider.add("long", url=function.url)
+        # A free second slot would take the call again if JetStream redelivered it after 1.5 s.
+        await make_worker(ack_wait=1.5, max_inflight=2, adaptive_concurrency=False)
+        await submit(client, stack, "long", b"slow work", X_Callback_Url=callback.url)
+        await until(lambda: len(callback.seen) == 1, within=15, what="the long call's callback")
+        assert len(function.seen) == 1
