@@ -171,6 +171,12 @@ class Pool:
         idle = origin.idle
         while idle:
             conn = idle.pop()
+            if not conn.proven and idle:
+                # A dial nobody waited for may be one the replica never accepted: a proven one first.
+                for index in range(len(idle) - 1, -1, -1):
+                    if idle[index].proven:
+                        idle[index], conn = conn, idle[index]
+                        break
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 origin.in_use += 1
                 return conn

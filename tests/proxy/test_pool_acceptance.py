@@ -8,6 +8,9 @@ dialled ahead of need, a filler connection takes the only place in the accept qu
 request on its connection is never acknowledged. The pool must notice (TCP_INFO), reset that
 connection so that the request can never arrive later, and send the request on another connection
 once the replica accepts again: it reaches the replica once, never on the unaccepted connection.
+
+And a request is not tied to its own dial: with the accept queue full its dial is stuck in SYN
+retries, yet it goes out on a kept-alive connection as soon as that one is released.
 """
 
 from __future__ import annotations
@@ -127,3 +130,43 @@ async def test_a_request_on_a_connection_the_replica_never_accepted_moves_and_ar
         if serving is not None:
             serving.cancel()
         pool.close()
+
+
+async def test_a_waiting_request_takes_a_kept_alive_connection_that_frees_while_its_dial_is_stuck() -> None:
+    loop = asyncio.get_running_loop()
+    plain = socket.socket()  # no deferred accept here: a full queue drops new handshakes outright
+    plain.bind(("127.0.0.1", 0))
+    plain.listen(0)
+    plain.setblocking(False)
+    url = f"http://127.0.0.1:{plain.getsockname()[1]}"
+    pool = Pool(limit_per_origin=4, connect_timeout=5.0, idle_timeout=15.0)
+    filler: socket.socket | None = None
+    try:
+        first = asyncio.ensure_future(
+            pool.request(endpoint=url, method="GET", path="/1", headers=[], body=None)
+        )
+        kept, _ = await loop.sock_accept(plain)
+        kept.setblocking(False)
+        assert (await loop.sock_recv(kept, 4096)).startswith(b"GET /1 ")
+        filler = socket.create_connection(plain.getsockname())  # takes the only place in the queue
+        second = asyncio.ensure_future(
+            pool.request(endpoint=url, method="GET", path="/2", headers=[], body=None)
+        )
+        await until(lambda: pool._origins[url].dialing == 1, within=2, what="a dial for the second request")
+        await loop.sock_sendall(kept, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none")
+        conn = await first
+        assert await conn.read_all() == b"one"
+        pool.release(conn)  # the kept-alive connection is free before the stuck dial gets through
+        async with asyncio.timeout(2):
+            assert (await loop.sock_recv(kept, 4096)).startswith(b"GET /2 ")
+        await loop.sock_sendall(kept, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo")
+        async with asyncio.timeout(2):
+            conn = await second
+            assert await conn.read_all() == b"two"
+        pool.release(conn)
+        kept.close()
+    finally:
+        if filler is not None:
+            filler.close()
+        pool.close()
+        plain.close()
