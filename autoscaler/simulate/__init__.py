@@ -12,21 +12,33 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import math
 import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from autoscaler._promql import base_url
+from autoscaler.config import DEFAULT_QUERIES
 from autoscaler.errors import ConfigError
 from autoscaler.simulate.account import SERVICE_MODEL
 from autoscaler.simulate.frontier import against, summary
+from autoscaler.simulate.history import (
+    HISTORY_RULE,
+    STEP,
+    Sizes,
+    parse_span,
+    parse_until,
+    read_history,
+    read_sizes,
+)
 from autoscaler.simulate.plot import plot
 from autoscaler.simulate.policies import (
     POLICY_NAMES,
@@ -150,6 +162,48 @@ def _duration(text: str) -> float:
     return value
 
 
+def _trace(args: argparse.Namespace) -> tuple[Trace, dict[str, Any]]:
+    """The trace to replay (a directory, or the history in Prometheus) and what the report says of it."""
+    if args.prometheus_url is None:
+        trace = read_trace(args.trace or DEFAULT_TRACE, functions=args.functions)
+        return trace, {}
+    if args.trace is not None:
+        raise ConfigError("give --trace or --prometheus-url, not both: one is the calls to replay")
+    if not math.isfinite(args.memory_mb) or args.memory_mb <= 0:
+        raise ConfigError(f"--memory-mb must be a number > 0, got {args.memory_mb:g}")
+    now = time.time()
+    end = parse_until(args.until, now=now)
+    start = end - parse_span(args.since, flag="--since")
+    sizes = Sizes(duration=args.duration, memory_mb=args.memory_mb)
+    if args.sizes is not None:
+        sizes = read_sizes(args.sizes, duration=args.duration, memory_mb=args.memory_mb)
+    trace = read_history(
+        url=str(base_url(args.prometheus_url)),
+        query=args.query_started,
+        start=start,
+        end=end,
+        namespaces=tuple(args.namespaces),
+        sizes=sizes,
+    )
+    if args.functions is not None:
+        if args.functions < 1:
+            raise ConfigError(f"--functions must be at least 1, got {args.functions}")
+        trace = replace(trace, functions=trace.functions[: args.functions])
+    return trace, {
+        "history": {
+            "prometheus_url": args.prometheus_url,
+            "query": args.query_started,
+            "range": str(trace.path),
+            "step_s": STEP,
+            "calls_per_minute": HISTORY_RULE,
+            "duration_s_default": sizes.duration,
+            "memory_mb_default": sizes.memory_mb,
+            "sizes_file": None if args.sizes is None else str(args.sizes),
+            "namespaces": list(args.namespaces) or "all",
+        }
+    }
+
+
 def _policy(text: str) -> str:
     try:
         return check_policy(text)
@@ -168,8 +222,39 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--trace",
         type=Path,
-        default=DEFAULT_TRACE,
+        default=None,
         help="trace directory (default: the sample shipped inside)",
+    )
+    history = parser.add_argument_group(
+        "what-if on your own history (instead of --trace)",
+        "the started-invocations counter per function from your Prometheus, replayed through the policies",
+    )
+    history.add_argument(
+        "--prometheus-url", default=None, help="Prometheus base URL, e.g. http://prometheus:9090"
+    )
+    history.add_argument(
+        "--since", default="7d", help="how far back the history starts (default 7d; e.g. 36h)"
+    )
+    history.add_argument(
+        "--until", default=None, help="where it ends: RFC 3339 time or a span ago (default now)"
+    )
+    history.add_argument(
+        "--namespace", dest="namespaces", action="append", default=[], help="only this namespace (repeat)"
+    )
+    history.add_argument(
+        "--query-started",
+        default=DEFAULT_QUERIES["started"],
+        help="PromQL of the started-invocations counter by function_name (default: the loop's own)",
+    )
+    history.add_argument(
+        "--duration",
+        type=_duration,
+        default=0.1,
+        help="each call's duration, for every function (default 100ms)",
+    )
+    history.add_argument("--memory-mb", type=float, default=256.0, help="memory of a replica (default 256)")
+    history.add_argument(
+        "--sizes", type=Path, default=None, help="YAML: functions: {NAME.NAMESPACE: {duration, memory_mb}}"
     )
     parser.add_argument(
         "--policy",
@@ -223,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
-    trace = read_trace(args.trace, functions=args.functions)
+    trace, source = _trace(args)
     if args.warmup >= trace.seconds:
         raise ConfigError(
             f"--warmup ({args.warmup:g}s) leaves nothing to measure of a {trace.minutes}-minute trace"
@@ -290,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
             }
         doc = document(
             trace=str(trace.path),
-            assumptions=assumptions(settings, trace, policies),
+            assumptions={**assumptions(settings, trace, policies), **source},
             rows=sim.rows,
             extra=extra,
         )

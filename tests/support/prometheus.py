@@ -87,7 +87,11 @@ class PrometheusServer:
         scrape_interval: float = 1.0,
         binary: str | None = None,
         host: str = "127.0.0.1",
+        blocks: Path | None = None,
+        retention: str = "1h",
     ) -> None:
+        self.blocks = blocks  # TSDB blocks (e.g. from `promtool tsdb create-blocks-from`) to start with
+        self.retention = retention
         self.data_dir = data_dir
         self.targets = list(targets)
         self.scrape_interval = scrape_interval
@@ -135,13 +139,15 @@ class PrometheusServer:
         self.port = free_port(self.host)
         tsdb = self.data_dir / "tsdb"
         shutil.rmtree(tsdb, ignore_errors=True)
+        if self.blocks is not None:
+            shutil.copytree(self.blocks, tsdb)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [
                     self.binary,
                     f"--config.file={config_path}",
                     f"--storage.tsdb.path={tsdb}",
-                    "--storage.tsdb.retention.time=1h",
+                    f"--storage.tsdb.retention.time={self.retention}",
                     f"--web.listen-address={self.host}:{self.port}",
                     "--log.level=warn",
                 ],
