@@ -146,7 +146,8 @@ class ProxySettings(_Base):
     upstream_connections: int = Field(
         default=100,
         gt=0,
-        description="connections per function replica; more requests wait for one in arrival order",
+        description="connections per function replica at most, opened as earlier ones prove themselves; "
+        "more requests take the first that frees, in arrival order",
     )
     upstream_idle_timeout: float = Field(
         default=15.0, gt=0, description="seconds an unused kept-alive upstream connection stays open"

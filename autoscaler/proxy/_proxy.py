@@ -2,7 +2,9 @@
 
 One aiohttp low-level server takes every request (no router or middleware on the hot path), resolves
 it to a function the provider knows, and either forwards it at once or holds it through a cold start
-(`_hold`). Counters are plain numbers exported on scrape (`_metrics`). The proxy tells the provider
+(`_hold`); a function that declares `autoscaler.dev/max-inflight` gets at most that many requests
+per replica and the rest queue for a slot (`_slots`). Counters are plain numbers exported on scrape
+(`_metrics`). The proxy tells the provider
 that a function is active at most every few seconds while it holds or forwards requests for it, and
 `busy()` and `invocation_stats()` expose the same facts to the control loop (invariant 2).
 
