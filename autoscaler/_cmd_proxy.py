@@ -21,20 +21,26 @@ NATS_START_WAIT = 5.0
 async def serve(
     *, settings: ProxySettings, providers: ProviderSettings, queue: QueueSettings | None = None
 ) -> int:
+    from prometheus_client import CollectorRegistry
+
     from autoscaler.providers.kubernetes import KubernetesProvider
     from autoscaler.proxy import Proxy, serve_forever
     from autoscaler.queue import AsyncAcceptor
 
     provider = await KubernetesProvider.create(settings=providers)
     acceptor: AsyncAcceptor | None = None
+    registry = CollectorRegistry()
     try:
         await provider.start()
         if queue is not None and queue.nats_url is not None:
             acceptor = AsyncAcceptor(
-                settings=queue, provider=provider, default_namespace=settings.default_namespace
+                settings=queue,
+                provider=provider,
+                default_namespace=settings.default_namespace,
+                registry=registry,
             )
             await acceptor.start(wait=NATS_START_WAIT)
-        proxy = Proxy(settings=settings, provider=provider, async_acceptor=acceptor)
+        proxy = Proxy(settings=settings, provider=provider, registry=registry, async_acceptor=acceptor)
         await proxy.start()
         return await serve_forever(proxy, grace=settings.shutdown_grace)
     finally:

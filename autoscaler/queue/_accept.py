@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 
 import nats.js.errors
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
 from yarl import URL
 
 from autoscaler.config import QueueSettings
@@ -44,6 +45,7 @@ HEADER_ROOM = 4096  # bytes kept free for the NATS header block beyond the encod
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _CALL_ID = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII: it goes into headers and logs
 _ENCODED_STEP = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+_REASONS = {400: "bad_request", 404: "not_found", 405: "method", 413: "too_large", 503: "unavailable"}
 
 
 class AsyncAcceptor:
@@ -56,13 +58,26 @@ class AsyncAcceptor:
         provider: Provider,
         default_namespace: str,
         clock: Callable[[], float] = time.time,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._settings = settings
+        # On the proxy's admin port when the proxy's registry is given (autoscaler proxy does).
+        self._accepted = Counter(
+            "autoscaler_async_accepted",
+            "Asynchronous calls stored on JetStream and answered 202 (duplicates not counted)",
+            ["function_name"],
+            registry=registry,
+        )
+        self._rejected = Counter(
+            "autoscaler_async_rejected",
+            "Asynchronous calls refused at accept, by reason (nothing was queued)",
+            ["reason"],
+            registry=registry,
+        )
         self._provider = provider
         self._default_namespace = default_namespace
         self._clock = clock
         self._link = NatsLink(settings=settings, name="autoscaler-proxy")
-        self.accepted = 0
 
     async def start(self, *, wait: float = 0.0) -> None:
         """Start connecting to NATS; wait up to `wait` seconds for it (never fails: 503s until then)."""
@@ -80,6 +95,20 @@ class AsyncAcceptor:
         return self._link.connected()
 
     async def accept(self, request: web.BaseRequest) -> web.StreamResponse:
+        response = await self._accept(request)
+        if response.status >= 400:
+            self._rejected.labels(_REASONS.get(response.status, str(response.status))).inc()
+        return response
+
+    def accepted(self, function: str) -> float:
+        """Calls of `function` (NAME.NAMESPACE) queued so far."""
+        return float(self._accepted.labels(function)._value.get())
+
+    def rejected(self, reason: str) -> float:
+        """Calls refused so far for `reason` (bad_request, not_found, method, too_large, unavailable)."""
+        return float(self._rejected.labels(reason)._value.get())
+
+    async def _accept(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method not in ("POST", "PUT"):
             return _error(
                 405,
@@ -152,7 +181,7 @@ class AsyncAcceptor:
                 f"{DUPLICATE_WINDOW:g}s; this one is not queued again (use a new X-Call-Id for a new call)\n",
                 headers={"X-Call-Id": call_id, "X-Duplicate": "true"},
             )
-        self.accepted += 1
+        self._accepted.labels(ref.key).inc()
         return web.Response(
             status=202,
             text=f"accepted: call {call_id} for {ref.key} is queued\n",

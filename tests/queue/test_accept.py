@@ -93,6 +93,7 @@ class TestAnAcceptedCall:
         assert response.headers["X-Duplicate"] == "true"
         assert "already queued" in text
         assert [call.call_id for call in await queued(js, stack)] == ["resent-1"]
+        assert stack.acceptor.accepted("hello.openfaas-fn") == 1
 
     async def test_with_expect_100_continue_gets_the_go_ahead_for_its_body(
         self, stack: Stack, client: aiohttp.ClientSession, js: JetStreamContext
@@ -125,6 +126,7 @@ class TestARefusedCall:
             assert response.status == 404
             assert "function nobody.openfaas-fn not found" in await response.text()
         assert await queued(js, stack) == []
+        assert stack.acceptor.rejected("not_found") == 1
 
     @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
     async def test_over_the_body_limit_is_413(
@@ -192,6 +194,7 @@ class TestARefusedCall:
             assert response.status == 503
             text = await response.text()
         assert "the queue is unavailable" in text
+        assert stack.acceptor.rejected("unavailable") == 1
         assert "nothing was queued" in text or "retry later" in text
 
     async def test_is_accepted_again_once_nats_is_back(

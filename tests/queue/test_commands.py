@@ -97,6 +97,9 @@ async def test_an_async_call_to_the_proxy_command_is_invoked_by_the_worker_comma
             await until(
                 lambda: len(callback.seen) == 1, within=20, what=lambda: f"the callback; logs:\n{logs()}"
             )
+            async with client.get(f"http://127.0.0.1:{admin}/metrics") as response:
+                scrape = await response.text()
+            assert 'autoscaler_async_accepted_total{function_name="hello.openfaas-fn"} 1.0' in scrape
         [posted] = callback.seen
         assert posted.headers["X-Call-Id"] == "op-1"
         assert posted.headers["X-Function-Status"] == "200"
