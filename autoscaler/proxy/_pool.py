@@ -219,11 +219,9 @@ class Pool:
             and origin.untried < min(origin.window, INITIAL_WINDOW + 2 * origin.proven)
             and not self._closed
         ):
-            conn = Connection(origin)
-            conn.trial = True
-            origin.untried += 1
+            origin.untried += 1  # the dial's place among the untried passes to its connection
             origin.dialing += 1
-            task = asyncio.get_running_loop().create_task(self._dial(origin, conn))
+            task = asyncio.get_running_loop().create_task(self._dial(origin))
             self._dials.add(task)
             task.add_done_callback(self._dials.discard)
 
@@ -250,23 +248,28 @@ class Pool:
             # and a slow function is no reason to hold back the dials of the requests behind it.
             self._proved(conn)
 
-    async def _dial(self, origin: Origin, conn: Connection) -> None:
+    async def _dial(self, origin: Origin) -> None:
         error: ConnectError | None = None
         try:
-            await self._connect(origin, conn)
+            conn = await self._connect(origin)
         except ConnectError as e:
             error = e
         except BaseException:
-            conn.close()
+            origin.untried -= 1
             raise
         finally:
             origin.dialing -= 1
         if error is not None:
+            origin.untried -= 1
             self._fail_first(origin, error)
-        elif self._closed:
-            conn.close()
         else:
-            self._give(origin, conn)
+            conn.trial = True
+            if conn.closed:
+                conn.untrial()  # the replica closed it at once
+            elif self._closed:
+                conn.close()
+            else:
+                self._give(origin, conn)
         self._pump(origin)
 
     def _fail_first(self, origin: Origin, error: ConnectError) -> None:
@@ -278,8 +281,8 @@ class Pool:
                 waiter.set_exception(error)
                 return
 
-    async def _connect(self, origin: Origin, conn: Connection) -> None:
-        """Open `conn`, giving up on a handshake that takes far longer than this origin's usual ones.
+    async def _connect(self, origin: Origin) -> Connection:
+        """Open a connection, giving up on a handshake that takes far longer than this origin's usual.
 
         A SYN dropped by a full accept queue is sent again by the kernel only after 1 s, then 3 s: a
         new attempt after `accept_check` (or four usual handshakes, if longer), with the patience
@@ -291,29 +294,28 @@ class Pool:
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
-        started = loop.time()
-        give_up = started + self._connect_timeout
+        give_up = loop.time() + self._connect_timeout
         patience = max(self._accept_check, 4 * origin.handshake)
         while True:
             attempt = loop.time()
             try:
                 async with asyncio.timeout_at(min(give_up, attempt + patience)):
-                    await loop.create_connection(lambda: conn, origin.host, origin.port, ssl=context)
+                    _, conn = await loop.create_connection(
+                        lambda: Connection(origin), origin.host, origin.port, ssl=context
+                    )
             except TimeoutError as e:
                 if loop.time() < give_up:
                     self._overwhelmed(origin)
                     patience *= 2
                     continue
-                conn.untrial()
                 raise ConnectError(
                     f"cannot connect to {origin.label}: no connection within {self._connect_timeout:g} s"
                 ) from e
             except OSError as e:
-                conn.untrial()
                 raise ConnectError(f"cannot connect to {origin.label}: {e.strerror or e}") from e
             took = loop.time() - attempt
             origin.handshake = took if origin.handshake == 0 else 0.8 * origin.handshake + 0.2 * took
-            return
+            return conn
 
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
