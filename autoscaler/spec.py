@@ -26,8 +26,25 @@ ZERO_DURATION = PREFIX + "zero-duration"
 DOWN_WINDOW = PREFIX + "down.window"
 PROJECT_PREFIX = "autoscaler.dev/"
 KEEPALIVE = PROJECT_PREFIX + "keepalive"
+# Behaviour knobs the peers have (Knative's names, OpenFaaS-like spelling): see the README's table.
+SCALE_UP_RATE = PROJECT_PREFIX + "max-scale-up-rate"
+SCALE_DOWN_RATE = PROJECT_PREFIX + "max-scale-down-rate"
+ACTIVATION_SCALE = PROJECT_PREFIX + "activation-scale"
 
-KNOWN_LABELS = (MIN, MAX, TARGET, TYPE, PROPORTION, ZERO, ZERO_DURATION, DOWN_WINDOW, KEEPALIVE)
+KNOWN_LABELS = (
+    MIN,
+    MAX,
+    TARGET,
+    TYPE,
+    PROPORTION,
+    ZERO,
+    ZERO_DURATION,
+    DOWN_WINDOW,
+    KEEPALIVE,
+    SCALE_UP_RATE,
+    SCALE_DOWN_RATE,
+    ACTIVATION_SCALE,
+)
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
@@ -148,6 +165,14 @@ def parse_labels(labels: Mapping[str, str]) -> ScalingSpec:
         if window > MAX_WINDOW:
             raise SpecError(DOWN_WINDOW, window_raw, "off or a Go duration of at most 5m")
     keepalive = KeepAlive(_choice(labels, KEEPALIVE, tuple(k.value for k in KeepAlive), "fixed"))
+    rate = "off, or a factor > 1 (e.g. 2: at most double / halve per decision)"
+    up_rate = _rate(labels, SCALE_UP_RATE, allowed=rate)
+    down_rate = _rate(labels, SCALE_DOWN_RATE, allowed=rate)
+    activation = _int(labels, ACTIVATION_SCALE, 1, least=1)
+    if activation > maximum:
+        raise SpecError(
+            ACTIVATION_SCALE, labels[ACTIVATION_SCALE], f"a whole number from 1 to {MAX} ({maximum})"
+        )
     return ScalingSpec(
         min_replicas=minimum,
         max_replicas=maximum,
@@ -159,7 +184,24 @@ def parse_labels(labels: Mapping[str, str]) -> ScalingSpec:
         down_window=window,
         keepalive=keepalive,
         type_label=type_label,
+        max_scale_up_rate=up_rate,
+        max_scale_down_rate=down_rate,
+        activation_scale=activation,
     )
+
+
+def _rate(labels: Mapping[str, str], label: str, *, allowed: str) -> float:
+    """A rate limit factor; 0.0 when unset or `off`."""
+    raw = labels.get(label)
+    if raw is None or raw.strip().lower() == "off":
+        return 0.0
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SpecError(label, raw, allowed) from None
+    if not math.isfinite(value) or value <= 1:
+        raise SpecError(label, raw, allowed)
+    return value
 
 
 _MEASURED = tuple(t.value for t in ScaleType if t.measured)

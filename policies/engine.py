@@ -12,6 +12,7 @@ keep-alive policy predicts.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -209,10 +210,14 @@ def decide(
     )
     if current == 0:
         state.recommendations.clear()
-        return Decision(current, wanted, Reason.WAKE, f"{formula}: wake to {wanted}")
+        woken = max(wanted, spec.wake_replicas)
+        extra = f" (activation-scale {spec.activation_scale})" if woken > wanted else ""
+        return Decision(current, woken, Reason.WAKE, f"{formula}: wake to {woken}{extra}")
     desired = stabilized(
         history=state.recommendations, recommendation=wanted, now=now, window=spec.down_window
     )
+    desired, limited = rate_limited(spec=spec, current=current, desired=desired)
+    formula += limited
     if desired > current:
         return Decision(current, desired, Reason.SCALE_UP, f"{formula}: scale up")
     if desired < current:
@@ -225,3 +230,21 @@ def decide(
             f"{formula}: held at {current} by the {spec.down_window:g}s scale-down window",
         )
     return Decision(current, current, Reason.STEADY, f"{formula}: steady")
+
+
+def rate_limited(*, spec: ScalingSpec, current: int, desired: int) -> tuple[int, str]:
+    """`desired` within Knative's rate limits of one decision, and a note when a limit applied.
+
+    At most ceil(current x max-scale-up-rate) and at least floor(current / max-scale-down-rate)
+    (Knative's `max-scale-up-rate`, `max-scale-down-rate`); a limit of 0 is off. Scale to zero is
+    decided apart and is not limited.
+    """
+    if spec.max_scale_up_rate and desired > current:
+        ceiling = max(current + 1, math.ceil(current * spec.max_scale_up_rate))
+        if desired > ceiling:
+            return ceiling, f", limited to {ceiling} by max-scale-up-rate {spec.max_scale_up_rate:g}"
+    if spec.max_scale_down_rate and desired < current:
+        floor = max(1, math.floor(current / spec.max_scale_down_rate))
+        if desired < floor:
+            return floor, f", limited to {floor} by max-scale-down-rate {spec.max_scale_down_rate:g}"
+    return desired, ""

@@ -48,6 +48,11 @@ class ScalingSpec:
     down_window: float = 0.0  # seconds of scale-down stabilization; 0 means off
     keepalive: KeepAlive = KeepAlive.FIXED
     type_label: str = ""  # a custom type label as written (type UNSUPPORTED), to name it in messages
+    # Behaviour knobs: Knative's max-scale-up-rate / max-scale-down-rate (factors per decision; 0 =
+    # off) and activation-scale (the replicas a function gets when it is woken from zero).
+    max_scale_up_rate: float = 0.0
+    max_scale_down_rate: float = 0.0
+    activation_scale: int = 1
 
     @property
     def static(self) -> bool:
@@ -57,7 +62,7 @@ class ScalingSpec:
     @property
     def wake_replicas(self) -> int:
         """Replicas a function gets when it is woken from zero."""
-        return max(1, self.min_replicas)
+        return max(1, self.min_replicas, min(self.activation_scale, self.max_replicas))
 
 
 @dataclass(frozen=True, slots=True)
