@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -167,3 +168,20 @@ def test_explain_names_a_custom_scale_type_as_written() -> None:
     assert "code: UnsupportedType" in done.stdout
     assert "warning: com.openfaas.scale.type='Latency' is not a scaling type" in done.stdout
     assert "type_label=Latency" in done.stdout
+
+
+def test_explain_into_a_closed_pipe_stops_quietly() -> None:
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written, as `| head` can be
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "autoscaler", "explain", "--load", "100"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 141
+    assert done.stderr == ""
