@@ -52,6 +52,7 @@ class _Entry:
     error: SpecError | None
     state: FunctionState
     reported_error: str | None = None
+    notes: tuple[tuple[str, str], ...] = ()  # (Event reason, message) the labels call for, once parsed
     reported_notes: tuple[tuple[str, str], ...] = ()  # (reason, message) warnings already told
 
 
@@ -136,7 +137,9 @@ class Controller:
                 state.keepalive = self._keepalive_factory(info.ref, spec)
         else:
             state.keepalive = None
-        entry = _Entry(labels=dict(info.labels), spec=spec, error=error, state=state)
+        note = None if spec is None else unsupported(spec)
+        notes = () if note is None else (("UnsupportedScalingType", note),)
+        entry = _Entry(labels=dict(info.labels), spec=spec, error=error, state=state, notes=notes)
         self._entries[key] = entry
         return entry
 
@@ -173,7 +176,9 @@ class Controller:
                 views[key] = FunctionView(decision=decision, spec=None, load=None)
             else:
                 entry.reported_error = None
-                notes = self._notes(info, entry.spec)
+                notes = entry.notes
+                if info.conflicts:
+                    notes = (*notes, *(("ConflictingScalingLabels", c) for c in info.conflicts))
                 if notes != entry.reported_notes:
                     entry.reported_notes = notes
                     warned.extend((info, note) for note in notes)
@@ -233,15 +238,6 @@ class Controller:
             ),
             name=f"event for {info.ref.key}",
         )
-
-    @staticmethod
-    def _notes(info: FunctionInfo, spec: ScalingSpec) -> tuple[tuple[str, str], ...]:
-        """(Event reason, message) for what is worth a warning about a function whose labels parse."""
-        notes = [("ConflictingScalingLabels", conflict) for conflict in info.conflicts]
-        note = unsupported(spec)
-        if note is not None:
-            notes.append(("UnsupportedScalingType", note))
-        return tuple(notes)
 
     def _report_note(self, info: FunctionInfo, note: tuple[str, str]) -> None:
         reason, message = note
