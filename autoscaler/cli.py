@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     for model in (ControllerSettings, MetricsSettings, ProviderSettings):
         add_settings_flags(run, model)
-    run.set_defaults(handler="autoscaler._cmd_run:run")
+    run.set_defaults(handler="autoscaler.commands.run:run")
 
     proxy = sub.add_parser(
         "proxy",
@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     add_settings_flags(proxy, ProxySettings)
     add_settings_flags(proxy, ProviderSettings)
     add_settings_flags(proxy, QueueSettings)
-    proxy.set_defaults(handler="autoscaler._cmd_proxy:run")
+    proxy.set_defaults(handler="autoscaler.commands.proxy:run")
 
     worker = sub.add_parser(
         "queue-worker",
@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_settings_flags(worker, QueueSettings)
     add_settings_flags(worker, QueueWorkerSettings)
-    worker.set_defaults(handler="autoscaler._cmd_queue_worker:run")
+    worker.set_defaults(handler="autoscaler.commands.queue_worker:run")
 
     replay = sub.add_parser(
         "queue-replay",
@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--namespace", default="openfaas-fn", help="namespace when FUNCTION has none")
     replay.add_argument("--limit", type=int, default=None, help="replay at most this many")
     add_settings_flags(replay, QueueSettings)
-    replay.set_defaults(handler="autoscaler._cmd_queue_worker:run_replay")
+    replay.set_defaults(handler="autoscaler.commands.queue_worker:run_replay")
 
     explain = sub.add_parser(
         "explain",
@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     add_settings_flags(explain, MetricsSettings)
     add_settings_flags(explain, ProviderSettings)
-    explain.set_defaults(handler="autoscaler._cmd_explain:run")
+    explain.set_defaults(handler="autoscaler.commands.explain:run")
 
     for module in ("autoscaler.demo", "autoscaler.simulate"):
         try:

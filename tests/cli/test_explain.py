@@ -116,7 +116,7 @@ def test_run_without_prometheus_says_what_to_do() -> None:
 
 
 def test_a_live_explanation_in_text_says_where_labels_came_from_the_conflicts_and_the_owner_spec() -> None:
-    from autoscaler._cmd_explain import _render
+    from autoscaler.commands.explain import _render
 
     text = _render(
         {

@@ -69,7 +69,7 @@ def test_the_controller_runs_two_replicas_with_leader_election_on_a_lease_it_may
     deployment = only(base, "Deployment", "autoscaler-controller")
     assert deployment["spec"]["replicas"] == 2
     args = _args(base, "autoscaler-controller")
-    assert args.handler == "autoscaler._cmd_run:run"
+    assert args.handler == "autoscaler.commands.run:run"
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in container.get("env", [])}
     assert env["AUTOSCALER_LEASE_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
