@@ -21,9 +21,12 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
 from autoscaler.proxy._pool import Pool
+from tests.proxy.conftest import MakeProxy, base
+from tests.support.fakeprovider import FakeProvider
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux only")
@@ -170,3 +173,15 @@ async def test_a_waiting_request_takes_a_kept_alive_connection_that_frees_while_
             filler.close()
         pool.close()
         plain.close()
+
+
+async def test_a_slow_answer_on_a_fresh_connection_is_not_mistaken_for_an_unaccepted_one(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("slow")
+    proxy = await make_proxy()
+    async with client.post(base(proxy) + "/function/slow/slow?seconds=0.5", data=b"once") as response:
+        assert response.status == 200
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    assert [seen.body for seen in upstream.received] == [b"once"]  # past the 0.1 s check, never resent
