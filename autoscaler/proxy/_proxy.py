@@ -385,8 +385,8 @@ class Proxy:
 
         Connect errors (the request never left) are retried on other endpoints, then until
         `retry_until`. A 429 from a function that declared no limit (it did not process the
-        request) is retried on its other replicas, then after a short back-off, until `deadline`;
-        past it, the caller gets the function's 429.
+        request) is retried on its other replicas, then after a short back-off (or its Retry-After),
+        until `deadline`; when that leaves no time, the caller gets the function's 429.
         """
         ref = state.ref
         headers = request_headers(request)
@@ -425,8 +425,11 @@ class Proxy:
                         self._slots(state).release(slot)
                     raise
                 else:
-                    if upstream.status != 429 or limit is not None or loop.time() + delay > deadline:
+                    if upstream.status != 429 or limit is not None:
                         return upstream, slot
+                    delay = max(delay, _retry_after(upstream))
+                    if loop.time() + delay > deadline:
+                        return upstream, slot  # no time left to wait as long as it asks: its 429
                     self._forwarder.discard(upstream)
                     throttled += 1
                     if throttled < len(endpoints):
@@ -479,6 +482,14 @@ class Proxy:
         )
         response.force_close()
         return response
+
+
+def _retry_after(upstream: Connection) -> float:
+    """Seconds a function's Retry-After asks for (0 when absent or given as a date)."""
+    for name, value in upstream.headers:
+        if name.lower() == "retry-after":
+            return float(value) if value.isdigit() else 0.0
+    return 0.0
 
 
 def _bound_port(runner: web.BaseRunner) -> int:

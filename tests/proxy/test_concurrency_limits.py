@@ -209,6 +209,17 @@ async def test_a_function_that_keeps_answering_429_past_the_hold_timeout_passes_
         assert "status 429 from refuser" in await response.text()
 
 
+async def test_a_429_asking_to_come_back_after_the_hold_timeout_is_passed_on_at_once(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession, limited: NaiveServer
+) -> None:
+    await provider.add("quota", url=limited.url)
+    proxy = await make_proxy(hold_timeout=30)
+    started = asyncio.get_running_loop().time()
+    async with client.post(base(proxy) + "/function/quota/busy", data=b"x") as response:
+        assert (response.status, response.headers["Retry-After"]) == (429, "120")
+    assert asyncio.get_running_loop().time() - started < 5  # not held for the 30 s hold timeout
+
+
 # -- the label -------------------------------------------------------------------------------------
 
 

@@ -8,7 +8,8 @@ separate process, as a replica does, so its accept loop and threads never share 
 Routes: any POST or GET echoes `METHOD PATH LENGTH SHA256` of the body it read (Content-Length
 framing only, like most naive handlers); `/crash` closes the listener and ends the process at once,
 before answering (a request that kills its replica); with `--max-inflight N` a request above N at
-once gets 429, as OpenFaaS's watchdog answers above its `max_inflight`. `--backlog` changes the
+once gets 429, as OpenFaaS's watchdog answers above its `max_inflight`; `/busy` always answers 429
+with `Retry-After: 120`. `--backlog` changes the
 listen backlog (the benchmark's baseline). `--delay` makes each answer take that many seconds.
 
 `NaiveServer` starts one and stops it; `serve()` is the process's entry point.
@@ -112,8 +113,8 @@ def serve() -> None:
                 inflight += 1
                 over = args.max_inflight > 0 and inflight > args.max_inflight
             try:
-                if over:
-                    self._write(429, b"Concurrent request limit exceeded\n")
+                if over or self.path == "/busy":
+                    self._write(429, b"Concurrent request limit exceeded\n", self.path == "/busy")
                     return
                 if args.delay > 0:
                     time.sleep(args.delay)
@@ -123,8 +124,10 @@ def serve() -> None:
                 with lock:
                     inflight -= 1
 
-        def _write(self, status: int, payload: bytes) -> None:
+        def _write(self, status: int, payload: bytes, later: bool = False) -> None:
             self.send_response(status)
+            if later:
+                self.send_header("Retry-After", "120")
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
