@@ -18,44 +18,32 @@ not pass by skipping) and skips otherwise, both saying how to install it.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.prometheus import free_port
+from tests.support.child import ChildServer, free_port, require
+from tests.support.child import find_binary as find
 
 INSTALL_HINT = "the nats-server binary is missing: install it with apt-get install -y nats-server"
 MAX_PAYLOAD = 2 * 1024 * 1024  # room for a 1 MiB body and its headers (the server default is 1 MiB)
 
 
 def find_binary() -> str | None:
-    explicit = os.environ.get("NATS_SERVER_BIN")
-    candidates = [explicit] if explicit else [shutil.which("nats-server"), "/usr/sbin/nats-server"]
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    """Path of nats-server (`$NATS_SERVER_BIN`, PATH, Debian's /usr/sbin), or None."""
+    return find(env="NATS_SERVER_BIN", name="nats-server", debian_path="/usr/sbin/nats-server")
 
 
 def require_binary() -> str:
-    binary = find_binary()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail(INSTALL_HINT)
-        pytest.skip(INSTALL_HINT)
-    return binary
+    return require(find_binary(), hint=INSTALL_HINT)
 
 
-class NatsServer:
+class NatsServer(ChildServer):
     """One nats-server process with JetStream (file storage in `data_dir/store`)."""
+
+    name = "nats-server"
 
     def __init__(self, *, data_dir: Path, binary: str, max_payload: int = MAX_PAYLOAD) -> None:
         self.data_dir = data_dir
@@ -105,44 +93,8 @@ class NatsServer:
             )
 
     def _wait_ready(self, *, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
         health = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError(f"nats-server exited at start-up; its log ends with:\n{self.log_tail()}")
-            with (
-                contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(health, timeout=1) as response,
-            ):
-                if response.status == 200:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"nats-server not ready within {timeout}s; its log ends with:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, *, grace: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `grace` seconds; idempotent."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=grace)
-
-    def kill(self) -> None:
-        """SIGKILL at once, as a crash would."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+        self.wait_http(health, timeout=timeout, poll=0.05)
 
 
 @pytest.fixture

@@ -21,14 +21,9 @@ not pass by skipping) and skip otherwise, both saying how to install it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import shutil
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -36,38 +31,22 @@ import aiohttp
 import pytest
 import yaml
 
+from tests.support.child import ChildServer, free_port, require
+from tests.support.child import find_binary as find
+
 INSTALL_HINT = "the prometheus binary is missing: install it with apt-get install -y prometheus"
 
 Series = dict[str, float]  # query result keyed by function_name (or by the rendered label set)
 
 
 def find_binary() -> str | None:
-    """Path of the Prometheus server binary, or None when it is not installed.
-
-    `$PROMETHEUS_BIN`, when set, is the only candidate (an explicit choice is never second-guessed).
-    """
-    explicit = os.environ.get("PROMETHEUS_BIN")
-    candidates = [explicit] if explicit else [shutil.which("prometheus"), "/usr/bin/prometheus"]
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    """Path of the Prometheus server binary (`$PROMETHEUS_BIN`, PATH, Debian's), or None."""
+    return find(env="PROMETHEUS_BIN", name="prometheus", debian_path="/usr/bin/prometheus")
 
 
 def require_binary() -> str:
     """The binary's path; otherwise fail under CI and skip elsewhere, with the install hint."""
-    binary = find_binary()
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail(INSTALL_HINT)
-        pytest.skip(INSTALL_HINT)
-    return binary
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return require(find_binary(), hint=INSTALL_HINT)
 
 
 def _series_key(metric: dict[str, str]) -> str:
@@ -76,8 +55,10 @@ def _series_key(metric: dict[str, str]) -> str:
     return "{" + ",".join(f"{k}={v!r}" for k, v in sorted(metric.items())) + "}"
 
 
-class PrometheusServer:
+class PrometheusServer(ChildServer):
     """One Prometheus process scraping `targets` (`host:port` strings) every `scrape_interval` seconds."""
+
+    name = "prometheus"
 
     def __init__(
         self,
@@ -157,43 +138,7 @@ class PrometheusServer:
             )
 
     def _wait_ready(self, *, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited at start-up; its log ends with:\n{self.log_tail()}")
-            with (
-                contextlib.suppress(OSError, urllib.error.URLError),
-                urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response,
-            ):
-                if response.status == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"prometheus not ready within {timeout}s; its log ends with:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, *, grace: float = 10.0) -> None:
-        """Terminate (SIGTERM, then SIGKILL after `grace` seconds); idempotent."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=grace)
-
-    def kill(self) -> None:
-        """SIGKILL at once, as a crash would; the port stops answering immediately."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+        self.wait_http(f"{self.url}/-/ready", timeout=timeout, poll=0.1)
 
     async def query(self, promql: str) -> Series:
         """Evaluate an instant query; values keyed by function_name (NaN kept as NaN)."""

@@ -1,0 +1,95 @@
+"""A server binary run as a child process of a test: found, waited for, stopped or killed.
+
+The tests start real Prometheus and nats-server processes the same way: find the binary (an
+environment variable first, then PATH, then where Debian installs it), fail under CI and skip
+elsewhere when it is missing, write its output to a log whose tail explains any failure, wait for an
+HTTP readiness path, and stop it (SIGTERM, then SIGKILL) or kill it as a crash would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (bind to 0 and let the kernel choose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def find_binary(*, env: str, name: str, debian_path: str) -> str | None:
+    """`$env` when set (an explicit choice is never second-guessed), else `name` on PATH or Debian's."""
+    explicit = os.environ.get(env)
+    candidates = [explicit] if explicit else [shutil.which(name), debian_path]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def require(binary: str | None, *, hint: str) -> str:
+    """The binary's path; otherwise fail under CI (a CI run must not pass by skipping), else skip."""
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail(hint)
+        pytest.skip(hint)
+    return binary
+
+
+class ChildServer:
+    """The process, its log, readiness and shutdown; subclasses spawn it."""
+
+    name = "server"
+    process: subprocess.Popen[bytes] | None
+    log_path: Path
+
+    def wait_http(self, url: str, *, timeout: float, poll: float) -> None:
+        """Until `url` answers 200; RuntimeError with the log's tail if the process exits or is late."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start-up; its log ends with:\n{self.log_tail()}")
+            with (
+                contextlib.suppress(OSError, urllib.error.URLError),
+                urllib.request.urlopen(url, timeout=1) as response,
+            ):
+                if response.status == 200:
+                    return
+            time.sleep(poll)
+        raise RuntimeError(f"{self.name} not ready within {timeout}s; its log ends with:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, *, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds; idempotent."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=grace)
+
+    def kill(self) -> None:
+        """SIGKILL at once, as a crash would; the port stops answering immediately."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
