@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from autoscaler.proxy._pool import Pool
+from autoscaler.proxy._pool import INITIAL_WINDOW, Pool
 from tests.proxy.conftest import MakeProxy, base
 from tests.support.fakeprovider import FakeProvider
 from tests.support.waiting import until
@@ -185,3 +185,38 @@ async def test_a_slow_answer_on_a_fresh_connection_is_not_mistaken_for_an_unacce
     upstream = provider.upstream(ref)
     assert upstream is not None
     assert [seen.body for seen in upstream.received] == [b"once"]  # past the 0.1 s check, never resent
+
+
+async def test_a_burst_opens_a_few_connections_first_and_more_as_they_answer() -> None:
+    events: list[str] = []  # "accept" and "answer" in the order the replica did them
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        events.append("accept")
+        with contextlib.suppress(ConnectionError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                await asyncio.sleep(0.05)  # a function that takes a moment
+                events.append("answer")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    pool = Pool(limit_per_origin=100, connect_timeout=5.0, idle_timeout=15.0, accept_check=5.0)
+
+    async def call(index: int) -> bytes:
+        conn = await pool.request(endpoint=url, method="GET", path=f"/{index}", headers=[], body=None)
+        try:
+            return await conn.read_all()
+        finally:
+            pool.release(conn)
+
+    try:
+        async with asyncio.timeout(10):
+            assert await asyncio.gather(*(call(index) for index in range(40))) == [b"ok"] * 40
+        before_first_answer = events[: events.index("answer")].count("accept")
+        assert before_first_answer == INITIAL_WINDOW  # not 40 handshakes into the accept queue at once
+        assert 4 < events.count("accept") <= 40  # and more once they proved themselves
+    finally:
+        pool.close()
+        server.close()
+        await server.wait_closed()
