@@ -13,6 +13,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from autoscaler.proxy._metrics import exposition
+from autoscaler.routes import error_response
+
+__all__ = ["admin_app", "error_response"]
 
 _TEXT = "text/plain; charset=utf-8"
 
@@ -36,11 +39,3 @@ def admin_app(*, ready: Callable[[], bool], registry: CollectorRegistry) -> web.
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     return app
-
-
-def error_response(status: int, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
-    """A plain-text error the caller can read: what went wrong and what to do."""
-    response = web.Response(status=status, text=message + "\n", headers=headers)
-    response.content_type = "text/plain"
-    response.charset = "utf-8"
-    return response

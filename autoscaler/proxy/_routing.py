@@ -13,29 +13,16 @@ hold and the counts that keep a busy function from being scaled to zero.
 
 from __future__ import annotations
 
-import re
-
 from autoscaler.errors import ConfigError
 from autoscaler.interfaces import FunctionRef
+from autoscaler.routes import DNS_LABEL, RouteError, check_path, parse_function, split
+
+__all__ = ["PREFIX", "RouteError", "Router", "check_path", "passthrough_target"]
 
 PREFIX = "/function/"
-
-# Kubernetes object names (DNS-1123 labels): what a Deployment name and a namespace can be.
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-# Encoded '.', '/' and '\' let a client smuggle a path step past a check on the decoded path.
-_ENCODED_STEP = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
 # Parsed segments are looked up on every request: cache them, but never let names sent by clients
 # grow the cache without bound (a cached name is still checked against the provider each time).
 _CACHE_LIMIT = 4096
-
-
-class RouteError(Exception):
-    """The request target is not a function route; `status` and `message` go back to the caller."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class Router:
@@ -44,7 +31,7 @@ class Router:
     __slots__ = ("_cache", "_default_namespace")
 
     def __init__(self, *, default_namespace: str) -> None:
-        if not _DNS_LABEL.fullmatch(default_namespace):
+        if not DNS_LABEL.fullmatch(default_namespace):
             raise ConfigError(
                 f"--default-namespace {default_namespace!r} is not a valid Kubernetes namespace name "
                 "(lower-case letters, digits and '-', at most 63 characters)"
@@ -61,29 +48,13 @@ class Router:
             )
         path, sep, query = target.partition("?")
         check_path(path)
-        rest_at = path.find("/", len(PREFIX))
-        if rest_at < 0:
-            segment, rest = path[len(PREFIX) :], "/"
-        else:
-            segment, rest = path[len(PREFIX) : rest_at], path[rest_at:]
+        segment, rest = split(path, PREFIX)
         ref = self._cache.get(segment)
         if ref is None:
-            ref = self._parse(segment)
+            ref = parse_function(segment, prefix=PREFIX, default_namespace=self._default_namespace)
             if len(self._cache) < _CACHE_LIMIT:
                 self._cache[segment] = ref
         return ref, rest + sep + query
-
-    def _parse(self, segment: str) -> FunctionRef:
-        if not segment:
-            raise RouteError(404, "no function named: use /function/NAME/... or /function/NAME.NAMESPACE/...")
-        name, dot, namespace = segment.partition(".")
-        if not _DNS_LABEL.fullmatch(name) or (dot and not _DNS_LABEL.fullmatch(namespace)):
-            raise RouteError(
-                400,
-                f"invalid function name {segment!r}: expected NAME or NAME.NAMESPACE, each made of "
-                "lower-case letters, digits and '-' (at most 63 characters)",
-            )
-        return FunctionRef(name=name, namespace=namespace or self._default_namespace)
 
 
 def passthrough_target(target: str) -> str:
@@ -97,15 +68,3 @@ def passthrough_target(target: str) -> str:
     if "//" in path:
         raise RouteError(400, "invalid path: empty segments ('//') are not allowed")
     return target
-
-
-def check_path(path: str) -> None:
-    """Refuse paths that could step outside their route once decoded or normalised."""
-    if "\\" in path:
-        raise RouteError(400, "invalid path: backslashes are not allowed")
-    if "%" in path and _ENCODED_STEP.search(path):
-        raise RouteError(400, "invalid path: encoded '.', '/' or '\\' (%2e, %2f, %5c) are not allowed")
-    if "/." in path:
-        for part in path.split("/"):
-            if part in (".", ".."):
-                raise RouteError(400, "invalid path: '.' and '..' segments are not allowed in a route")

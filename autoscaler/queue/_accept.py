@@ -28,6 +28,7 @@ from autoscaler.config import QueueSettings
 from autoscaler.interfaces import FunctionRef, Provider
 from autoscaler.queue._jetstream import DUPLICATE_WINDOW, NATS_ERRORS, NatsLink, QueueUnavailable
 from autoscaler.queue._message import QueuedCall, subject
+from autoscaler.routes import RouteError, check_path, error_response, not_found, parse_function, split
 
 log = logging.getLogger("autoscaler.queue")
 
@@ -42,9 +43,7 @@ HOP_HEADERS = frozenset(
     )
 )  # fmt: skip
 HEADER_ROOM = 4096  # bytes kept free for the NATS header block beyond the encoded call
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _CALL_ID = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII: it goes into headers and logs
-_ENCODED_STEP = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
 _REASONS = {400: "bad_request", 404: "not_found", 405: "method", 413: "too_large", 503: "unavailable"}
 
 
@@ -110,38 +109,34 @@ class AsyncAcceptor:
 
     async def _accept(self, request: web.BaseRequest) -> web.StreamResponse:
         if request.method not in ("POST", "PUT"):
-            return _error(
+            return error_response(
                 405,
                 f"asynchronous calls are POST or PUT (got {request.method}): the result goes to "
                 "X-Callback-Url, there is nothing to GET",
                 headers={"Allow": "POST, PUT"},
             )
-        routed = self._route(request.raw_path)
-        if isinstance(routed, web.Response):
-            return routed
-        ref, path, query = routed
-        info = self._provider.get(ref)
-        if info is None:
-            return _error(
-                404,
-                f"function {ref.key} not found: no such function is deployed in namespace "
-                f"{ref.namespace!r} (check the name, the namespace and that the function is opted in)",
-            )
+        try:
+            ref, path, query = self._route(request.raw_path)
+            info = self._provider.get(ref)
+            if info is None:
+                raise not_found(ref)
+        except RouteError as e:
+            return error_response(e.status, e.message)
         callback = request.headers.get("X-Callback-Url")
         if callback is not None and not _valid_callback(callback):
-            return _error(
+            return error_response(
                 400,
                 f"invalid X-Callback-Url {callback[:200]!r}: expected an absolute http:// or https:// URL "
                 "with a host, e.g. http://receiver.example:8888/results",
             )
         call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
         if not _CALL_ID.fullmatch(call_id):
-            return _error(400, "invalid X-Call-Id: expected 1 to 128 visible ASCII characters")
+            return error_response(400, "invalid X-Call-Id: expected 1 to 128 visible ASCII characters")
         body = await self._read_body(request)
         if isinstance(body, web.Response):
             return body
         if not body:
-            return _error(
+            return error_response(
                 400,
                 "an asynchronous call needs a body: send the function's input (an empty call would be "
                 "invoked with nothing to work on)",
@@ -170,7 +165,7 @@ class AsyncAcceptor:
             duplicate = await self._publish(call, headers)
         except QueueUnavailable as e:
             log.warning("async call %s for %s refused: %s", call_id, ref.key, e)
-            return _error(503, str(e), headers={"Retry-After": "5"})
+            return error_response(503, str(e), headers={"Retry-After": "5"})
         if duplicate:
             # JetStream already holds a call with this id (a resend after a 503, or a reused id):
             # it is not queued twice, and the caller is told so rather than left to believe it was.
@@ -188,23 +183,13 @@ class AsyncAcceptor:
             headers={"X-Call-Id": call_id},
         )
 
-    def _route(self, target: str) -> tuple[FunctionRef, str, str] | web.Response:
+    def _route(self, target: str) -> tuple[FunctionRef, str, str]:
+        """(function, path after it, raw query), by the proxy's rules; RouteError otherwise."""
         raw_path, _, query = target.partition("?")
-        rest_at = raw_path.find("/", len(ASYNC_PREFIX))
-        segment = raw_path[len(ASYNC_PREFIX) :] if rest_at < 0 else raw_path[len(ASYNC_PREFIX) : rest_at]
-        path = "/" if rest_at < 0 else raw_path[rest_at:]
-        if not segment:
-            return _error(404, "no function named: use /async-function/NAME/... or NAME.NAMESPACE")
-        name, dot, namespace = segment.partition(".")
-        if not _DNS_LABEL.fullmatch(name) or (dot and not _DNS_LABEL.fullmatch(namespace)):
-            return _error(
-                400,
-                f"invalid function name {segment[:100]!r}: expected NAME or NAME.NAMESPACE, each made of "
-                "lower-case letters, digits and '-' (at most 63 characters)",
-            )
-        if "\\" in path or _ENCODED_STEP.search(path) or any(p in (".", "..") for p in path.split("/")):
-            return _error(400, "invalid path: '.', '..', backslashes and %2e, %2f, %5c are not allowed")
-        return FunctionRef(name=name, namespace=namespace or self._default_namespace), path, query
+        segment, path = split(raw_path, ASYNC_PREFIX)
+        ref = parse_function(segment, prefix=ASYNC_PREFIX, default_namespace=self._default_namespace)
+        check_path(path)
+        return ref, path, query
 
     async def _read_body(self, request: web.BaseRequest) -> bytes | web.Response:
         limit = self._settings.async_max_body
@@ -282,14 +267,7 @@ def _retry_labels(labels: Mapping[str, str], annotations: Mapping[str, str]) -> 
     return found
 
 
-def _error(status: int, message: str, *, headers: Mapping[str, str] | None = None) -> web.Response:
-    response = web.Response(status=status, text=message + "\n", headers=headers)
-    response.content_type = "text/plain"
-    response.charset = "utf-8"
-    return response
-
-
 def _too_large(message: str) -> web.Response:
-    response = _error(413, message)
+    response = error_response(413, message)
     response.force_close()  # the rest of the body may still be on its way
     return response
