@@ -43,6 +43,7 @@ from autoscaler.proxy._forward import Forwarder, UpstreamConnectError, UpstreamE
 from autoscaler.proxy._hold import ColdStarts, FunctionState, HoldError
 from autoscaler.proxy._metrics import StatsCollector
 from autoscaler.proxy._routing import PREFIX, RouteError, Router, passthrough_target
+from autoscaler.routes import not_found
 from autoscaler.proxy._slots import Slots
 from autoscaler.spec import MAX_INFLIGHT, max_inflight, zero_enabled
 from autoscaler.tasks import Background
@@ -252,11 +253,8 @@ class Proxy:
             return error_response(e.status, e.message)
         info = self._provider.get(ref)
         if info is None:
-            return error_response(
-                404,
-                f"function {ref.key} not found: no such function is deployed in namespace "
-                f"{ref.namespace!r} (check the name, the namespace and that the function is opted in)",
-            )
+            missing = not_found(ref)
+            return error_response(missing.status, missing.message)
         state = self._states.get(ref.key)
         if state is None:
             state = self._states[ref.key] = FunctionState(ref)
