@@ -43,8 +43,8 @@ from autoscaler.proxy._forward import Forwarder, UpstreamConnectError, UpstreamE
 from autoscaler.proxy._hold import ColdStarts, FunctionState, HoldError
 from autoscaler.proxy._metrics import StatsCollector
 from autoscaler.proxy._routing import PREFIX, RouteError, Router, passthrough_target
-from autoscaler.routes import not_found
 from autoscaler.proxy._slots import Slots
+from autoscaler.routes import not_found
 from autoscaler.spec import MAX_INFLIGHT, max_inflight, zero_enabled
 from autoscaler.tasks import Background
 
