@@ -5,7 +5,8 @@ HTTP/1.0, a connection per request, as most hand-written Python functions are), 
 process, an in-memory provider). The burst is N concurrent POSTs with small bodies (Content-Length
 framing) from one aiohttp client; every answer is checked byte for byte.
 
-- **naive**: the server's default listen backlog of 5, the case of issue 12 (7.7-40 s, requests lost);
+- **naive**: the server's default listen backlog of 5 (before the pool gave a waiting request the first
+  free connection: 7.7-60 s, requests lost);
 - **baseline**: the same server with a backlog of 1,024, where the accept queue never overflows:
   what the proxy achieves when the server side is not the bottleneck.
 

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from autoscaler.simulate.policies import FunctionResult
 
-# The goal for `adaptive` against `fixed-10m` (the "done when").
+# The goal for `adaptive` against `fixed-10m`.
 GOAL_COLD_RATIO = 0.5  # at most half the 75th-percentile function's cold-start percentage
 GOAL_MEMORY_RATIO = 0.85  # with at most 85 % of the wasted memory
 
