@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import nats
 import pytest
 from aiohttp import web
+from nats.js import JetStreamContext
 
 from autoscaler.config import ProxySettings, QueueSettings, QueueWorkerSettings
 from autoscaler.proxy import Proxy
@@ -176,3 +178,13 @@ async def make_worker(stack: Stack) -> AsyncIterator[MakeWorker]:
 async def client() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def js(stack: Stack) -> AsyncIterator[JetStreamContext]:
+    """A JetStream context on the stack's nats-server, to look at what was stored."""
+    nc = await nats.connect(stack.nats.url)
+    try:
+        yield nc.jetstream()
+    finally:
+        await nc.close()

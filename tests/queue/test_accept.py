@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
-import nats
 import pytest
 from nats.js import JetStreamContext
 from yarl import URL
@@ -18,15 +17,6 @@ from tests.queue.conftest import Stack
 from tests.support.fakeprovider import FakeProvider
 
 pytestmark = pytest.mark.nats
-
-
-@pytest.fixture
-async def js(stack: Stack) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(stack.nats.url)
-    try:
-        yield nc.jetstream()
-    finally:
-        await nc.close()
 
 
 async def queued(js: JetStreamContext, stack: Stack) -> list[QueuedCall]:

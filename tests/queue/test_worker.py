@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import aiohttp
-import nats
 import pytest
 from nats.js import JetStreamContext
 
@@ -17,15 +15,6 @@ from tests.queue.conftest import MakeReceiver, MakeWorker, Stack
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.nats
-
-
-@pytest.fixture
-async def js(stack: Stack) -> AsyncIterator[JetStreamContext]:
-    nc = await nats.connect(stack.nats.url)
-    try:
-        yield nc.jetstream()
-    finally:
-        await nc.close()
 
 
 async def submit(
