@@ -210,15 +210,15 @@ _MEASURED = tuple(t.value for t in ScaleType if t.measured)
 def _scale_type(labels: Mapping[str, str]) -> tuple[ScaleType, str]:
     """The scale type, and the label as written for a custom type; any unknown value is a custom type.
 
-    OpenFaaS allows types this loop does not measure (`queue`, custom ones): those are not an error
-    that freezes the function, only a scale type without a load figure (see `unsupported`).
+    OpenFaaS allows custom types this loop does not measure: those are not an error that freezes the
+    function, only a scale type without a load figure (see `unsupported`).
     """
     raw = labels.get(TYPE)
     if raw is None:
         return ScaleType.RPS, ""
     value = raw.strip().lower()
     if not value:
-        raise SpecError(TYPE, raw, "one of " + ", ".join((*_MEASURED, ScaleType.QUEUE.value)))
+        raise SpecError(TYPE, raw, "one of " + ", ".join(_MEASURED))
     if value == ScaleType.UNSUPPORTED.value or value not in {t.value for t in ScaleType}:
         return ScaleType.UNSUPPORTED, raw.strip()
     return ScaleType(value), ""
@@ -228,13 +228,8 @@ def unsupported(spec: ScalingSpec) -> str | None:
     """Why the loop cannot scale this function by load, or None when it can (the Event's message)."""
     if spec.type.measured:
         return None
-    if spec.type is ScaleType.QUEUE:
-        what = f"{TYPE}=queue (pending asynchronous calls) is not supported yet"
-    else:
-        what = (
-            f"{TYPE}={spec.type_label!r} is not a scaling type this autoscaler measures "
-            f"({', '.join(_MEASURED)}; queue is planned)"
-        )
+    measured = ", ".join(_MEASURED)
+    what = f"{TYPE}={spec.type_label!r} is not a scaling type this autoscaler measures ({measured})"
     zero = (
         f"scale to zero after {format_duration(spec.zero_duration)} idle and waking on traffic still apply"
         if spec.zero

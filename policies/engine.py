@@ -81,6 +81,8 @@ def observe(
             state.last_started_total = started
         if load.inflight is not None and load.inflight > 0:
             active = True
+        if load.pending is not None and load.pending > 0:
+            active = True  # queued asynchronous work is activity (invariant 2): never zero under it
     if last_wake is not None and (state.last_active is None or last_wake > state.last_active):
         state.last_active = last_wake
     if last_wake is not None and (state.last_call is None or last_wake > state.last_call):

@@ -16,15 +16,15 @@ class ScaleType(StrEnum):
     RPS = "rps"  # completed requests per second
     CAPACITY = "capacity"  # in-flight requests
     CPU = "cpu"  # millicores
-    # Named by OpenFaaS but not measured by this loop yet: the function is not scaled by load (it keeps
-    # its replicas), while scale to zero and waking on traffic still apply.
     QUEUE = "queue"  # pending asynchronous calls per replica (OpenFaaS Pro)
-    UNSUPPORTED = "unsupported"  # any other value of the type label (a custom type)
+    # Any other value of the type label (a custom type): not measured, so the function is not scaled
+    # by load (it keeps its replicas), while scale to zero and waking on traffic still apply.
+    UNSUPPORTED = "unsupported"
 
     @property
     def measured(self) -> bool:
         """Whether the loop reads a load figure for this type (and so scales by load)."""
-        return self in (ScaleType.RPS, ScaleType.CAPACITY, ScaleType.CPU)
+        return self is not ScaleType.UNSUPPORTED
 
 
 class KeepAlive(StrEnum):
@@ -73,6 +73,7 @@ class Load:
     inflight: float | None = None  # requests in flight right now
     cpu: float | None = None  # millicores over all replicas
     started_total: float | None = None  # counter of started invocations (any change = activity)
+    pending: float | None = None  # asynchronous calls waiting in the queue (any > 0 = activity)
 
     def value(self, kind: ScaleType) -> float | None:
         """The load figure the function's scale type is measured in."""
@@ -82,6 +83,8 @@ class Load:
             return self.inflight
         if kind is ScaleType.CPU:
             return self.cpu
+        if kind is ScaleType.QUEUE:
+            return self.pending
         return None  # not measured (see ScaleType.measured): no data, never zero
 
 

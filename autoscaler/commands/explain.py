@@ -35,7 +35,10 @@ def _labels(pairs: list[str]) -> dict[str, str]:
 
 def _load_for(spec: ScalingSpec, value: float, *, active: bool) -> Load:
     inflight = value if spec.type is ScaleType.CAPACITY else 0.0
-    return Load(rps=value, inflight=inflight, cpu=value, started_total=1.0 if active else 0.0)
+    pending = value if spec.type is ScaleType.QUEUE else 0.0
+    return Load(
+        rps=value, inflight=inflight, cpu=value, started_total=1.0 if active else 0.0, pending=pending
+    )
 
 
 def explain_offline(

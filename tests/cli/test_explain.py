@@ -148,18 +148,26 @@ def test_a_live_explanation_in_text_says_where_labels_came_from_the_conflicts_an
     ]
 
 
-def test_explain_says_a_queue_function_is_not_scaled_by_load_but_still_goes_to_zero() -> None:
-    done = autoscaler(
-        "explain",
-        "--label", "com.openfaas.scale.type=queue",
-        "--label", "com.openfaas.scale.zero=true",
-        "--idle", "20m", "--load", "0", "--json",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    assert (result["desired"], result["code"]) == (0, "ScaleToZero")
-    assert "type=queue (pending asynchronous calls) is not supported yet" in result["warning"]
-    assert result["spec"]["type"] == "queue"
+def test_explain_scales_a_queue_function_on_its_pending_calls_and_sends_it_to_zero_when_drained() -> None:
+    def explain(*extra: str) -> dict[str, object]:
+        done = autoscaler(
+            "explain",
+            "--label", "com.openfaas.scale.type=queue",
+            "--label", "com.openfaas.scale.target=10",
+            "--label", "com.openfaas.scale.target-proportion=1",
+            "--label", "com.openfaas.scale.zero=true",
+            "--json", *extra,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        result: dict[str, object] = json.loads(done.stdout)
+        return result
+
+    drained = explain("--idle", "20m", "--load", "0")
+    assert (drained["desired"], drained["code"]) == (0, "ScaleToZero")
+    assert "warning" not in drained or not drained["warning"]
+    backlog = explain("--load", "35", "--replicas", "1")
+    assert (backlog["desired"], backlog["code"]) == (4, "ScaleUp")
+    assert backlog["spec"]["type"] == "queue"  # type: ignore[index]
 
 
 def test_explain_names_a_custom_scale_type_as_written() -> None:

@@ -115,8 +115,7 @@ def test_invalid_labels_name_the_label_the_value_and_what_is_allowed(
 
 @pytest.mark.parametrize(
     ("value", "kind", "named"),
-    [("queue", ScaleType.QUEUE, "type=queue (pending asynchronous calls) is not supported yet"),
-     ("Latency-P99", ScaleType.UNSUPPORTED, "type='Latency-P99' is not a scaling type")],
+    [("Latency-P99", ScaleType.UNSUPPORTED, "type='Latency-P99' is not a scaling type")],
 )  # fmt: skip
 def test_a_type_the_loop_does_not_measure_is_a_warning_not_an_invalid_spec(
     value: str, kind: ScaleType, named: str
@@ -131,5 +130,5 @@ def test_a_type_the_loop_does_not_measure_is_a_warning_not_an_invalid_spec(
 
 
 def test_measured_types_carry_no_warning() -> None:
-    for value in ("rps", "capacity", "CPU"):
+    for value in ("rps", "capacity", "CPU", "queue"):
         assert unsupported(parse_labels({P + "type": value})) is None
