@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from policies.backoff import Backoff
+
 # OpenFaaS Pro's queue-worker defaults (queueWorkerPro in the faas-netes chart).
 DEFAULT_ATTEMPTS = 10
 DEFAULT_MIN_WAIT = 10.0
@@ -51,10 +53,7 @@ def backoff(policy: RetryPolicy, *, attempt: int) -> float:
     """Wait before attempt `attempt + 1`: min_wait doubled per earlier retry, capped at max_wait."""
     if attempt < 1:
         raise ValueError(f"attempt numbers start at 1 (got {attempt})")
-    if policy.min_wait == 0:
-        return 0.0
-    # 2**62 is far past any max_wait; capping the exponent keeps the float finite.
-    return min(policy.max_wait, policy.min_wait * 2.0 ** min(attempt - 1, 62))
+    return Backoff(first=policy.min_wait, maximum=policy.max_wait).step(attempt)
 
 
 def decide(policy: RetryPolicy, *, attempt: int, status: int, now: float) -> RetryDecision:
