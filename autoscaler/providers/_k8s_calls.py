@@ -1,11 +1,12 @@
-"""Kubernetes API failures as `autoscaler.errors`, and the retries worth making.
+"""Kubernetes API failures as `autoscaler.errors`, and the retries worth making: the one mapping.
 
-The control loop and the proxy must never see a kubernetes-asyncio or aiohttp exception: a raw
-library error escaping a tick would be handled nowhere. Every call the provider makes goes through
-`call()`, which retries what a retry can fix (5xx, 429 with its Retry-After, timeouts, dropped
-connections, 409 conflicts) with capped exponential backoff and jitter, a bounded number of times,
-and raises ProviderError / ConflictError / NotFoundError (`raise ... from e`) with the API's own
-`Status.message` otherwise.
+The control loop, the proxy and the leader election must never see a kubernetes-asyncio or aiohttp
+exception: a raw library error escaping a tick would be handled nowhere. Every call the provider and
+the elector make goes through `call()`, which retries what a retry can fix (5xx, 429 with its
+Retry-After, timeouts, dropped connections, 409 conflicts) after the one back-off rule
+(`policies.backoff`, jittered), a bounded number of times, and raises ProviderError / ConflictError /
+NotFoundError (`raise ... from e`) with the API's own `Status.message` otherwise. The elector asks
+for one attempt (`RetryPolicy(attempts=1)`): its own loop is the retry, on its lease's schedule.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from autoscaler.errors import ConflictError, NotFoundError, ProviderError
+from policies.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,14 @@ class RetryPolicy:
                 f"max_delay={self.max_delay}): need attempts >= 1 and 0 <= base_delay <= max_delay"
             )
 
+    @property
+    def schedule(self) -> Backoff:
+        """The one back-off rule (`policies.backoff`) with these bounds, jitter in [d/2, d]."""
+        return Backoff(self.base_delay, self.max_delay, spread=0.5)
+
     def backoff(self, failures: int) -> float:
-        """Delay after `failures` consecutive failures: capped exponential, with jitter in [d/2, d]."""
-        step = min(self.max_delay, self.base_delay * 2 ** max(0, failures - 1))
-        return random.uniform(step / 2, step)
+        """Delay after `failures` consecutive failures (1 = the first): capped exponential, jittered."""
+        return self.schedule.delay(max(1, failures), draw=random.random())
 
 
 def status_message(e: ApiException) -> str:

@@ -4,8 +4,8 @@ The provider answers `functions()`, `endpoints()` and `wait_ready()` from memory
 follow the cluster through everything a long-lived watch meets: the server closing the stream at
 its timeout (reconnect at once from the last resourceVersion), a 410 Gone for a compacted version
 (re-list: the list replaces the cache, so nothing that changed meanwhile is lost), a dropped
-connection or failing API (reconnect with capped exponential backoff and jitter), and bugs in a
-handler (logged, the stream goes on). `autoscaler.tasks.restarting()` restarts a loop that still
+connection or failing API (reconnect after the retry policy's back-off, `policies.backoff`), and
+bugs in a handler (logged, the stream goes on). `autoscaler.tasks.restarting()` restarts a loop that still
 crashes, with a log line.
 """
 

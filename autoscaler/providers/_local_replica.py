@@ -1,11 +1,11 @@
 """One replica of a local function: a supervised process on a free loopback port.
 
 The local provider's promises live here: a replica counts as ready only once its health path answers
-below 500; a crash is restarted with exponential backoff; a stop removes the replica from the
-endpoints first, then sends SIGTERM to its process group and waits a grace period (so requests in
-flight finish) before SIGKILL. Each replica runs in its own process group, so a Ctrl-C in the terminal
-reaches the add-on alone (which shuts down in order) and a stop reaches the replica's own children;
-on Linux the kernel also kills it if the add-on dies without cleaning up (PR_SET_PDEATHSIG).
+below 500; a crash is restarted after the one back-off rule (`policies.backoff`); a stop removes the
+replica from the endpoints first, then sends SIGTERM to its process group and waits a grace period (so
+requests in flight finish) before SIGKILL. Each replica runs in its own process group, so a Ctrl-C in
+the terminal reaches the add-on alone (which shuts down in order) and a stop reaches the replica's own
+children; on Linux the kernel also kills it if the add-on dies without cleaning up (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import aiohttp
 
 from autoscaler.functionsfile import LocalFunction
 from autoscaler.tasks import spawn
+from policies.backoff import Backoff
 
 log = logging.getLogger("autoscaler.providers.local")
 
@@ -117,6 +118,7 @@ class Replica:
         self.output: collections.deque[str] = collections.deque(maxlen=20)
         self._session = session
         self._timing = timing
+        self._backoff = Backoff(timing.backoff_base, timing.backoff_max)  # the one rule, unjittered
         self._on_change = on_change
         self._on_crash = on_crash
         self._process: asyncio.subprocess.Process | None = None
@@ -158,7 +160,7 @@ class Replica:
                 break
             ran = time.monotonic() - ready_at if ready_at is not None else 0.0
             crashes = 1 if ran >= self._timing.stable_after else crashes + 1
-            delay = min(self._timing.backoff_max, self._timing.backoff_base * 2 ** (crashes - 1))
+            delay = self._backoff.delay(crashes)
             code = self._process.returncode if self._process is not None else None
             last = self.output[-1] if self.output else "no output"
             reason = (
