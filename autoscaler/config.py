@@ -11,7 +11,7 @@ import re
 from typing import Annotated, Any
 
 import yarl
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from autoscaler.errors import ConfigError
@@ -171,6 +171,40 @@ class ProxySettings(_Base):
         description="seconds between last-active marks of a busy scale-to-zero function (an API write "
         "each); at most 15, half the controller's 30 s grace before a scale to zero",
     )
+    # Client-side limits, as an edge proxy sets them (nginx, Envoy, Go's http.Server).
+    header_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="seconds a client has to send a whole request head, from its connection or its "
+        "first byte after a response (nginx client_header_timeout); then 408 and closed",
+    )
+    keepalive_timeout: float = Field(
+        default=75.0, gt=0, description="seconds an idle kept-alive client connection stays open (nginx's 75)"
+    )
+    max_head_size: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="bytes of request line plus headers at most (Envoy 60 KiB, nginx 32 KB); 431 and "
+        "closed above",
+    )
+    send_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds a response may wait for a client that reads none of it (nginx send_timeout); "
+        "then the client is cut and the function's connection dropped",
+    )
+    max_buffered: int = Field(
+        default=128 * 1024 * 1024,
+        gt=0,
+        description="request body bytes buffered for one function at once, counted before a body is "
+        "read; 429 with Retry-After above",
+    )
+    max_buffered_total: int = Field(
+        default=256 * 1024 * 1024,
+        gt=0,
+        description="request body bytes buffered for all functions together (half the manifest's 512 MiB "
+        "memory limit); 429 with Retry-After above",
+    )
 
     @field_validator("provider_url")
     @classmethod
@@ -187,6 +221,18 @@ class ProxySettings(_Base):
         if url.user is not None or url.password is not None or url.query_string or url.fragment:
             raise ValueError("expected no user, password, query or fragment in the provider URL")
         return str(url)
+
+    @field_validator("max_buffered_total")
+    @classmethod
+    def _buffers_fit_a_body(cls, value: int, info: ValidationInfo) -> int:
+        # A body the buffers could never take would be refused with 429 for ever: say so at start-up.
+        body, per_function = info.data.get("max_body"), info.data.get("max_buffered")
+        if body is not None and per_function is not None and body > min(per_function, value):
+            raise ValueError(
+                f"--max-body ({body}) must fit in --max-buffered ({per_function}) and "
+                f"--max-buffered-total ({value})"
+            )
+        return value
 
 
 def build(model: type[_Base], overrides: dict[str, Any]) -> Any:
