@@ -1,19 +1,30 @@
 """Reads every function's load from Prometheus with five queries per tick, whatever the function count.
 
 One query per function would cost 10,000 round trips a tick on a large cluster; instead each load
-figure (rps, in-flight, CPU, started counter) is one `sum by (function_name)` instant query, and the
-queries run concurrently on one aiohttp session without blocking the event loop.
+figure (rps, in-flight, CPU, started counter, pending asynchronous calls) is one `by (function_name)`
+instant query, and the queries run concurrently on one aiohttp session without blocking the event loop.
 
 Invariant 1 lives here as much as in the policies: a failed, slow, malformed, NaN or stale answer
 becomes "no data" (None) for exactly the figures it concerns, never 0. If every query fails the
 snapshot carries an error naming the URL and the cause, and no loads at all.
 
-Absence is idleness only where it is proven: the fifth query (`--query-source`) lists every function
-the metric source (the gateway, our proxy) knows, from a series it exports for each whether called or
-not. A function in that answer, fresh, but absent from the rps, in-flight or started answer (each of
-which succeeded) had no calls there: that figure reads 0. The CE gateway exports no in-flight gauge
-at all, so its functions are judged by their started counter, as OpenFaaS itself does. A source that
-is down or not scraped goes stale in Prometheus and proves nothing: the function stays "no data".
+Absence is idleness only where it is proven. `--query-source` lists every function the metric source
+(the gateway, our proxy) knows, from a series it exports for each whether called or not; it is folded
+into the started query as `(started) or 0 * (source)`, so the source's word costs no query of its own.
+A function in that answer with a fresh value is proven: its started counter (or the source's series)
+comes fresh from the exporter that also exports its rps and in-flight figures, so its absence from
+the rps or in-flight answer (each of which succeeded) means no calls there: that figure reads 0. The
+CE gateway exports no in-flight gauge at all, so its functions are judged by their started counter, as
+OpenFaaS itself does. A source that is down or not scraped goes stale in Prometheus and proves
+nothing; a failed started query proves nothing either: the function stays "no data".
+
+Pending asynchronous calls (`type=queue`) come from the queue-worker's
+`queue_worker_pending_messages{function_name,queue_name}` (OpenFaaS Pro's name): the calls on the
+queue not yet acknowledged, i.e. waiting, being invoked or waiting for a retry. Every worker replica
+reports the same stream-wide count, so the query takes the `max`, never the sum. A function the source
+knows reads 0 pending only while the workers answer for at least one function (`and on () count(...)`:
+a worker reports every function with calls on the stream, and 0 for the functions it consumes); with
+no worker series at all, pending is no data, never 0.
 """
 
 from __future__ import annotations
@@ -45,11 +56,16 @@ FIELDS: Mapping[str, str] = {
     "inflight": "query_inflight",
     "cpu": "query_cpu",
     "started_total": "query_started",
+    "pending": "query_pending",
 }
+# The pending query until the settings carry their own `query_pending` (OpenFaaS Pro's metric; `max`
+# because every queue-worker replica reports the same stream-wide count).
+DEFAULT_PENDING = "max by (function_name) (queue_worker_pending_messages)"
 # Load fields whose absence from a successful answer reads as 0 for a function the source knows (CPU
-# is measured elsewhere, by the kubelet, so the source's word says nothing about it).
-_COUNTED = ("rps", "inflight", "started_total")
-SOURCE = "source"
+# is measured elsewhere, by the kubelet, so the source's word says nothing about it; pending carries
+# its own proof, see `pending_query`).
+_COUNTED = ("rps", "inflight")
+PROVEN_BY = "started_total"  # the answer that carries the source's proof
 # Bodies above this size are parsed in a worker thread so a 10,000-function answer never stalls the loop.
 _THREAD_PARSE_BYTES = 256 * 1024
 
@@ -74,12 +90,14 @@ class PrometheusReader:
         self._session = session
         self._own_session = session is None
         self._clock = clock
-        self.queries: dict[str, str] = {
-            name: str(getattr(settings, key)).replace("{window}", settings.rate_window)
-            for name, key in FIELDS.items()
-        }
-        if settings.query_source.strip():
-            self.queries[SOURCE] = settings.query_source.replace("{window}", settings.rate_window)
+        window = settings.rate_window
+        raw = {name: str(getattr(settings, key, DEFAULT_PENDING)) for name, key in FIELDS.items()}
+        source = settings.query_source.strip()
+        self.proves = bool(source)  # whether absence can ever be read as 0
+        if source:
+            raw["started_total"] = started_query(raw["started_total"], source=source)
+            raw["pending"] = pending_query(raw["pending"], source=source)
+        self.queries: dict[str, str] = {name: text.replace("{window}", window) for name, text in raw.items()}
         self.errors_total: collections.Counter[str] = collections.Counter()  # failed queries per load field
         self.last_errors: dict[str, str] = {}  # load field -> why its last query failed (empty when all fine)
         self._reported: str | None = None
@@ -125,15 +143,14 @@ class PrometheusReader:
                 vectors[name] = result
         self._report(vectors)
 
-        source = vectors.pop(SOURCE, None)
         if not vectors:
             causes = list(dict.fromkeys(self.last_errors.values()))
             return LoadSnapshot(loads={}, error="; ".join(causes), queries=len(names))
         functions: set[str] = set()
         for found in vectors.values():
             functions.update(found.values)
-        known = set() if source is None else {fn for fn, up in source.values.items() if up is not None}
-        functions.update(known)
+        proof = vectors.get(PROVEN_BY) if self.proves else None
+        known = set() if proof is None else {fn for fn, value in proof.values.items() if value is not None}
         loads = {fn: self._load(fn, vectors, proven=fn in known) for fn in sorted(functions)}
         return LoadSnapshot(loads=loads, queries=len(names))
 
@@ -273,6 +290,17 @@ class PrometheusReader:
                 )
 
 
+def started_query(started: str, *, source: str) -> str:
+    """The started query with the source's proof folded in: 0 for a function the source knows uncalled."""
+    return f"({started}) or (0 * ({source}))"
+
+
+def pending_query(pending: str, *, source: str) -> str:
+    """The pending query, 0 for a function the source knows only while the workers answer at all."""
+    return f"({pending}) or ((0 * ({source})) and on () count({pending}))"
+
+
 def _flag(name: str) -> str:
-    """The flag that holds a query's PromQL, for messages."""
-    return "--" + FIELDS.get(name, f"query_{name}").replace("_", "-")
+    """The flag that holds a query's PromQL, for messages (the started query also holds the source's)."""
+    flag = "--" + FIELDS.get(name, f"query_{name}").replace("_", "-")
+    return f"{flag} or --query-source" if name in (PROVEN_BY, "pending") else flag

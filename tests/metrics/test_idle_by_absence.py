@@ -3,7 +3,8 @@
 A function that was never called has no invocation series anywhere, and one called only through the
 OpenFaaS CE gateway has no in-flight gauge. The reader reads those absences as 0 only when the metric
 source itself answers for the function (`gateway_service_count`, exported for every function the
-gateway or our proxy knows); a source that is down, or a query that failed, proves nothing.
+gateway or our proxy knows, folded into the started query); a source that is down, or a query that
+failed, proves nothing.
 Against a real Prometheus scraping a gateway-shaped exporter.
 """
 
@@ -56,7 +57,7 @@ async def test_without_the_source_query_absence_stays_no_data(prometheus_factory
         async with PrometheusReader(settings=live.settings(query_source="")) as reader:
             snapshot = await reader.read()
 
-    assert snapshot.queries == 4
+    assert snapshot.queries == 5  # the pending query stays; only the source's proof is gone
     assert NEVER not in snapshot.loads
     assert snapshot.loads[CE_ONLY].inflight is None
 
@@ -76,9 +77,11 @@ async def test_a_source_that_went_down_proves_nothing(prometheus_factory: Promet
     assert ce is None or (ce.inflight, ce.started_total) == (None, None)
 
 
-async def test_a_failed_counter_query_is_not_read_as_zero_for_known_functions(
+async def test_a_failed_started_query_proves_nothing_and_nothing_reads_as_zero(
     prometheus_factory: PrometheusFactory,
 ) -> None:
+    # The source's proof rides on the started query (`started or 0 * source`): when that query fails,
+    # no absence is read as 0, and the figures that did come keep their values.
     with GatewayExporter() as exporter:
         live = await start(prometheus_factory, exporter)
         broken = live.settings(query_started="sum by (function_name) (")
@@ -86,8 +89,22 @@ async def test_a_failed_counter_query_is_not_read_as_zero_for_known_functions(
             snapshot = await reader.read()
 
     assert set(reader.last_errors) == {"started_total"}
-    assert snapshot.loads[NEVER].started_total is None
-    assert snapshot.loads[NEVER].inflight == 0.0
+    assert "--query-started or --query-source" in reader.last_errors["started_total"]
+    assert NEVER not in snapshot.loads
+    ce = snapshot.loads[CE_ONLY]
+    assert (ce.started_total, ce.inflight) == (None, None)
+    assert ce.rps == pytest.approx(2.0, rel=0.2)
+
+
+async def test_the_source_costs_no_query_of_its_own(prometheus_factory: PrometheusFactory) -> None:
+    with GatewayExporter() as exporter:
+        live = await start(prometheus_factory, exporter)
+        async with PrometheusReader(settings=live.settings()) as reader:
+            snapshot = await reader.read()
+
+    assert snapshot.queries == 5
+    assert set(reader.queries) == {"rps", "inflight", "cpu", "started_total", "pending"}
+    assert "gateway_service_count" in reader.queries["started_total"]
 
 
 async def test_a_stale_or_nan_series_is_bad_data_not_absence(prometheus_factory: PrometheusFactory) -> None:

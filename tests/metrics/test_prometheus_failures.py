@@ -20,8 +20,9 @@ from autoscaler.config import MetricsSettings
 from autoscaler.errors import ConfigError
 from autoscaler.metrics import PrometheusReader
 from tests.metrics.conftest import ECHO, RATE_WINDOW
+from tests.support.child import free_port
 from tests.support.exporter import GatewayExporter
-from tests.support.prometheus import PrometheusFactory, free_port
+from tests.support.prometheus import PrometheusFactory
 
 Serve = Callable[[Callable[[web.Request], Awaitable[web.StreamResponse]]], Awaitable[str]]
 
@@ -59,7 +60,7 @@ async def test_an_unreachable_prometheus_is_named_with_its_url_and_the_cause() -
 
     assert snapshot.loads == {}
     assert snapshot.error == f"Prometheus at {url} unreachable: Connection refused; check --prometheus-url"
-    assert dict(reader.errors_total) == {"rps": 1, "inflight": 1, "cpu": 1, "started_total": 1, "source": 1}
+    assert dict(reader.errors_total) == {"rps": 1, "inflight": 1, "cpu": 1, "started_total": 1, "pending": 1}
 
 
 async def test_a_slow_prometheus_fails_within_about_the_query_timeout(http_server: Serve) -> None:
