@@ -4,8 +4,9 @@ aiohttp's `ClientSession` costs about 75 us of CPU per request (request and resp
 handling, tracing hooks, a connector built for every case), more than half of what the proxy spends.
 The proxy needs far less: send a request it already parsed to a replica it already knows, read back
 a status line, headers and a body delimited by Content-Length, chunked coding or the end of the
-connection. This module does only that: one `asyncio.Protocol` per connection with a parser for the
-response head and the three body framings (pooling is in `_pool`). Timeouts are the caller's (the
+connection. This module does only that: one `asyncio.Protocol` per connection that feeds the bytes
+it receives through the three body framings, with what they mean decided in `_http1` (pooling is in
+`_pool`, what TCP_INFO says in `_tcp`). Timeouts are the caller's (the
 proxy's deadline sweep cancels the awaiting task); a cancelled or unfinished exchange always closes
 its connection, and a connection is reused only after a complete, well-framed response.
 
@@ -18,18 +19,33 @@ neither a slow upstream nor a large upload fills memory.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-import struct
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, cast
+from typing import TYPE_CHECKING, cast
 
-from yarl import URL
+from autoscaler.proxy import _tcp
+from autoscaler.proxy._http1 import (
+    CHUNK_DATA,
+    CHUNK_END,
+    CHUNK_SIZE,
+    DONE,
+    HEAD,
+    LENGTH,
+    MAX_HEAD,
+    MAX_LINE,
+    TRAILER,
+    UNTIL_EOF,
+    ClientError,
+    NotAccepted,
+    StaleConnection,
+    chunk_size,
+    parse_head,
+)
 
-# A response head larger than this is refused (aiohttp's client allows 8 KiB lines and 8 KiB fields).
-MAX_HEAD = 64 * 1024
+if TYPE_CHECKING:
+    from autoscaler.proxy._pool import Origin
+
+
 # Body bytes received but not yet taken by the caller: above this the socket stops being read
 # until the caller takes them (a slow client slows the function down instead of filling memory).
 HIGH_WATER = 256 * 1024
@@ -37,33 +53,6 @@ HIGH_WATER = 256 * 1024
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 # Methods for which an absent body is still announced as `Content-Length: 0`.
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_EOF, _DONE = range(8)
-_ENC: Final = "utf-8"
-_HEX = b"0123456789abcdefABCDEF"
-# Response headers that decide the framing and reuse of the connection (index into _parse_head's lists).
-_FRAMING = {"connection": 0, "transfer-encoding": 1, "content-length": 2}
-
-
-class ClientError(Exception):
-    """The exchange with the replica failed (closed connection, malformed response)."""
-
-
-class ConnectError(ClientError):
-    """No connection could be opened: the request never left."""
-
-
-class StaleConnection(ClientError):
-    """A reused connection was closed by the peer before any byte of the response came back."""
-
-
-class NotAccepted(ClientError):
-    """A fresh connection's request bytes were never acknowledged: the replica never accepted it.
-
-    When a listener's accept queue is full, the kernel drops the handshake's last packet: the client
-    sees an open connection and sends, the server has no connection to read from. The request never
-    reached the replica, so it may go anywhere else, whatever its method.
-    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,38 +64,6 @@ class StreamBody:
 
     read: Callable[[], Awaitable[bytes]]
     length: int | None
-
-
-class Origin:
-    """One upstream `scheme://host:port`: its connections, its dials and the requests waiting for one.
-
-    `untried` counts dials in progress and connections without a first response yet, `proven` the
-    open connections that had one; the pool keeps `untried` within `window` (see `_pool`).
-    """
-
-    __slots__ = (
-        "dialing", "handshake", "host", "host_header", "idle", "in_use", "label", "port", "proven", "ssl",
-        "threshold", "untried", "waiters", "window",
-    )  # fmt: skip
-
-    def __init__(self, url: URL) -> None:
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ClientError(f"endpoint {url} is not an http:// or https:// URL with a host")
-        self.host: str = url.host
-        self.port: int = url.port or (443 if url.scheme == "https" else 80)
-        self.ssl = url.scheme == "https"
-        default = 443 if self.ssl else 80
-        self.host_header = self.host if self.port == default else f"{self.host}:{self.port}"
-        self.label = str(url.origin())
-        self.idle: list[Connection] = []
-        self.in_use = 0  # connections handed out to requests
-        self.dialing = 0  # connections being opened
-        self.untried = 0
-        self.proven = 0
-        self.window = 0.0
-        self.threshold = float("inf")  # above it the window grows by one per window of first answers
-        self.handshake = 0.0  # seconds a connect takes here (a moving average; 0 before the first)
-        self.waiters: deque[asyncio.Future[Connection]] = deque()
 
 
 class Connection(asyncio.Protocol):
@@ -158,7 +115,7 @@ class Connection(asyncio.Protocol):
 
     def _reset(self, method: str) -> None:
         self._method = method
-        self._state = _HEAD
+        self._state = HEAD
         self._buf = bytearray()
         self._head: asyncio.Future[None] | None = None
         self._feed_waiter: asyncio.Future[None] | None = None
@@ -186,11 +143,11 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self._forget()
         self._wake_drain()
-        if self._state == _UNTIL_EOF and exc is None:
+        if self._state == UNTIL_EOF and exc is None:
             self._finish()
         elif not self.done and self._head is not None:
             reason = f": {exc}" if exc else ""
-            if self._state == _HEAD and not self.got_bytes and self.uses > 1:
+            if self._state == HEAD and not self.got_bytes and self.uses > 1:
                 self._fail(StaleConnection(f"the kept-alive connection was closed{reason}"))
             else:
                 self._fail(ClientError(f"the connection was closed before the response ended{reason}"))
@@ -341,38 +298,20 @@ class Connection(asyncio.Protocol):
     def unaccepted(self) -> bool | None:
         """While the request waits for its answer: whether the peer's kernel acknowledged none of it.
 
-        Read from TCP_INFO (Linux): sent segments unacknowledged and nothing acknowledged beyond the
-        SYN (which `tcpi_bytes_acked` counts as one byte). None when the exchange is over or TCP_INFO
-        cannot tell.
+        None when the exchange is over or TCP_INFO cannot tell (see `_tcp`).
         """
         head = self._head
         if self.closed or self.got_bytes or head is None or head.done() or self.transport is None:
             return None
-        sock = self.transport.get_extra_info("socket")
-        if sock is None or not hasattr(socket, "TCP_INFO"):
-            return None
-        try:
-            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 128)
-        except (OSError, AttributeError):
-            return None
-        if len(info) < 28:
-            return None
-        unacked = struct.unpack_from("I", info, 24)[0]  # tcpi_unacked
-        acked = struct.unpack_from("Q", info, 120)[0] if len(info) >= 128 else 0  # tcpi_bytes_acked
-        return unacked > 0 and acked <= 1
+        return _tcp.unacknowledged(self.transport)
 
     def drop_unaccepted(self) -> None:
         """Reset the connection, so that the kernel never delivers the request, and fail the exchange."""
-        transport = self.transport
-        if transport is not None:
-            sock = transport.get_extra_info("socket")
-            with contextlib.suppress(OSError, AttributeError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._fail(NotAccepted(f"{self.origin.label} never accepted the connection"))
         self.closed = True
         self.untrial()
-        if transport is not None:
-            transport.abort()
+        if self.transport is not None:
+            _tcp.reset(self.transport)
 
     # -- the parser --------------------------------------------------------------------------------
 
@@ -391,7 +330,7 @@ class Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def _finish(self) -> None:
-        self._state = _DONE
+        self._state = DONE
         self.done = True
         self._wake()
 
@@ -408,7 +347,7 @@ class Connection(asyncio.Protocol):
     def _feed(self, data: bytes) -> None:
         while data:
             state = self._state
-            if state == _LENGTH:
+            if state == LENGTH:
                 left = self._chunk_left
                 if len(data) < left:
                     self._chunk_left = left - len(data)
@@ -419,136 +358,84 @@ class Connection(asyncio.Protocol):
                     self.keep_alive = False  # more than announced: never reuse this connection
                 self._finish()
                 return
-            if state == _UNTIL_EOF:
+            if state == UNTIL_EOF:
                 self._emit(data)
                 return
-            if state == _CHUNK_DATA:
+            if state == CHUNK_DATA:
                 left = self._chunk_left
                 if len(data) <= left:
                     self._chunk_left = left - len(data)
                     self._emit(data)
                     if self._chunk_left == 0:
-                        self._state = _CHUNK_END
+                        self._state = CHUNK_END
                     return
                 self._emit(data[:left])
                 data = data[left:]
-                self._state = _CHUNK_END
+                self._state = CHUNK_END
                 continue
-            if state == _DONE:
+            if state == DONE:
                 self.keep_alive = False
                 return
-            # Line-oriented states: the head, chunk sizes, chunk ends and trailers.
-            buf = self._buf
-            buf += data
-            data = b""
-            if state == _HEAD:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buf) > MAX_HEAD:
-                        raise ClientError(f"the response head is larger than {MAX_HEAD} bytes")
-                    return
-                head = bytes(buf[:end])
-                data = bytes(buf[end + 4 :])
-                buf.clear()
-                self._parse_head(head)
-                continue
-            end = buf.find(b"\r\n")
-            if end < 0:
-                if len(buf) > 4096:
-                    raise ClientError("a chunk-size or trailer line is too long")
-                return
-            line = bytes(buf[:end])
-            data = bytes(buf[end + 2 :])
-            buf.clear()
-            if state == _CHUNK_SIZE:
-                size_text = line.split(b";", 1)[0].strip()
-                if not size_text or size_text.strip(_HEX) or len(size_text) > 16:
-                    raise ClientError(f"invalid chunk size {size_text[:40]!r}")
-                size = int(size_text, 16)
-                if size == 0:
-                    self._state = _TRAILER
-                else:
-                    self._chunk_left = size
-                    self._state = _CHUNK_DATA
-            elif state == _CHUNK_END:
-                if line:
-                    raise ClientError("a chunk is longer than its announced size")
-                self._state = _CHUNK_SIZE
-            elif state == _TRAILER and not line:
-                self._finish()
-                if data:
-                    self.keep_alive = False
+            data = self._feed_line(data)
 
-    def _parse_head(self, head: bytes) -> None:
-        lines = head.decode(_ENC, "surrogateescape").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        code, _, reason = rest.partition(" ")
-        if (
-            version not in ("HTTP/1.1", "HTTP/1.0")
-            or len(code) != 3
-            or not code.isascii()
-            or not code.isdigit()
-        ):
-            raise ClientError(f"invalid status line {lines[0][:80]!r}")
-        status = int(code)
-        headers: list[tuple[str, str]] = []
-        connection: list[str] = []
-        transfer: list[str] = []
-        lengths: list[str] = []
-        for raw in lines[1:]:
-            name, colon, value = raw.partition(":")
-            if not colon or not name or name != name.strip() or " " in name:
-                raise ClientError(f"invalid header line {raw[:80]!r}")
-            value = value.strip()
-            headers.append((name, value))
-            framing = _FRAMING.get(name.lower())
-            if framing is not None:
-                (connection, transfer, lengths)[framing].append(value)
-        if 100 <= status < 200:
-            if status == 101:
-                raise ClientError("the function switched protocols, which the proxy does not relay")
-            return  # 100 Continue and other interim responses: the real one follows
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-        self.connection = ", ".join(connection)
-        tokens = self.connection.lower()
-        self.keep_alive = "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens
-        if self._method == "HEAD" or status in (204, 304):
-            if lengths:
-                self.content_length = _length(lengths)
+    def _feed_line(self, data: bytes) -> bytes:
+        """Line-oriented states (the head, chunk sizes, chunk ends, trailers): the bytes after the line."""
+        state = self._state
+        buf = self._buf
+        buf += data
+        if state == HEAD:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD:
+                    raise ClientError(f"the response head is larger than {MAX_HEAD} bytes")
+                return b""
+            head = bytes(buf[:end])
+            rest = bytes(buf[end + 4 :])
+            buf.clear()
+            self._parse_head(head)
+            return rest
+        end = buf.find(b"\r\n")
+        if end < 0:
+            if len(buf) > MAX_LINE:
+                raise ClientError("a chunk-size or trailer line is too long")
+            return b""
+        line = bytes(buf[:end])
+        rest = bytes(buf[end + 2 :])
+        buf.clear()
+        if state == CHUNK_SIZE:
+            size = chunk_size(line)
+            if size == 0:
+                self._state = TRAILER
+            else:
+                self._chunk_left = size
+                self._state = CHUNK_DATA
+        elif state == CHUNK_END:
+            if line:
+                raise ClientError("a chunk is longer than its announced size")
+            self._state = CHUNK_SIZE
+        elif state == TRAILER and not line:
             self._finish()
-        elif transfer:
-            if lengths:
-                # Transfer-Encoding overrides Content-Length (RFC 9112 6.3): the length must not reach
-                # the client, and a connection with both framings is never reused.
-                self.headers = [item for item in headers if item[0].lower() != "content-length"]
+            if rest:
                 self.keep_alive = False
-            if transfer[-1].rsplit(",", 1)[-1].strip().lower() != "chunked":
-                self._state = _UNTIL_EOF
-                self.keep_alive = False
-            else:
-                self._state = _CHUNK_SIZE
-        elif lengths:
-            length = self.content_length = _length(lengths)
-            if length == 0:
-                self._finish()
-            else:
-                self._chunk_left = length
-                self._state = _LENGTH
+        return rest
+
+    def _parse_head(self, raw: bytes) -> None:
+        head = parse_head(raw, self._method)
+        if head.status < 200:
+            return  # 100 Continue and other interim responses: the real one follows
+        self.status = head.status
+        self.reason = head.reason
+        self.headers = head.headers
+        self.connection = head.connection
+        self.keep_alive = head.keep_alive
+        self.content_length = head.length
+        if head.state == DONE:
+            self._finish()
         else:
-            self._state = _UNTIL_EOF
-            self.keep_alive = False
+            self._state = head.state
+            if head.state == LENGTH:
+                self._chunk_left = head.length or 0
         head_future = self._head
         if head_future is not None and not head_future.done():
             head_future.set_result(None)
         self._wake_drain()  # a body still being sent stops: the answer is in
-
-
-def _length(values: list[str]) -> int:
-    first = values[0]
-    if not (first.isascii() and first.isdigit()) or (
-        len(values) > 1 and any(value != first for value in values)
-    ):
-        raise ClientError(f"invalid Content-Length {', '.join(values)[:80]!r}")
-    return int(first)

@@ -17,8 +17,9 @@ import logging
 from aiohttp import web
 
 from autoscaler.errors import AutoscalerError
-from autoscaler.proxy._client import ClientError, ConnectError, Connection, StreamBody
+from autoscaler.proxy._client import Connection, StreamBody
 from autoscaler.proxy._deadlines import Deadlines
+from autoscaler.proxy._http1 import ClientError, ConnectError
 from autoscaler.proxy._pool import Pool
 from autoscaler.tasks import Background
 

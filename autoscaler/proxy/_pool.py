@@ -26,20 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 
 from yarl import URL
 
-from autoscaler.proxy._client import (
-    BODY_METHODS,
-    IDEMPOTENT,
-    ClientError,
-    ConnectError,
-    Connection,
-    NotAccepted,
-    Origin,
-    StaleConnection,
-    StreamBody,
-)
+from autoscaler.proxy._client import BODY_METHODS, IDEMPOTENT, Connection, StreamBody
+from autoscaler.proxy._http1 import ClientError, ConnectError, NotAccepted, StaleConnection
 from autoscaler.tasks import Background
 
 # Untried connections allowed per origin before any has answered (below Python's backlog of 5).
@@ -47,6 +39,38 @@ INITIAL_WINDOW = 4
 # Seconds after which a dial still in progress, or a fresh connection whose request bytes the peer
 # never acknowledged, counts as a sign of a full accept queue (loopback and in-cluster RTTs are ~1 ms).
 ACCEPT_CHECK = 0.1
+
+
+class Origin:
+    """One upstream `scheme://host:port`: its connections, its dials and the requests waiting for one.
+
+    `untried` counts dials in progress and connections without a first response yet, `proven` the
+    open connections that had one; the pool keeps `untried` within `window` (see `_pool`).
+    """
+
+    __slots__ = (
+        "dialing", "handshake", "host", "host_header", "idle", "in_use", "label", "port", "proven", "ssl",
+        "threshold", "untried", "waiters", "window",
+    )  # fmt: skip
+
+    def __init__(self, url: URL) -> None:
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ClientError(f"endpoint {url} is not an http:// or https:// URL with a host")
+        self.host: str = url.host
+        self.port: int = url.port or (443 if url.scheme == "https" else 80)
+        self.ssl = url.scheme == "https"
+        default = 443 if self.ssl else 80
+        self.host_header = self.host if self.port == default else f"{self.host}:{self.port}"
+        self.label = str(url.origin())
+        self.idle: list[Connection] = []
+        self.in_use = 0  # connections handed out to requests
+        self.dialing = 0  # connections being opened
+        self.untried = 0
+        self.proven = 0
+        self.window = 0.0
+        self.threshold = float("inf")  # above it the window grows by one per window of first answers
+        self.handshake = 0.0  # seconds a connect takes here (a moving average; 0 before the first)
+        self.waiters: deque[asyncio.Future[Connection]] = deque()
 
 
 class Pool:

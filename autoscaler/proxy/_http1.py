@@ -1,0 +1,144 @@
+"""HTTP/1.1 response framing as pure functions over bytes: the status line, the header fields, chunks.
+
+The upstream client (`_client`) reads bytes off a socket; what they mean is decided here, with no I/O,
+so that every rule of RFC 9112 the proxy relies on sits in one place: which status lines are valid,
+where a body ends (no body for HEAD, 204 and 304; Transfer-Encoding over Content-Length; until the
+connection closes when neither says), and which responses leave the connection fit for another
+request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+# A response head larger than this is refused (aiohttp's client allows 8 KiB lines and 8 KiB fields).
+MAX_HEAD = 64 * 1024
+# A chunk-size or trailer line longer than this is refused.
+MAX_LINE = 4096
+
+# Where a body ends (the parser's states in `_client`, from the head to the end of the exchange).
+HEAD, LENGTH, CHUNK_SIZE, CHUNK_DATA, CHUNK_END, TRAILER, UNTIL_EOF, DONE = range(8)
+
+_ENC: Final = "utf-8"
+_HEX = b"0123456789abcdefABCDEF"
+# Response headers that decide the framing and reuse of the connection (index into the lists).
+_FRAMING = {"connection": 0, "transfer-encoding": 1, "content-length": 2}
+
+
+class ClientError(Exception):
+    """The exchange with the replica failed (closed connection, malformed response)."""
+
+
+class ConnectError(ClientError):
+    """No connection could be opened: the request never left."""
+
+
+class StaleConnection(ClientError):
+    """A reused connection was closed by the peer before any byte of the response came back."""
+
+
+class NotAccepted(ClientError):
+    """A fresh connection's request bytes were never acknowledged: the replica never accepted it.
+
+    When a listener's accept queue is full, the kernel drops the handshake's last packet: the client
+    sees an open connection and sends, the server has no connection to read from. The request never
+    reached the replica, so it may go anywhere else, whatever its method.
+    """
+
+
+@dataclass(slots=True)
+class Head:
+    """One parsed response head; `state` is where its body ends (DONE: it has none)."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    connection: str  # the Connection header's value(s), joined
+    keep_alive: bool
+    state: int = DONE
+    length: int | None = None
+
+
+def parse_head(head: bytes, method: str) -> Head:
+    """Parse a response head (without its final blank line) to a request of `method`.
+
+    An interim response (1xx other than 101) is returned as it is, with no framing: the final one
+    follows. Raises ClientError for anything malformed or a switch of protocols.
+    """
+    lines = head.decode(_ENC, "surrogateescape").split("\r\n")
+    status, reason, http11 = _status_line(lines[0])
+    headers, connection, transfer, lengths = _fields(lines)
+    joined = ", ".join(connection)
+    if 100 <= status < 200:
+        if status == 101:
+            raise ClientError("the function switched protocols, which the proxy does not relay")
+        return Head(status, reason, headers, joined, keep_alive=True)
+    tokens = joined.lower()
+    keep_alive = "close" not in tokens if http11 else "keep-alive" in tokens
+    result = Head(status, reason, headers, joined, keep_alive)
+    if method == "HEAD" or status in (204, 304):
+        if lengths:
+            result.length = _length(lengths)
+    elif transfer:
+        if lengths:
+            # Transfer-Encoding overrides Content-Length (RFC 9112 6.3): the length must not reach
+            # the client, and a connection with both framings is never reused.
+            result.headers = [item for item in headers if item[0].lower() != "content-length"]
+            result.keep_alive = False
+        if transfer[-1].rsplit(",", 1)[-1].strip().lower() != "chunked":
+            result.state = UNTIL_EOF
+            result.keep_alive = False
+        else:
+            result.state = CHUNK_SIZE
+    elif lengths:
+        result.length = _length(lengths)
+        if result.length:
+            result.state = LENGTH
+    else:
+        result.state = UNTIL_EOF
+        result.keep_alive = False
+    return result
+
+
+def _status_line(line: str) -> tuple[int, str, bool]:
+    """(status, reason, whether HTTP/1.1) of a status line; ClientError unless it is valid."""
+    version, _, rest = line.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isascii() or not code.isdigit():
+        raise ClientError(f"invalid status line {line[:80]!r}")
+    return int(code), reason, version == "HTTP/1.1"
+
+
+def _fields(lines: list[str]) -> tuple[list[tuple[str, str]], list[str], list[str], list[str]]:
+    """The header fields after the status line, and the values of each framing header among them."""
+    headers: list[tuple[str, str]] = []
+    framing: tuple[list[str], list[str], list[str]] = ([], [], [])
+    for index in range(1, len(lines)):
+        raw = lines[index]
+        name, colon, value = raw.partition(":")
+        if not colon or not name or name != name.strip() or " " in name:
+            raise ClientError(f"invalid header line {raw[:80]!r}")
+        value = value.strip()
+        headers.append((name, value))
+        which = _FRAMING.get(name.lower())
+        if which is not None:
+            framing[which].append(value)
+    return headers, framing[0], framing[1], framing[2]
+
+
+def chunk_size(line: bytes) -> int:
+    """The size announced by a chunk-size line (extensions ignored); ClientError when invalid."""
+    size_text = line.split(b";", 1)[0].strip()
+    if not size_text or size_text.strip(_HEX) or len(size_text) > 16:
+        raise ClientError(f"invalid chunk size {size_text[:40]!r}")
+    return int(size_text, 16)
+
+
+def _length(values: list[str]) -> int:
+    first = values[0]
+    if not (first.isascii() and first.isdigit()) or (
+        len(values) > 1 and any(value != first for value in values)
+    ):
+        raise ClientError(f"invalid Content-Length {', '.join(values)[:80]!r}")
+    return int(first)
