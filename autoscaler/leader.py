@@ -20,7 +20,11 @@ the lease, and starts the leader's work as a task whose crash nobody sees. The g
   its next retry instead of after a full lease duration.
 
 Local timing uses a monotonic clock, as client-go does: the times written into the Lease are for
-people reading it, not for deciding, so clock skew between nodes cannot cause two leaders.
+people reading it, not for deciding, so clock skew between nodes cannot cause two leaders. The clock
+and the sleep are one injectable pair (`clock`, `sleep`), so the lease's timing can be tested on
+virtual time. A candidate that cannot reach the API backs off by `policies.backoff`, from the retry
+period up to the renew deadline; API errors are mapped, and calls bounded, by the provider's one
+mapping (`autoscaler.providers._k8s_calls.call`, one attempt: this loop is the retry).
 """
 
 from __future__ import annotations
@@ -36,12 +40,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectMeta
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from autoscaler.errors import ConfigError, ConflictError, NotFoundError, ProviderError
-from autoscaler.providers._k8s_calls import wrap
+from autoscaler.providers._k8s_calls import RetryPolicy, call
+from policies.backoff import Backoff
 
 API_CALLS: tuple[tuple[str, str, str], ...] = (
     ("coordination.k8s.io", "leases", "get"),
@@ -51,6 +54,8 @@ API_CALLS: tuple[tuple[str, str, str], ...] = (
 """Every (api_group, resource, verb) this module calls; the RBAC test holds the Role to exactly these."""
 
 log = logging.getLogger("autoscaler.leader")
+
+_ONE_ATTEMPT = RetryPolicy(attempts=1)  # the election loop retries, on the lease's own schedule
 
 
 def default_identity() -> str:
@@ -82,6 +87,7 @@ class LeaderElector:
         renew_deadline: float = 10.0,
         retry_period: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if not (lease_duration > renew_deadline > retry_period > 0):
             raise ConfigError(
@@ -101,6 +107,8 @@ class LeaderElector:
         self._renew_deadline = renew_deadline
         self._retry_period = retry_period
         self._clock = clock
+        self._sleep = sleep
+        self._backoff = Backoff(retry_period, renew_deadline)  # a follower the API keeps failing
         self._leading = False
         self._renewed_at = -math.inf
         self._seen: _Seen | None = None
@@ -125,20 +133,23 @@ class LeaderElector:
             crashed = await self._lead(on_started, on_stopped)
             if crashed:
                 # Stand back for a lease duration, so a healthy candidate takes the released lease first.
-                await asyncio.sleep(self._lease_duration)
+                await self._sleep(self._lease_duration)
 
     # ----- following --------------------------------------------------------------------------
 
     async def _acquire(self) -> None:
+        failures = 0
         while True:
             try:
                 if await self._try_acquire():
                     return
+                failures = 0  # the API answered: someone else holds the lease
             except ProviderError as e:
+                failures += 1
                 log.warning(
                     "lease %s/%s: %s", self.namespace, self.name, e, extra=self._fields("acquire_failed")
                 )
-            await asyncio.sleep(self._retry_period)
+            await self._sleep(self._backoff.delay(failures) if failures else self._retry_period)
 
     async def _try_acquire(self) -> bool:
         started = self._clock()
@@ -221,10 +232,7 @@ class LeaderElector:
     async def _renew_until_lost(self, work: asyncio.Task[None]) -> bool:
         while True:
             wait = max(0.0, min(self._retry_period, self._renewed_at + self._renew_deadline - self._clock()))
-            if work.done():
-                await asyncio.sleep(wait)
-            else:
-                await asyncio.wait({work}, timeout=wait)
+            await self._pause(work, wait)
             if work.done() and not work.cancelled() and work.exception() is not None:
                 log.error(
                     "leader work crashed; giving up lease %s/%s",
@@ -255,6 +263,17 @@ class LeaderElector:
                     extra=self._fields("lost"),
                 )
                 return False
+
+    async def _pause(self, work: asyncio.Task[None], seconds: float) -> None:
+        """Sleep `seconds` on the elector's clock, waking early if the leader's work ends."""
+        if work.done():
+            await self._sleep(seconds)
+            return
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait({work, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
 
     async def _try_renew(self, *, budget: float) -> bool:
         lease = await self._call(
@@ -305,16 +324,14 @@ class LeaderElector:
     async def _call(
         self, verb: str, method: Callable[..., Awaitable[Any]], *args: Any, budget: float | None = None
     ) -> Any:
-        """One API call, bounded in time, with client errors wrapped into `autoscaler.errors` types."""
+        """One API call, bounded in time, with every failure mapped into `autoscaler.errors` types."""
         seconds = self._retry_period if budget is None else max(0.05, min(budget, self._retry_period))
-        what = f"{verb} lease {self.namespace}/{self.name}"
-        try:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
-            async with asyncio.timeout(seconds + 0.5):
-                return await method(*args, _request_timeout=seconds)
-        except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as e:
-            # The provider's one mapping: the same statuses retryable, the same Status messages.
-            raise wrap(e, what=what) from e
+        return await call(
+            f"{verb} lease {self.namespace}/{self.name}",
+            lambda: method(*args, _request_timeout=seconds),
+            policy=_ONE_ATTEMPT,
+            timeout=seconds + 0.5,
+        )
 
     def _fields(self, event: str) -> dict[str, Any]:
         return {

@@ -113,11 +113,18 @@ async def call(
     fn: Callable[[], Awaitable[T]],
     *,
     policy: RetryPolicy,
+    timeout: float | None = None,
 ) -> T:
-    """Run `fn` with retries; raise a ProviderError (subclass) once retrying cannot help."""
+    """Run `fn` with retries; raise a ProviderError (subclass) once retrying cannot help.
+
+    `timeout` bounds each attempt on the event loop's clock, on top of the client's own request
+    timeout (which a stalled connection can outlast); a timed-out attempt counts as a timeout.
+    """
     for attempt in range(1, policy.attempts + 1):
         try:
-            return await fn()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
+            async with asyncio.timeout(timeout):
+                return await fn()
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -125,6 +132,8 @@ async def call(
             if not error.retryable:
                 raise error from e
             if attempt == policy.attempts:
+                if policy.attempts == 1:
+                    raise error from e
                 raise type(error)(
                     f"{error} (gave up after {attempt} attempts)", status=error.status, retryable=True
                 ) from e
