@@ -9,6 +9,8 @@ network or an overloaded API server would look from that one pod.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Literal
 
 import aiohttp
@@ -21,9 +23,11 @@ Mode = Literal["pass", "fail", "hang"]
 class Relay:
     """`async with Relay(upstream) as relay:`; point a client at `relay.configuration()`."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.upstream = upstream
         self.mode: Mode = "pass"
+        self.times: list[float] = []  # when each request arrived, on `clock`
+        self._clock = clock
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -51,6 +55,7 @@ class Relay:
         return config
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
+        self.times.append(self._clock())
         if self.mode == "hang":
             await asyncio.sleep(30)  # the client's own timeout ends this first
         if self.mode != "pass":

@@ -1,9 +1,12 @@
-"""Two candidates, one leader: the Lease decides, and the elector sends only the calls it declares."""
+"""Two candidates, one leader: the Lease decides, and the elector sends only the calls it declares.
+
+On the virtual clock (see `tests.leader.virtual_clock`): renewals, back-off and durations are exact.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
+import itertools
 
 import kubernetes_validate
 import pytest
@@ -11,28 +14,38 @@ from kubernetes_asyncio.client import ApiClient
 
 from autoscaler.errors import ConfigError
 from autoscaler.leader import API_CALLS, LeaderElector
-from tests.leader.conftest import RETRY_PERIOD, CandidateFactory, Timeline
+from tests.leader.conftest import (
+    RETRY_PERIOD,
+    V_LEASE_DURATION,
+    V_RETRY_PERIOD,
+    CandidateFactory,
+    Timeline,
+)
+from tests.leader.virtual_clock import VirtualClock
 from tests.support.apiserver import LEASES, FakeApiServer
-from tests.support.waiting import until
 
 LEASE_PATH = r"/apis/coordination\.k8s\.io/v1/namespaces/openfaas/leases"
 
 
-async def test_of_two_candidates_exactly_one_leads_and_holds_the_lease(
-    api: FakeApiServer, candidate: CandidateFactory, timeline: Timeline
+async def test_of_two_candidates_exactly_one_leads_and_renewals_keep_it_for_many_lease_durations(
+    api: FakeApiServer, candidate: CandidateFactory, timeline: Timeline, clock: VirtualClock
 ) -> None:
-    a, b = await candidate("a"), await candidate("b")
+    a, b = await candidate("a", clock=clock), await candidate("b", clock=clock)
     a.start()
     b.start()
-    await until(lambda: a.elector.is_leader or b.elector.is_leader, within=3, what="a leader")
+    await clock.run_until(lambda: a.elector.is_leader or b.elector.is_leader, within=0, what="a leader")
 
     leaders_seen: set[str] = set()
-    end = time.monotonic() + 2.5  # more than a lease duration: renewals keep the same leader
-    while time.monotonic() < end:
+
+    def exactly_one_leader() -> None:
         leaders = [c.identity for c in (a, b) if c.elector.is_leader]
-        assert len(leaders) == 1, f"expected exactly one leader, got {leaders}"
+        assert len(leaders) == 1, f"at {clock.now:g}: expected exactly one leader, got {leaders}"
         leaders_seen.update(leaders)
-        await asyncio.sleep(0.02)
+
+    puts_before = api.count("PUT", LEASE_PATH)
+    renewals_due = 24  # one a retry period, over more than three lease durations
+    assert renewals_due * V_RETRY_PERIOD > 3 * V_LEASE_DURATION
+    await clock.run_for(renewals_due * V_RETRY_PERIOD, check=exactly_one_leader)
 
     assert len(leaders_seen) == 1
     (leader,) = leaders_seen
@@ -41,15 +54,18 @@ async def test_of_two_candidates_exactly_one_leads_and_holds_the_lease(
     assert [e for _, _, e in timeline.events] == ["started"]
     follower = b if leader == "a" else a
     assert follower.elector.holder == leader
+    assert api.count("PUT", LEASE_PATH) - puts_before == renewals_due, "not one renewal a retry period"
 
 
 async def test_the_elector_sends_exactly_the_lease_calls_it_declares_and_writes_a_valid_lease(
-    api: FakeApiServer, candidate: CandidateFactory
+    api: FakeApiServer, candidate: CandidateFactory, clock: VirtualClock
 ) -> None:
-    a = await candidate("a")
+    a = await candidate("a", clock=clock)
     a.start()
-    await until(lambda: a.elector.is_leader, within=3, what="a to lead")
-    await until(lambda: api.count("PUT", LEASE_PATH) >= 2, within=3, what="two renewals")
+    await clock.run_until(lambda: a.elector.is_leader, within=0, what="a to lead")
+    await clock.run_until(
+        lambda: api.count("PUT", LEASE_PATH) >= 2, within=2 * V_RETRY_PERIOD, what="two renewals"
+    )
     (lease,) = api.objects(LEASES, namespace="openfaas")
     kubernetes_validate.validate(lease, "1.33", strict=True)
 
@@ -61,6 +77,28 @@ async def test_the_elector_sends_exactly_the_lease_calls_it_declares_and_writes_
     (lease,) = api.objects(LEASES, namespace="openfaas")
     assert not lease["spec"].get("holderIdentity")
     kubernetes_validate.validate(lease, "1.33", strict=True)
+
+
+async def test_a_follower_the_api_keeps_failing_backs_off_up_to_the_renew_deadline_then_polls_again(
+    candidate: CandidateFactory, clock: VirtualClock
+) -> None:
+    a = await candidate("a", clock=clock)
+    a.start()
+    await clock.run_until(lambda: a.elector.is_leader, within=0, what="a to lead")
+    b = await candidate("b", clock=clock)
+    b.relay.mode = "fail"
+    b.start()
+
+    await clock.run_for(40.0)  # tries at 0, 2, 6, 14, 24 and 34 s fail
+    b.relay.mode = "pass"
+    await clock.run_for(10.0)  # the try at 44 s reads the lease; then 46, 48, 50 s
+
+    times = b.relay.times
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert gaps[:6] == [2.0, 4.0, 8.0, 10.0, 10.0, 10.0], "not the capped exponential back-off"
+    assert gaps[-3:] == [V_RETRY_PERIOD] * 3, "once the API answers, the follower polls each retry period"
+    assert b.elector.holder == "a"
+    assert a.elector.is_leader
 
 
 async def test_is_leader_turns_false_at_the_renew_deadline_without_waiting_for_the_loop(
