@@ -41,6 +41,7 @@ from autoscaler.proxy._admin import admin_app, error_response
 from autoscaler.proxy._client import Connection, StreamBody
 from autoscaler.proxy._forward import Forwarder, UpstreamConnectError, UpstreamError, request_headers
 from autoscaler.proxy._hold import ColdStarts, FunctionState, HoldError
+from autoscaler.proxy._intake import screen
 from autoscaler.proxy._metrics import StatsCollector
 from autoscaler.proxy._routing import PREFIX, RouteError, Router, passthrough_target
 from autoscaler.proxy._slots import Slots
@@ -243,6 +244,9 @@ class Proxy:
         )
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        refusal = screen(request)  # CONNECT, HTTP/0.9; a 100 Continue when one is owed
+        if refusal is not None:
+            return refusal
         if self._async_acceptor is not None and request.raw_path.startswith("/async-function/"):
             return await self._async_acceptor.accept(request)
         if self._provider_origin is not None and not request.raw_path.startswith(PREFIX):
