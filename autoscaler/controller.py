@@ -4,7 +4,7 @@ A tick reads load once for all functions (a constant number of queries), runs th
 each function against its labels, and patches only what changed, with bounded concurrency. It never
 dies of one bad function, one failed patch or a Prometheus outage: each becomes a decision that keeps
 the current replicas, a log line, an Event and an error count. A wake-up from the proxy pokes the
-loop so that it ticks at once instead of waiting for the interval.
+loop for that one function: it is decided at once, alone, instead of waiting for the next tick.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
@@ -24,7 +24,7 @@ from autoscaler.spec import parse_labels, unsupported
 from autoscaler.tasks import Background
 from autoscaler.telemetry import ControllerMetrics, FunctionView, log_decision
 from policies.engine import FunctionState, KeepAlivePolicy, decide
-from policies.model import Decision, KeepAlive, Reason, ScalingSpec
+from policies.model import Decision, KeepAlive, Load, Reason, ScalingSpec
 
 log = logging.getLogger("autoscaler.controller")
 
@@ -43,6 +43,16 @@ class TickReport:
     seconds: float = 0.0
     finished_at: float = 0.0  # unix time the tick ended
     metrics_error: str | None = None
+
+
+@dataclass(slots=True)
+class _Pass:
+    """What deciding some functions calls for: views, patches, and Events once per change."""
+
+    views: dict[str, FunctionView] = field(default_factory=dict)
+    changes: list[tuple[FunctionInfo, Decision]] = field(default_factory=list)
+    invalid: list[tuple[FunctionInfo, SpecError]] = field(default_factory=list)
+    warned: list[tuple[FunctionInfo, tuple[str, str]]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -81,6 +91,11 @@ class Controller:
         self.metrics = ControllerMetrics(registry)
         self._entries: dict[str, _Entry] = {}
         self._poked = asyncio.Event()
+        self._full = False  # a full tick is asked for (poke without a function)
+        self._pending: dict[str, FunctionRef] = {}  # functions poked since the last decision
+        self._loads: Mapping[str, Load] = {}  # the last tick's load, for decisions in between
+        self._marks: dict[str, float | None] = {}  # last-active marks seen (follow_wakes)
+        self._waking: set[str] = set()  # woken at zero by a proxy whose scale is not yet seen
         self._background = Background()
         self.last_report: TickReport | None = None
         self.views: dict[str, FunctionView] = {}
@@ -91,30 +106,78 @@ class Controller:
         return None if entry is None else entry.state
 
     def poke(self, ref: FunctionRef | None = None) -> None:
-        """Tick as soon as possible (a cold start is waiting); safe to call from any callback."""
+        """Re-decide `ref` as soon as possible (every function, a full tick, when None).
+
+        Safe to call from any callback. A poked function is decided alone, with the load of the last
+        tick and the replicas of the provider's cache, by the same code as a tick.
+        """
+        if ref is None:
+            self._full = True
+        else:
+            self._pending[ref.key] = ref
         self._poked.set()
 
+    def follow_wakes(self) -> None:
+        """Poke a function the proxy wakes, once its wake-up is visible in the provider's cache.
+
+        A wake-up is a new last-active mark on a function at zero; the proxy then writes the scale
+        itself. The poke waits for that scale to reach the cache, so the decision sees the replicas
+        the proxy wrote and never writes them again: one writer of the scale per wake-up. Status churn,
+        our own patches and the proxies' periodic marks on warm functions poke nothing.
+        """
+        self._marks = {key: info.last_active for key, info in self._provider.functions().items()}
+        self._provider.subscribe(self._on_change)
+
+    def _on_change(self, ref: FunctionRef) -> None:
+        info = self._provider.get(ref)
+        if info is None:
+            self._marks.pop(ref.key, None)
+            self._waking.discard(ref.key)
+            return
+        mark = info.last_active
+        if mark is not None and mark != self._marks.get(ref.key) and info.replicas == 0:
+            self._waking.add(ref.key)
+        self._marks[ref.key] = mark
+        if ref.key in self._waking and info.replicas > 0:
+            self._waking.discard(ref.key)
+            self.poke(ref)
+
     async def run(self, *, stop: asyncio.Event) -> None:
-        """Tick every `interval` seconds (or at once when poked) until `stop` is set."""
-        interval = self._settings.interval
+        """Tick every `interval` seconds until `stop` is set; decide a poked function alone at once.
+
+        A poke without a function asks for a full tick at once (leadership just began)."""
+        due = time.monotonic()
         while not stop.is_set():
-            started = time.monotonic()
             self._poked.clear()
-            try:
-                await self.tick(now=self._clock())
-            except Exception:  # the loop must outlive any single tick's failure
-                log.exception("tick failed; the next tick will retry")
-                self.metrics.errors_total.labels(kind="tick").inc()
-            elapsed = time.monotonic() - started
-            if elapsed < _MIN_SPACING:
-                await asyncio.sleep(_MIN_SPACING - elapsed)
-            remaining = max(0.0, interval - (time.monotonic() - started))
+            if self._full or time.monotonic() >= due:
+                started = time.monotonic()
+                self._full = False
+                self._pending.clear()
+                await self._guarded(self.tick(now=self._clock()), kind="tick")
+                elapsed = time.monotonic() - started
+                if elapsed < _MIN_SPACING:
+                    await asyncio.sleep(_MIN_SPACING - elapsed)
+                due = started + self._settings.interval
+            else:
+                pending, self._pending = self._pending, {}
+                for ref in pending.values():
+                    await self._guarded(self.refresh(ref, now=self._clock()), kind="tick")
+            if self._pending or self._full:
+                continue
             waiters = [asyncio.ensure_future(self._poked.wait()), asyncio.ensure_future(stop.wait())]
             try:
+                remaining = max(0.0, due - time.monotonic())
                 await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for waiter in waiters:
                     waiter.cancel()
+
+    async def _guarded(self, work: Awaitable[TickReport], *, kind: str) -> None:
+        try:
+            await work
+        except Exception:  # the loop must outlive any single tick's failure
+            log.exception("%s failed; the next tick will retry", kind)
+            self.metrics.errors_total.labels(kind=kind).inc()
 
     async def _read(self) -> LoadSnapshot:
         try:
@@ -153,65 +216,80 @@ class Controller:
                 "no load data this tick: %s", snapshot.error, extra={"fields": {"event": "metrics_error"}}
             )
             self.metrics.errors_total.labels(kind="metrics").inc()
+        self._loads = snapshot.loads
         functions = self._provider.functions()
-        views: dict[str, FunctionView] = {}
-        changes: list[tuple[FunctionInfo, Decision]] = []
-        invalid: list[tuple[FunctionInfo, SpecError]] = []
-        warned: list[tuple[FunctionInfo, tuple[str, str]]] = []
+        work = _Pass()
         for key, info in functions.items():
-            entry = self._entry(key, info)
-            load = snapshot.loads.get(key)
-            if entry.spec is None:
-                assert entry.error is not None
-                decision = Decision(
-                    info.replicas,
-                    info.replicas,
-                    Reason.INVALID_SPEC,
-                    f"{entry.error}; replicas left alone",
-                    False,
-                )
-                if entry.reported_error != str(entry.error):
-                    entry.reported_error = str(entry.error)
-                    invalid.append((info, entry.error))
-                views[key] = FunctionView(decision=decision, spec=None, load=None)
-            else:
-                entry.reported_error = None
-                notes = entry.notes
-                if info.conflicts:
-                    notes = (*notes, *(("ConflictingScalingLabels", c) for c in info.conflicts))
-                if notes != entry.reported_notes:
-                    entry.reported_notes = notes
-                    warned.extend((info, note) for note in notes)
-                decision = decide(
-                    spec=entry.spec,
-                    load=load,
-                    current=info.replicas,
-                    state=entry.state,
-                    now=now,
-                    busy=self._busy(key),
-                    last_wake=info.last_active,
-                )
-                value = None if load is None else load.value(entry.spec.type)
-                views[key] = FunctionView(decision=decision, spec=entry.spec, load=value)
-                if decision.changed:
-                    changes.append((info, decision))
-            report.decisions[key] = decision
+            report.decisions[key] = self._decide(key, info, now=now, work=work)
         for key in self._entries.keys() - functions.keys():
             del self._entries[key]
-        self.views = views
-        self.metrics.functions.views = views
-        for info, error in invalid:
-            self._report_invalid(info, error)
-        for info, note in warned:
-            self._report_note(info, note)
-        if changes:
-            await self._act(changes, report)
+        self.views = work.views
+        self.metrics.functions.views = self.views
+        await self._finish(work, report)
         report.seconds = time.perf_counter() - started
         self.metrics.tick_seconds.observe(report.seconds)
         report.finished_at = time.time()
         self.metrics.last_tick.set(report.finished_at)
         self.last_report = report
         return report
+
+    async def refresh(self, ref: FunctionRef, *, now: float) -> TickReport:
+        """Decide one function now, as a tick would, from the last tick's load and the cached replicas."""
+        started = time.perf_counter()
+        report = TickReport()
+        info = self._provider.get(ref)
+        if info is not None:
+            work = _Pass()
+            report.decisions[ref.key] = self._decide(ref.key, info, now=now, work=work)
+            self.views = {**self.views, **work.views}
+            self.metrics.functions.views = self.views
+            await self._finish(work, report)
+        report.seconds = time.perf_counter() - started
+        report.finished_at = time.time()
+        return report
+
+    def _decide(self, key: str, info: FunctionInfo, *, now: float, work: _Pass) -> Decision:
+        """The decision for one function; what it calls for (a patch, an Event) goes into `work`."""
+        entry = self._entry(key, info)
+        if entry.spec is None:
+            assert entry.error is not None
+            message = f"{entry.error}; replicas left alone"
+            decision = Decision(info.replicas, info.replicas, Reason.INVALID_SPEC, message, False)
+            if entry.reported_error != str(entry.error):
+                entry.reported_error = str(entry.error)
+                work.invalid.append((info, entry.error))
+            work.views[key] = FunctionView(decision=decision, spec=None, load=None)
+            return decision
+        entry.reported_error = None
+        notes = entry.notes
+        if info.conflicts:
+            notes = (*notes, *(("ConflictingScalingLabels", c) for c in info.conflicts))
+        if notes != entry.reported_notes:
+            entry.reported_notes = notes
+            work.warned.extend((info, note) for note in notes)
+        load = self._loads.get(key)
+        decision = decide(
+            spec=entry.spec,
+            load=load,
+            current=info.replicas,
+            state=entry.state,
+            now=now,
+            busy=self._busy(key),
+            last_wake=info.last_active,
+        )
+        value = None if load is None else load.value(entry.spec.type)
+        work.views[key] = FunctionView(decision=decision, spec=entry.spec, load=value)
+        if decision.changed:
+            work.changes.append((info, decision))
+        return decision
+
+    async def _finish(self, work: _Pass, report: TickReport) -> None:
+        for info, error in work.invalid:
+            self._report_invalid(info, error)
+        for info, note in work.warned:
+            self._report_note(info, note)
+        if work.changes:
+            await self._act(work.changes, report)
 
     def _report_invalid(self, info: FunctionInfo, error: SpecError) -> None:
         self.metrics.errors_total.labels(kind="spec").inc()

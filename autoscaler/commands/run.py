@@ -15,7 +15,7 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -25,11 +25,87 @@ from autoscaler.cli import settings_overrides
 from autoscaler.config import ControllerSettings, MetricsSettings, ProviderSettings, build
 from autoscaler.controller import Controller
 from autoscaler.errors import ConfigError, SpecError
-from autoscaler.interfaces import FunctionRef
 from autoscaler.spec import parse_labels
 from policies.model import KeepAlive
 
+if TYPE_CHECKING:
+    from autoscaler.leader import LeaderElector
+    from autoscaler.metrics import PrometheusReader
+    from autoscaler.providers.kubernetes import KubernetesProvider
+
 log = logging.getLogger("autoscaler.run")
+
+
+class _Health:
+    """/healthz and /readyz of the loop: ready once the functions are listed, healthy while it ticks."""
+
+    def __init__(self, controller: Controller, settings: ControllerSettings) -> None:
+        self.started = asyncio.Event()
+        self._controller = controller
+        self._limit = max(30.0, 10 * settings.interval)
+
+    def healthy(self) -> tuple[bool, str]:
+        report = self._controller.last_report
+        if not self.started.is_set():
+            return True, "starting"
+        if report is None:
+            return True, "first tick pending"
+        age = time.time() - report.finished_at
+        return age < self._limit, f"last tick {age:.1f}s ago"
+
+    def ready(self) -> tuple[bool, str]:
+        return (self.started.is_set(), "ready" if self.started.is_set() else "listing functions")
+
+
+async def _admin(controller: Controller, settings: ControllerSettings, health: _Health) -> AdminServer:
+    admin = AdminServer(
+        host=settings.admin_host,
+        port=settings.admin_port,
+        registry=controller.metrics.registry,
+        healthy=health.healthy,
+        ready=health.ready,
+    )
+    await admin.start()
+    log.info(
+        "admin server on http://%s:%d (/healthz, /readyz, /metrics)",
+        settings.admin_host,
+        admin.port,
+        extra={"fields": {"event": "admin", "port": admin.port}},
+    )
+    return admin
+
+
+def _elect(
+    controller: Controller, settings: ControllerSettings, provider: KubernetesProvider
+) -> tuple[LeaderElector, asyncio.Task[None]]:
+    """The Lease election, running; becoming leader asks for a full tick at once."""
+    from autoscaler.leader import LeaderElector
+
+    leader = LeaderElector(
+        api_client=provider.api_client,
+        name=settings.lease_name,
+        namespace=settings.lease_namespace,
+        identity=f"{socket.gethostname()}-{os.getpid()}",
+    )
+
+    async def on_started() -> None:
+        controller.metrics.is_leader.set(1)
+        log.info("became leader", extra={"fields": {"event": "leader", "leader": True}})
+        controller.poke()
+
+    def on_stopped() -> None:
+        controller.metrics.is_leader.set(0)
+        log.info("lost leadership: patching stopped", extra={"fields": {"event": "leader", "leader": False}})
+
+    return leader, asyncio.create_task(leader.run(on_started, on_stopped))
+
+
+async def _seed(
+    reader: PrometheusReader, provider: KubernetesProvider, histories: dict[str, Any], end: float
+) -> None:
+    """Keep-alive histories of the adaptive functions from Prometheus, before the first tick."""
+    adaptive = [key for key, info in provider.functions().items() if _adaptive(info.labels)]
+    histories.update(await keepalive.read_histories(reader, keys=adaptive, now=end))
 
 
 async def serve(
@@ -41,7 +117,7 @@ async def serve(
     provider = await KubernetesProvider.create(settings=providers)
     registry = CollectorRegistry()
     reader = PrometheusReader(settings=metrics, registry=registry)
-    leader = None
+    leader: LeaderElector | None = None
     leading = not controller_settings.leader_election
     histories: dict[str, Any] = {}
     seeded_at = time.time()
@@ -53,95 +129,21 @@ async def serve(
         registry=registry,
         may_patch=lambda: leader.is_leader if leader is not None else leading,
     )
-    started = asyncio.Event()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-
-    def healthy() -> tuple[bool, str]:
-        report = controller.last_report
-        if not started.is_set():
-            return True, "starting"
-        if report is None:
-            return True, "first tick pending"
-        age = time.time() - report.finished_at
-        limit = max(30.0, 10 * controller_settings.interval)
-        return age < limit, f"last tick {age:.1f}s ago"
-
-    def ready() -> tuple[bool, str]:
-        return (started.is_set(), "ready" if started.is_set() else "listing functions")
-
-    admin = AdminServer(
-        host=controller_settings.admin_host,
-        port=controller_settings.admin_port,
-        registry=controller.metrics.registry,
-        healthy=healthy,
-        ready=ready,
-    )
-    await admin.start()
-    log.info(
-        "admin server on http://%s:%d (/healthz, /readyz, /metrics)",
-        controller_settings.admin_host,
-        admin.port,
-        extra={"fields": {"event": "admin", "port": admin.port}},
-    )
+    stop = _stop_on_signals()
+    health = _Health(controller, controller_settings)
+    admin = await _admin(controller, controller_settings, health)
     tasks: list[asyncio.Task[None]] = []
     try:
         await provider.start()
-        adaptive = [key for key, info in provider.functions().items() if _adaptive(info.labels)]
-        histories.update(await keepalive.read_histories(reader, keys=adaptive, now=seeded_at))
-        started.set()
+        await _seed(reader, provider, histories, seeded_at)
+        health.started.set()
         if controller_settings.leader_election:
-            from autoscaler.leader import LeaderElector
-
-            leader = LeaderElector(
-                api_client=provider.api_client,
-                name=controller_settings.lease_name,
-                namespace=controller_settings.lease_namespace,
-                identity=f"{socket.gethostname()}-{os.getpid()}",
-            )
-
-            async def on_started() -> None:
-                controller.metrics.is_leader.set(1)
-                log.info("became leader", extra={"fields": {"event": "leader", "leader": True}})
-                controller.poke()
-
-            def on_stopped() -> None:
-                controller.metrics.is_leader.set(0)
-                log.info(
-                    "lost leadership: patching stopped",
-                    extra={"fields": {"event": "leader", "leader": False}},
-                )
-
-            tasks.append(asyncio.create_task(leader.run(on_started, on_stopped)))
+            leader, election = _elect(controller, controller_settings, provider)
+            tasks.append(election)
         else:
             controller.metrics.is_leader.set(1)
-        wakes: dict[str, float | None] = {}
-
-        def on_change(ref: FunctionRef) -> None:
-            # Only a proxy waking a function at zero is worth an early tick; status churn, our own
-            # patches and the proxies' periodic marks on warm functions are not.
-            info = provider.get(ref)
-            mark = None if info is None else info.last_active
-            if info is not None and mark is not None and wakes.get(ref.key) != mark and info.replicas == 0:
-                controller.poke(ref)
-            wakes[ref.key] = mark
-
-        provider.subscribe(on_change)
-        log.info(
-            "control loop started",
-            extra={
-                "fields": {
-                    "event": "start",
-                    "interval": controller_settings.interval,
-                    "dry_run": controller_settings.dry_run,
-                    "namespaces": providers.namespaces,
-                    "prometheus": metrics.prometheus_url,
-                }
-            },
-        )
+        controller.follow_wakes()
+        _log_start(controller_settings, metrics, providers)
         await controller.run(stop=stop)
     finally:
         for task in tasks:
@@ -152,6 +154,26 @@ async def serve(
         await provider.close()
         await admin.stop()
     return 0
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _log_start(settings: ControllerSettings, metrics: MetricsSettings, providers: ProviderSettings) -> None:
+    fields = {
+        "event": "start",
+        "interval": settings.interval,
+        "dry_run": settings.dry_run,
+        "namespaces": providers.namespaces,
+        "prometheus": metrics.prometheus_url,
+    }
+    log.info("control loop started", extra={"fields": fields})
 
 
 def _adaptive(labels: Mapping[str, str]) -> bool:

@@ -276,12 +276,13 @@ class TestRunning:
 
 class TestScaleTypesTheLoopDoesNotMeasure:
     QUEUE = {"com.openfaas.scale.type": "queue", **ZERO}
+    CUSTOM = {"com.openfaas.scale.type": "my-custom-metric", **ZERO}
 
-    async def test_a_queue_function_keeps_its_replicas_and_says_why_once(
+    async def test_a_function_of_a_custom_type_keeps_its_replicas_and_says_why_once(
         self, world: tuple[MemoryProvider, StaticReader], caplog: pytest.LogCaptureFixture
     ) -> None:
         provider, reader = world
-        provider.add("jobs", replicas=3, labels=self.QUEUE)
+        provider.add("jobs", replicas=3, labels=self.CUSTOM)
         reader.loads = {"jobs.openfaas-fn": load(500, started=1, inflight=4)}
         loop = controller(provider, reader)
         with caplog.at_level(logging.WARNING, logger="autoscaler.controller"):
@@ -293,7 +294,7 @@ class TestScaleTypesTheLoopDoesNotMeasure:
         assert report.decisions["jobs.openfaas-fn"].reason is Reason.UNSUPPORTED_TYPE
         [(key, reason, message, warning)] = provider.events
         assert (key, reason, warning) == ("jobs.openfaas-fn", "UnsupportedScalingType", True)
-        assert "com.openfaas.scale.type=queue" in message
+        assert "com.openfaas.scale.type='my-custom-metric'" in message
         assert "scale to zero after 1m idle" in message
         lines = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "spec_warning"]
         assert len(lines) == 1
