@@ -62,23 +62,37 @@ def _named_in_connection(value: str | None) -> frozenset[str]:
     return frozenset(token.strip().lower() for token in value.split(","))
 
 
-def request_headers(request: web.BaseRequest) -> list[tuple[str, str]]:
-    """The client's headers as the function should see them."""
+# Headers not passed as the client sent them: the X-Forwarded-* ones are set by the proxy (For is
+# extended; Host and Proto replaced unless the client is trusted).
+_DROP_UNTRUSTED = _REQUEST_DROP | {"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"}
+_DROP_TRUSTED = _REQUEST_DROP | {"x-forwarded-for"}
+
+
+def request_headers(request: web.BaseRequest, *, trusted: bool = False) -> list[tuple[str, str]]:
+    """The client's headers as the function should see them.
+
+    Every `Connection` line counts (RFC 9110 7.6.1: a list header may come on several lines), and so
+    does every `X-Forwarded-For` line, joined in order with the client's address appended. The
+    client's `X-Forwarded-Host` and `-Proto` are replaced by what the proxy saw (its Host header, its
+    scheme): a client could otherwise make a function build links to a host of its choosing. With
+    `trusted` (the client is a proxy in front of this one, e.g. the OpenFaaS gateway), they are kept
+    and only added when absent, as the gateway itself does.
+    """
     src = request.headers
-    extra = _named_in_connection(src.get("Connection"))
+    extra = _named_in_connection(",".join(src.getall("Connection", ())))
+    drop = _DROP_TRUSTED if trusted else _DROP_UNTRUSTED
     out = [
         (key, value)
         for key, value in src.items()
-        if (lower := key.lower()) not in _REQUEST_DROP and lower not in extra and lower != "x-forwarded-for"
+        if (lower := key.lower()) not in drop and lower not in extra
     ]
-    peer = request.remote or ""
-    prior = src.get("X-Forwarded-For")
-    out.append(("X-Forwarded-For", f"{prior}, {peer}" if prior else peer))
-    if "X-Forwarded-Host" not in src:
-        host = src.get("Host")
-        if host:
-            out.append(("X-Forwarded-Host", host))
-    if "X-Forwarded-Proto" not in src:
+    chain = [value for value in src.getall("X-Forwarded-For", ()) if value.strip()]
+    chain.append(request.remote or "")
+    out.append(("X-Forwarded-For", ", ".join(chain)))
+    host = src.get("Host")
+    if host and not (trusted and "X-Forwarded-Host" in src):
+        out.append(("X-Forwarded-Host", host))
+    if not (trusted and "X-Forwarded-Proto" in src):
         out.append(("X-Forwarded-Proto", request.scheme))
     return out
 
