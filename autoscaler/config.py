@@ -241,14 +241,32 @@ def build(model: type[_Base], overrides: dict[str, Any]) -> Any:
     try:
         return model(**given)
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            name = ".".join(str(part) for part in err["loc"]) or "settings"
-            problems.append(
-                f"--{name.replace('_', '-')} (env AUTOSCALER_{name.upper()}): "
-                f"{err['msg']} (got {err.get('input')!r})"
-            )
+        problems = [
+            f"--{name.replace('_', '-')} (env AUTOSCALER_{name.upper()}): {why}" for name, why in _problems(e)
+        ]
         raise ConfigError("invalid settings: " + "; ".join(problems)) from e
+
+
+def check_environment(*models: type[_Base]) -> None:
+    """Validate the `AUTOSCALER_*` variables that `models` read, for a command that builds them itself
+    (the demo): a bad one is a ConfigError naming the variable, never a stack trace later."""
+    for model in models:
+        try:
+            model()
+        except ValidationError as e:
+            problems = [f"AUTOSCALER_{name.upper()}: {why}" for name, why in _problems(e)]
+            raise ConfigError(
+                "invalid environment variable: " + "; ".join(problems) + "; fix or unset it"
+            ) from e
+
+
+def _problems(e: ValidationError) -> list[tuple[str, str]]:
+    """(setting name, what is wrong with the value given) for each error of a settings model."""
+    problems = []
+    for err in e.errors():
+        name = ".".join(str(part) for part in err["loc"]) or "settings"
+        problems.append((name, f"{err['msg']} (got {err.get('input')!r})"))
+    return problems
 
 
 # A stream name and subject token: no dots, wildcards, spaces or path separators (JetStream's rules).
