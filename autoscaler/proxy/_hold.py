@@ -38,14 +38,14 @@ class FunctionState:
     """Per-function state of the proxy: counters, the current wake-up, the round-robin cursor, and
     the concurrency limit with its slots when the function declares one."""
 
-    __slots__ = ("last_mark", "limit", "limit_label", "ref", "rr", "slots", "stats", "wake", "woken_at")
+    __slots__ = ("limit", "limit_label", "marking", "ref", "rr", "slots", "stats", "wake", "woken_at")
 
     def __init__(self, ref: FunctionRef) -> None:
         self.ref = ref
         self.stats = FunctionStats(ref)
         self.wake: asyncio.Future[HoldError | None] | None = None
         self.woken_at = float("-inf")  # loop time of the last wake-up this proxy started
-        self.last_mark = float("-inf")  # clock time of the last mark_active call
+        self.marking = False  # a mark_active call is under way
         self.rr = 0
         self.limit_label: str | None = None  # the max-inflight label value `limit` was parsed from
         self.limit: int | None = None
@@ -81,16 +81,20 @@ class ColdStarts:
         self._on_wake = on_wake
         self._clock = clock
 
-    async def hold(self, state: FunctionState, *, deadline: float) -> None:
-        """Wait until `state`'s function is ready, or raise HoldError (429, 503, 504, 404)."""
-        stats = state.stats
-        if stats.held >= self._max_held:
-            stats.reject("hold_limit")
+    def admit(self, state: FunctionState) -> None:
+        """Raise HoldError (429) when the function holds as many requests as it may."""
+        if state.stats.held >= self._max_held:
+            state.stats.reject("hold_limit")
             raise HoldError(
                 429,
                 f"function {state.ref.key} is starting and already holds {self._max_held} requests "
                 "(the hold limit); retry in a few seconds",
             )
+
+    async def hold(self, state: FunctionState, *, deadline: float) -> None:
+        """Wait until `state`'s function is ready, or raise HoldError (429, 503, 504, 404)."""
+        stats = state.stats
+        self.admit(state)
         wake = state.wake
         if wake is None or wake.done():
             wake = state.wake = asyncio.get_running_loop().create_future()
@@ -120,9 +124,7 @@ class ColdStarts:
             if info is None:
                 raise NotFoundError(f"function {ref.key} disappeared while waking it")
             # Mark first: a scale-to-zero racing this wake-up then sees a fresh last-active time.
-            now = self._clock()
-            state.last_mark = now
-            await self._provider.mark_active(ref, now)
+            await self._provider.mark_active(ref, self._clock())
             if info.replicas <= 0:
                 replicas = wake_replicas(info.labels)
                 held = state.stats.held

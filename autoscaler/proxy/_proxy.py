@@ -4,9 +4,11 @@ One aiohttp low-level server takes every request (no router or middleware on the
 it to a function the provider knows, and either forwards it at once or holds it through a cold start
 (`_hold`); a function that declares `autoscaler.dev/max-inflight` gets at most that many requests
 per replica and the rest queue for a slot (`_slots`). Counters are plain numbers exported on scrape
-(`_metrics`). The proxy tells the provider
-that a function is active at most every few seconds while it holds or forwards requests for it, and
-`busy()` and `invocation_stats()` expose the same facts to the control loop (invariant 2).
+(`_metrics`). The proxy tells the provider that a function is active at the start of each request
+for it (the provider coalesces the writes: `--mark-interval`), and `busy()` and `invocation_stats()`
+expose the same facts to the control loop (invariant 2). The client side of the port keeps an edge
+proxy's limits (`_downstream`), and request bodies are counted against buffer caps before they are
+read (`_bodies`).
 
 Behind an OpenFaaS gateway the proxy is the gateway's `functions_provider_url`: the gateway sends it
 `/function/NAME[.NAMESPACE]/...` unchanged (with `direct_functions=false`) together with everything
@@ -38,13 +40,15 @@ from autoscaler.config import ProxySettings
 from autoscaler.errors import ConfigError, SpecError
 from autoscaler.interfaces import FunctionRef, InvocationStats, Provider
 from autoscaler.proxy._admin import admin_app, error_response
-from autoscaler.proxy._client import Connection, StreamBody
-from autoscaler.proxy._forward import Forwarder, UpstreamConnectError, UpstreamError, request_headers
+from autoscaler.proxy._bodies import BodyBudget, BodyRefused, read_body
+from autoscaler.proxy._downstream import ClientLimits, ClientServer, listen
+from autoscaler.proxy._forward import Forwarder, UpstreamError
 from autoscaler.proxy._hold import ColdStarts, FunctionState, HoldError
 from autoscaler.proxy._intake import screen
 from autoscaler.proxy._metrics import StatsCollector
-from autoscaler.proxy._routing import PREFIX, RouteError, Router, passthrough_target
-from autoscaler.proxy._slots import Slots
+from autoscaler.proxy._opening import Opener
+from autoscaler.proxy._passthrough import pass_through
+from autoscaler.proxy._routing import PREFIX, RouteError, Router
 from autoscaler.routes import not_found
 from autoscaler.spec import MAX_INFLIGHT, max_inflight, zero_enabled
 from autoscaler.tasks import Background
@@ -54,8 +58,6 @@ log = logging.getLogger("autoscaler.proxy")
 # Right after a wake-up, endpoints lag readiness: connect errors are retried for this long after it.
 WAKE_RETRY_WINDOW = 10.0
 CONNECT_RETRY_WINDOW = 5.0  # warm path: how long refused connections are retried before 502
-RETRY_FIRST_DELAY = 0.02
-RETRY_MAX_DELAY = 0.25
 # Status recorded for a request whose client went away (or that shutdown cut) before an answer.
 CLIENT_CLOSED = 499
 # The data port's listen backlog (the kernel caps it at net.core.somaxconn).
@@ -114,6 +116,8 @@ class Proxy:
             max_connections_per_host=settings.upstream_connections,
             idle_timeout=settings.upstream_idle_timeout,
         )
+        self._opener = Opener(settings=settings, provider=provider, forwarder=self._forwarder)
+        self._bodies = BodyBudget(per_function=settings.max_buffered, total=settings.max_buffered_total)
         self._collector = StatsCollector(
             lambda: [state.stats for state in list(self._states.values())],
             functions=provider.functions,
@@ -121,7 +125,8 @@ class Proxy:
         )
         self._registry.register(self._collector)
         self._runner: web.ServerRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._server: ClientServer | None = None
+        self._site: web.BaseSite | None = None
         self._admin_runner: web.AppRunner | None = None
         self._port = 0
         self._admin_port = 0
@@ -137,45 +142,59 @@ class Proxy:
         settings = self._settings
         await self._forwarder.start()
         self._provider.subscribe(self._changed)
-        server = web.Server(
+        self._server = server = ClientServer(
             self._handle,
+            limits=ClientLimits(
+                header_timeout=settings.header_timeout,
+                keepalive_timeout=settings.keepalive_timeout,
+                max_head_size=settings.max_head_size,
+                send_timeout=settings.send_timeout,
+            ),
             request_factory=self._make_request,
             handler_cancellation=True,
             access_log=None,
             auto_decompress=False,
         )
-        self._runner = web.ServerRunner(server, shutdown_timeout=1.0)
-        await self._runner.setup()
-        self._admin_runner = web.AppRunner(
+        runner = self._runner = web.ServerRunner(server, shutdown_timeout=1.0)
+        await runner.setup()
+        admin_runner = self._admin_runner = web.AppRunner(
             admin_app(ready=self.ready, registry=self._registry), access_log=None
         )
-        await self._admin_runner.setup()
+        await admin_runner.setup()
         try:
             # aiohttp listens with a backlog of 128: a burst of callers would overflow it (SYN retries
             # of 1 s and more), as the functions' small queues overflow behind us.
-            self._site = web.TCPSite(self._runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
-            await self._listen(self._site, "--port", settings.port)
-            self._port = _bound_port(self._runner)
+            self._site = await self._listen(
+                lambda: web.SockSite(
+                    runner, listen(server, settings.host, settings.port), backlog=LISTEN_BACKLOG
+                ),
+                "--port",
+                settings.port,
+            )
+            self._port = _bound_port(runner)
+            self._background.spawn(server.sweep(), name="client limits")
             await self._listen(
-                web.TCPSite(self._admin_runner, settings.host, settings.admin_port),
+                lambda: web.TCPSite(admin_runner, settings.host, settings.admin_port),
                 "--admin-port",
                 settings.admin_port,
             )
-            self._admin_port = _bound_port(self._admin_runner)
+            self._admin_port = _bound_port(admin_runner)
         except BaseException:
             await self.stop()
             raise
         self._started = True
         log.info("proxy listening on %s:%d (admin %d)", settings.host, self._port, self._admin_port)
 
-    async def _listen(self, site: web.TCPSite, flag: str, port: int) -> None:
+    async def _listen(self, make: Callable[[], web.BaseSite], flag: str, port: int) -> web.BaseSite:
         try:
+            site = make()
             await site.start()
         except OSError as e:
             raise ConfigError(
                 f"cannot listen on {self._settings.host}:{port} ({e.strerror or e}); "
                 f"choose another {flag} (0 picks a free port)"
             ) from e
+        return site
 
     @property
     def port(self) -> int:
@@ -232,13 +251,9 @@ class Proxy:
     # -- the data path -------------------------------------------------------------------------------
 
     def _make_request(
-        self,
-        message: RawRequestMessage,
-        payload: StreamReader,
-        protocol: RequestHandler,
-        writer: AbstractStreamWriter,
-        task: asyncio.Task[None],
-    ) -> web.BaseRequest:
+        self, message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
+        writer: AbstractStreamWriter, task: asyncio.Task[None],
+    ) -> web.BaseRequest:  # fmt: skip
         return web.BaseRequest(
             message, payload, protocol, writer, task, protocol._loop, client_max_size=self._settings.max_body
         )
@@ -269,13 +284,12 @@ class Proxy:
         stats.inflight += 1
         self._inflight += 1
         cold = info.ready_replicas <= 0
-        if not cold and zero_enabled(info.labels):
-            # Only functions that can be scaled to zero need the mark (invariant 2); each one is an
-            # API write. A wake-up marks the function itself, before it scales.
-            now = self._clock()
-            if now - state.last_mark >= self._settings.mark_interval:
-                state.last_mark = now
-                self._background.spawn(self._provider.mark_active(ref, now), name=f"mark-active {ref.key}")
+        if not cold and zero_enabled(info.labels) and not state.marking:
+            # Only functions that can be scaled to zero need the mark (invariant 2), once per request
+            # start; the provider coalesces the writes (--mark-interval), and a mark still being
+            # written covers the requests that start meanwhile. A wake-up marks the function itself.
+            state.marking = True
+            self._background.spawn(self._mark(state, self._clock()), name=f"mark-active {ref.key}")
         status = CLIENT_CLOSED
         limit = None if MAX_INFLIGHT not in info.labels else self._concurrency(state, info.labels)
         try:
@@ -306,6 +320,12 @@ class Proxy:
         if state is not None and state.slots is not None:
             state.slots.dispatch()
 
+    async def _mark(self, state: FunctionState, now: float) -> None:
+        try:
+            await self._provider.mark_active(state.ref, now)
+        finally:
+            state.marking = False
+
     async def _serve(
         self,
         request: web.BaseRequest,
@@ -317,61 +337,32 @@ class Proxy:
         limit: int | None,
     ) -> web.StreamResponse:
         settings = self._settings
-        body: bytes | None = None
-        if request.body_exists:
-            length = request.content_length
-            if length is not None and length > settings.max_body:
-                return self._too_large(state, length)
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return self._too_large(state, None)
-        loop = asyncio.get_running_loop()
-        deadline = arrived + settings.hold_timeout
         endpoints = self._provider.endpoints(state.ref)
         held = cold or not endpoints
-        if held:
-            try:
-                await self._cold.hold(state, deadline=deadline)
-            except HoldError as e:
-                return self._refused(e)
-            retry_until = deadline
-        elif loop.time() - state.woken_at < WAKE_RETRY_WINDOW:
-            retry_until = loop.time() + WAKE_RETRY_WINDOW
-        else:
-            # A refused connection never reached the function, so retrying is safe even for a POST:
-            # a replica that stopped listening before its endpoint left the EndpointSlice costs a
-            # short delay, not an error.
-            retry_until = loop.time() + min(settings.hold_timeout, CONNECT_RETRY_WINDOW)
-        slot: str | None = None
+        body: bytes | None = None
         try:
-            upstream, slot = await self._open(
-                request, state, path, body, endpoints=None if held else endpoints, retry_until=retry_until,
-                limit=limit, deadline=deadline,
-            )  # fmt: skip
             if held:
-                state.stats.cold_start.observe(loop.time() - arrived)
-            return await self._forwarder.relay(request, upstream, key=state.ref.key)
-        except UpstreamError as e:
-            return error_response(e.status, str(e))
+                self._cold.admit(state)  # before the body is read: a full hold reads none of it
+            if request.body_exists:
+                body = await read_body(
+                    request, budget=self._bodies, key=state.ref.key, max_body=settings.max_body
+                )
+            return await self._forward(
+                request, state, path, body, endpoints=None if held else endpoints, arrived=arrived,
+                limit=limit,
+            )  # fmt: skip
+        except BodyRefused as e:
+            state.stats.reject("body_too_large" if e.status == 413 else "body_buffers_full")
+            response = self._refused(e)
+            response.force_close()  # the body (or the rest of it) may still be on its way
+            return response
         except HoldError as e:
             return self._refused(e)
         finally:
-            if slot is not None and state.slots is not None:
-                state.slots.release(slot)
+            if body:
+                self._bodies.give(state.ref.key, len(body))
 
-    def _refused(self, error: HoldError) -> web.Response:
-        headers = {"Retry-After": str(self._settings.retry_after)} if error.status == 429 else None
-        return error_response(error.status, str(error), headers=headers)
-
-    def _slots(self, state: FunctionState) -> Slots:
-        slots = state.slots
-        if slots is None:
-            ref = state.ref
-            slots = state.slots = Slots(lambda: self._provider.endpoints(ref))
-        return slots
-
-    async def _open(
+    async def _forward(
         self,
         request: web.BaseRequest,
         state: FunctionState,
@@ -379,119 +370,55 @@ class Proxy:
         body: bytes | None,
         *,
         endpoints: list[str] | None,
-        retry_until: float,
+        arrived: float,
         limit: int | None,
-        deadline: float,
-    ) -> tuple[Connection, str | None]:
-        """Open the upstream request; return it with the endpoint whose slot it holds, if limited.
-
-        Connect errors (the request never left) are retried on other endpoints, then until
-        `retry_until`. A 429 from a function that declared no limit (it did not process the
-        request) is retried on its other replicas, then after a short back-off (or its Retry-After),
-        until `deadline`; when that leaves no time, the caller gets the function's 429.
-        """
-        ref = state.ref
-        headers = request_headers(request)
+    ) -> web.StreamResponse:
+        """Hold the request (when `endpoints` is None) or not, open it upstream, relay the answer."""
         loop = asyncio.get_running_loop()
-        delay = RETRY_FIRST_DELAY
-        failures = 0
-        throttled = 0
-        while True:
-            if endpoints is None:
-                endpoints = self._provider.endpoints(ref)
-                failures = throttled = 0
-            if endpoints:
-                slot: str | None = None
-                if limit is not None:
-                    slot = endpoint = await self._slots(state).acquire(
-                        key=ref.key, limit=limit, deadline=deadline, max_queue=self._settings.max_held,
-                        hold_timeout=self._settings.hold_timeout,
-                    )  # fmt: skip
-                else:
-                    state.rr += 1
-                    endpoint = endpoints[state.rr % len(endpoints)]
-                try:
-                    upstream = await self._forwarder.open(
-                        method=request.method, endpoint=endpoint, path=path, headers=headers, body=body,
-                        key=ref.key,
-                    )  # fmt: skip
-                except UpstreamConnectError as e:
-                    if slot is not None:
-                        self._slots(state).release(slot)
-                    failures += 1
-                    error: UpstreamError | None = e
-                    if failures < len(endpoints):
-                        continue  # another replica may answer
-                except BaseException:
-                    if slot is not None:
-                        self._slots(state).release(slot)
-                    raise
-                else:
-                    if upstream.status != 429 or limit is not None:
-                        return upstream, slot
-                    delay = max(delay, _retry_after(upstream))
-                    if loop.time() + delay > deadline:
-                        return upstream, slot  # no time left to wait as long as it asks: its 429
-                    self._forwarder.discard(upstream)
-                    throttled += 1
-                    if throttled < len(endpoints):
-                        continue  # another replica may have room
-                    error = None  # every replica is full: back off and try again
-                    retry_until = max(retry_until, deadline)
-            else:
-                error = UpstreamError(503, f"function {ref.key} has no ready endpoint; retry later")
-            if loop.time() + delay > retry_until:
-                raise error or UpstreamError(502, f"function {ref.key} kept answering 429")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_DELAY)
-            endpoints = None  # read them again: the replica set may have changed
+        hold_timeout = self._settings.hold_timeout
+        deadline = arrived + hold_timeout
+        held = endpoints is None
+        if held:
+            await self._cold.hold(state, deadline=deadline)  # HoldError: 429, 503, 504, 404
+            retry_until = deadline
+        else:
+            # A refused connection never reached the function, so retrying is safe even for a POST:
+            # a replica that stopped listening before its endpoint left the EndpointSlice costs a
+            # short delay, not an error. Right after a wake-up, endpoints lag readiness: longer.
+            woken = loop.time() - state.woken_at < WAKE_RETRY_WINDOW
+            retry_until = loop.time() + (
+                WAKE_RETRY_WINDOW if woken else min(hold_timeout, CONNECT_RETRY_WINDOW)
+            )
+        slot: str | None = None
+        try:
+            upstream, slot = await self._opener.open(
+                request, state, path, body, endpoints=endpoints, retry_until=retry_until, limit=limit,
+                deadline=deadline,
+            )  # fmt: skip
+            if held:
+                state.stats.cold_start.observe(loop.time() - arrived)
+            return await self._forwarder.relay(request, upstream, key=state.ref.key)
+        except UpstreamError as e:
+            return error_response(e.status, str(e))
+        finally:
+            if slot is not None and state.slots is not None:
+                state.slots.release(slot)
+
+    def _refused(self, error: HoldError | BodyRefused) -> web.Response:
+        headers = {"Retry-After": str(self._settings.retry_after)} if error.status == 429 else None
+        return error_response(error.status, str(error), headers=headers)
 
     async def _pass_through(self, request: web.BaseRequest, origin: str) -> web.StreamResponse:
-        """Send a non-function request to the real provider as it came; stream both bodies."""
-        try:
-            target = passthrough_target(request.raw_path)
-        except RouteError as e:
-            return error_response(e.status, e.message)
         self._inflight += 1
         try:
-            body: StreamBody | None = None
-            if request.body_exists:
-                if request.headers.get("Expect", "").lower() == "100-continue":
-                    # The client waits for this before it sends the body (the provider's own
-                    # 100 Continue, if any, is an interim answer the upstream client skips).
-                    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                body = StreamBody(read=request.content.readany, length=request.content_length)
-            upstream = await self._forwarder.open(
-                method=request.method, endpoint=origin, path=self._provider_base + target,
-                headers=request_headers(request), body=body, key="provider", what=self._provider_what,
+            return await pass_through(
+                request, forwarder=self._forwarder, origin=origin, base=self._provider_base,
+                what=self._provider_what,
             )  # fmt: skip
-            return await self._forwarder.relay(request, upstream, key="provider", what=self._provider_what)
-        except UpstreamError as e:
-            response = error_response(e.status, str(e))
-            if request.body_exists:
-                response.force_close()  # the rest of the request body may still be on its way
-            return response
         finally:
             self._inflight -= 1
             if self._draining and self._inflight == 0:
                 self._idle.set()
-
-    def _too_large(self, state: FunctionState, length: int | None) -> web.Response:
-        state.stats.reject("body_too_large")
-        got = f" (got {length} bytes)" if length is not None else ""
-        response = error_response(
-            413, f"request body too large: the limit is {self._settings.max_body} bytes{got}; send less"
-        )
-        response.force_close()
-        return response
-
-
-def _retry_after(upstream: Connection) -> float:
-    """Seconds a function's Retry-After asks for (0 when absent or given as a date)."""
-    for name, value in upstream.headers:
-        if name.lower() == "retry-after":
-            return float(value) if value.isdigit() else 0.0
-    return 0.0
 
 
 def _bound_port(runner: web.BaseRunner) -> int:

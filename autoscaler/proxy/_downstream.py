@@ -1,0 +1,297 @@
+"""The client side of the data port: the limits an edge proxy puts on the connections it accepts.
+
+aiohttp's server trusts its clients: no header timeout, a keep-alive timeout of an hour, only
+per-line caps on a request head (128 lines of 8 KiB: a megabyte a connection), no deadline for a
+client that stops reading a response, and at the file-descriptor limit asyncio's accept loop logs
+an error for every pending connection. A few hundred idle or hostile connections then keep every
+function from being served. Here the server's protocol gets what nginx, Envoy and Go's http.Server
+have:
+- a header timeout: a connection must bring a whole request head within `header_timeout` seconds
+  of opening, or of its first byte after a response (408 if it sent part of one, then closed);
+- a keep-alive timeout: an idle connection between requests closes after `keepalive_timeout`;
+- a cap on the whole head (request line plus headers): 431 and closed above `max_head_size`;
+- a send timeout: a response whose bytes the client has not taken for `send_timeout` seconds cuts
+  the client, so the relay stops and drops the function's connection instead of waiting for ever;
+- at the descriptor limit (EMFILE), the oldest idle client connections are closed to make room, and
+  new ones replace the oldest idle ones, keeping a margin free for connections to the functions.
+
+Timeouts are checked by one sweep over the connections (`resolution` seconds apart), not a timer
+per request: the hot path only records when a head began and when writing paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+
+log = logging.getLogger("autoscaler.proxy")
+
+# At the descriptor limit: the share of client connections kept free for upstream connections.
+FD_MARGIN = 0.1
+FD_MARGIN_MIN = 8
+# How long a ceiling learnt from EMFILE stays without a new EMFILE (the limit or the load may change).
+CEILING_TTL = 30.0
+# Seconds between two warnings about the descriptor limit.
+WARN_EVERY = 10.0
+# After a refusal (408, 431): seconds the rest of what the client sends is read and dropped, so that
+# the close does not reset the connection before the client has read the answer (nginx lingers too).
+LINGER = 2.0
+
+_OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    header_timeout: float
+    keepalive_timeout: float
+    max_head_size: int
+    send_timeout: float
+
+    @property
+    def resolution(self) -> float:
+        """Seconds between sweeps: a quarter of the shortest timeout, at most one second."""
+        return min(1.0, self.header_timeout / 4, self.send_timeout / 4)
+
+
+def _answer(status: int, reason: str, text: str) -> bytes:
+    body = text.encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+class ClientConnection(RequestHandler):
+    """aiohttp's server protocol plus the head's clock and size, and the time writing stalled."""
+
+    __slots__ = ("_discarding", "_head_bytes", "_head_since", "_limits", "_payload", "_stalled_since")
+
+    def __init__(self, manager: ClientServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits = manager.limits
+        self._head_since: float | None = None  # loop time the current head began; None: not in one
+        self._head_bytes = 0
+        self._payload: StreamReader | None = None  # the body of the last request parsed
+        self._stalled_since: float | None = None  # loop time writing paused (the client reads nothing)
+        self._discarding = False  # refused: what still comes is dropped until the close
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._head_since = self._loop.time()  # a new connection owes a head at once
+
+    def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        if self._head_since is None:
+            payload = self._payload
+            if self._upgraded or (payload is not None and not payload.is_eof()):
+                super().data_received(data)  # the body of the current request
+                return
+            self._head_since = self._loop.time()
+            self._head_bytes = 0
+        room = self._limits.max_head_size - self._head_bytes
+        count = self._request_count
+        if len(data) <= room:
+            self._head_bytes += len(data)
+            super().data_received(data)
+            if self._request_count != count:
+                self._head_done()
+            return
+        super().data_received(data[:room])
+        if self._request_count == count:
+            self._refuse(
+                431, "Request Header Fields Too Large",
+                f"request head too large: the limit is {self._limits.max_head_size} bytes "
+                "of request line and headers; send fewer or smaller headers\n",
+            )  # fmt: skip
+            return
+        self._head_done()
+        self.data_received(data[room:])
+
+    def _head_done(self) -> None:
+        self._head_since = None
+        if self._messages:
+            self._payload = self._messages[-1][1]
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._stalled_since = self._loop.time()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stalled_since = None
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for a request (between requests, or a head that has not come whole)."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and self.transport is not None
+
+    @property
+    def idle_since(self) -> float:
+        return self._next_keepalive_close_time  # aiohttp's: the end of the last response + keep-alive
+
+    def check(self, now: float) -> None:
+        """Close the connection if it broke a time limit (called by the sweep)."""
+        limits = self._limits
+        stalled = self._stalled_since
+        if stalled is not None and now - stalled >= limits.send_timeout:
+            log.debug("client %s read nothing for %g s: closed", self._peer(), limits.send_timeout)
+            if self.transport is not None:
+                self.transport.abort()  # its buffer will never drain: do not wait for it
+            return
+        head = self._head_since
+        if head is not None and now - head >= limits.header_timeout and self.idle:
+            if self._head_bytes:
+                self._refuse(
+                    408, "Request Timeout",
+                    f"request head not complete within {limits.header_timeout:g} s; closing\n",
+                )  # fmt: skip
+            else:
+                self.force_close()
+
+    def _refuse(self, status: int, reason: str, text: str) -> None:
+        self._head_since = None
+        transport = self.transport
+        if transport is None or self._request_in_progress or self._messages:
+            self.force_close()  # a response is under way: no room for another one
+            return
+        self._discarding = True
+        transport.write(_answer(status, reason, text))
+        transport.write_eof()  # sent once the answer is out; reading goes on, dropping everything
+        self._loop.call_later(LINGER, self.force_close)
+
+    def _peer(self) -> str:
+        transport = self.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        return str(peer[0]) if peer else "?"
+
+
+class ClientServer(web.Server):
+    """aiohttp's low-level server whose connections keep the limits; `sweep()` enforces the timeouts."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        *,
+        limits: ClientLimits,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, keepalive_timeout=limits.keepalive_timeout, **kwargs)
+        self.limits = limits
+        self._ceiling: int | None = None  # client connections at most, learnt from EMFILE
+        self._ceiling_until = 0.0
+        self._warned = float("-inf")
+        self.shed_total = 0
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(self, loop=self._loop, **self._kwargs)
+
+    async def sweep(self) -> None:
+        """Check every connection's time limits, forever (run it as a background task)."""
+        loop = self._loop
+        while True:
+            await asyncio.sleep(self.limits.resolution)
+            now = loop.time()
+            for connection in list(self._connections):
+                if isinstance(connection, ClientConnection):
+                    connection.check(now)
+
+    def shed(self, count: int) -> int:
+        """Close up to `count` idle client connections, the longest idle first; how many closed."""
+        if count <= 0:
+            return 0
+        idle = [c for c in self._connections if isinstance(c, ClientConnection) and c.idle]
+        if len(idle) > count:
+            idle.sort(key=lambda c: c.idle_since)
+            idle = idle[:count]
+        for connection in idle:
+            connection.force_close()
+        self.shed_total += len(idle)
+        return len(idle)
+
+    def before_accept(self) -> None:
+        """Past the learnt ceiling, a new connection replaces the longest idle one."""
+        ceiling = self._ceiling
+        if ceiling is None:
+            return
+        if self._loop.time() > self._ceiling_until:
+            self._ceiling = None
+        elif len(self._connections) >= ceiling:
+            self.shed(len(self._connections) - ceiling + 1)
+
+    def out_of_descriptors(self) -> int:
+        """accept() failed with EMFILE: learn a ceiling with a margin and shed down to it."""
+        now = self._loop.time()
+        live = len(self._connections)
+        ceiling = max(1, live - max(FD_MARGIN_MIN, int(live * FD_MARGIN)))
+        self._ceiling = ceiling if self._ceiling is None else min(self._ceiling, ceiling)
+        self._ceiling_until = now + CEILING_TTL
+        shed = self.shed(live - self._ceiling)
+        if now - self._warned >= WARN_EVERY:
+            self._warned = now
+            log.warning(
+                "out of file descriptors with %d client connections: closed %d idle ones, and new "
+                "connections now replace the longest idle (raise the limit with ulimit -n)",
+                live, shed,
+            )  # fmt: skip
+        return shed
+
+
+class Listener(socket.socket):
+    """The data port's listening socket: at the descriptor limit it makes room instead of failing.
+
+    asyncio's accept loop, on EMFILE, logs and retries once per pending connection (thousands of
+    lines a second) and pauses accepting for a second. Here accept() asks the server to shed idle
+    connections and reports "nothing to accept" until their descriptors are free (the next loop
+    turn); only when nothing could be shed does one EMFILE reach asyncio (one log line, a pause).
+    """
+
+    def __init__(self, family: int, server: ClientServer) -> None:
+        super().__init__(family, socket.SOCK_STREAM)
+        self._server = server
+        self._failed = False  # an EMFILE went to asyncio in this loop turn
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self._failed:
+            raise BlockingIOError(errno.EAGAIN, "waiting for descriptors")
+        self._server.before_accept()
+        try:
+            return super().accept()
+        except OSError as e:
+            if e.errno not in _OUT_OF_FDS:
+                raise
+            if self._server.out_of_descriptors():
+                raise BlockingIOError(errno.EAGAIN, "shed idle connections; retry next turn") from e
+            self._failed = True
+            asyncio.get_running_loop().call_soon(self._clear)
+            raise
+
+    def _clear(self) -> None:
+        self._failed = False
+
+
+def listen(server: ClientServer, host: str, port: int) -> Listener:
+    """A bound listening socket for `server` (the site calls listen() with its backlog)."""
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = Listener(family, server)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
