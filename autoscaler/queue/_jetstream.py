@@ -24,13 +24,15 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from autoscaler.config import QueueSettings
 from autoscaler.errors import AutoscalerError
-from autoscaler.queue._message import dead_stream
+from autoscaler.interfaces import FunctionRef
+from autoscaler.queue._message import dead_stream, function_of
 from autoscaler.tasks import Background
 
 log = logging.getLogger("autoscaler.queue")
 
 RECONNECT_WAIT = 0.5
 DUPLICATE_WINDOW = 120.0  # seconds JetStream drops a republished Nats-Msg-Id
+CONSUMER_PAGE = 256  # consumers JetStream lists per request
 # Errors nats-py raises for a server that is gone, slow or without JetStream.
 NATS_ERRORS: tuple[type[Exception], ...] = (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError)
 
@@ -195,3 +197,22 @@ async def _ensure(js: JetStreamContext, config: StreamConfig) -> None:
             f"expected {config.retention}: delete it (nats stream rm {config.name}) or choose another "
             "--queue-name"
         )
+
+
+async def consumed(js: JetStreamContext, queue: str) -> set[FunctionRef]:
+    """Every function with a durable consumer on the queue: called asynchronously at some time.
+
+    Consumers outlive workers, so a restarted worker still knows (and reports 0 pending for) functions
+    whose calls were all done before it started; without that, their pending figure would be no data.
+    """
+    found: set[FunctionRef] = set()
+    offset = 0
+    while True:
+        page = await js.consumers_info(queue, offset=offset)
+        for info in page:
+            ref = function_of(queue, info.config.filter_subject or "")
+            if ref is not None:
+                found.add(ref)
+        if len(page) < CONSUMER_PAGE:
+            return found
+        offset += len(page)

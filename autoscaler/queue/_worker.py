@@ -32,7 +32,7 @@ from yarl import URL
 from autoscaler.config import QueueSettings, QueueWorkerSettings
 from autoscaler.interfaces import FunctionRef
 from autoscaler.queue._callback import CALLBACK_CODES, FunctionResult, deliver
-from autoscaler.queue._jetstream import NATS_ERRORS, UNAVAILABLE, NatsLink
+from autoscaler.queue._jetstream import NATS_ERRORS, UNAVAILABLE, NatsLink, consumed
 from autoscaler.queue._message import (
     DEAD_REASON_HEADER,
     DEAD_STATUS_HEADER,
@@ -211,9 +211,10 @@ class QueueWorker:
                             self._loops.spawn(
                                 self._consume(self._functions[ref.key]), name=f"consume {ref.key}"
                             )
-                    for key in self._functions:
-                        if key not in seen:
-                            self.metrics.pending.labels(key, queue).set(0)
+                    # Nothing on the stream for them: 0 pending, a figure the loop can scale down on.
+                    idle = {ref.key for ref in await consumed(js, queue)} | self._functions.keys()
+                    for key in idle - seen:
+                        self.metrics.pending.labels(key, queue).set(0)
                     problem = ""
             except UNAVAILABLE as e:
                 self._link.forget_streams()
