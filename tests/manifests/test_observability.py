@@ -1,6 +1,7 @@
 """The dashboard and the PrometheusRule ask only for series the add-on exports, in valid PromQL.
 
-Names come from the code's own registries (the controller's ControllerMetrics and a Proxy's), not
+Names come from the code's own registries (the controller's ControllerMetrics, a Proxy's and the
+queue-worker's WorkerMetrics), not
 from a list kept here, so renaming a metric in the code breaks this test, not a dashboard in
 production. Syntax and the alerts' behaviour are checked by Debian's `promtool`.
 """
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from autoscaler.config import ProxySettings
 from autoscaler.proxy import Proxy
+from autoscaler.queue._worker import WorkerMetrics
 from autoscaler.telemetry import ControllerMetrics
 from tests.manifests.conftest import Obj, only
 from tests.manifests.promql import exported_names, metric_names
@@ -32,7 +34,9 @@ def _registries() -> list[CollectorRegistry]:
     controller = ControllerMetrics().registry
     proxy = CollectorRegistry()
     Proxy(settings=ProxySettings(), provider=MemoryProvider(), registry=proxy)
-    return [controller, proxy]
+    worker = CollectorRegistry()
+    WorkerMetrics(worker)
+    return [controller, proxy, worker]
 
 
 def _rules(base: list[Obj]) -> list[dict[str, Any]]:
@@ -95,11 +99,18 @@ def test_the_dashboard_shows_what_operators_need(base: list[Obj]) -> None:
         "decisions by reason": ["autoscaler_scale_total"],
         "tick time": ["autoscaler_tick_seconds_bucket"],
         "errors": ["autoscaler_errors_total"],
+        "pending asynchronous calls": ["queue_worker_pending_messages"],
+        "queue-worker in-flight calls": ["queue_worker_function_invocation_inflight"],
+        "dead letters": ["autoscaler_queue_dead_letters_total"],
     }
     for what, needles in wanted.items():
         assert any(all(n in " ".join(e) for n in needles) for e in exprs.values()), f"no panel shows {what}"
     reasons = [e for es in exprs.values() for e in es if "autoscaler_scale_total" in e]
     assert all("by (reason)" in e for e in reasons)
+    # Every worker replica reports the same stream-wide backlog: summing would count it once per replica.
+    pending = [e for es in exprs.values() for e in es if "queue_worker_pending_messages" in e]
+    assert pending
+    assert all(e.startswith("max by (function_name)") for e in pending)
 
 
 def test_every_series_the_dashboard_and_the_rules_read_is_exported_or_recorded(base: list[Obj]) -> None:
