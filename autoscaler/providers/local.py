@@ -32,6 +32,7 @@ from autoscaler.providers._local_replica import (
     ReplicaView,
     signal_group,
 )
+from autoscaler.providers._subscribers import Subscribers
 from autoscaler.tasks import spawn
 
 __all__ = ["MAX_REPLICAS", "LocalEvent", "LocalProvider", "ReplicaTiming", "ReplicaView"]
@@ -78,7 +79,7 @@ class LocalProvider:
         self._file = functions
         self._timing = timing or ReplicaTiming()
         self._events: collections.deque[LocalEvent] = collections.deque(maxlen=keep_events)
-        self._subscribers: list[Callable[[FunctionRef], None]] = []
+        self._subscribers = Subscribers()
         self._functions: dict[str, _Function] = {}
         self._stops: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -206,7 +207,7 @@ class LocalProvider:
                 task.add_done_callback(self._stops.discard)
         if changed:
             log.info("function %s: desired replicas %d", fn.ref.key, replicas)
-            self._notify(fn.ref)
+            self._subscribers.notify(fn.ref)
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -220,7 +221,7 @@ class LocalProvider:
             fn.ready.set()
         else:
             fn.ready.clear()
-        self._notify(fn.ref)
+        self._subscribers.notify(fn.ref)
 
     def _on_crash(self, fn: _Function, replica: Replica, why: str) -> None:
         self._events.append(LocalEvent(time.time(), fn.ref.key, "ReplicaCrashed", why, warning=True))
@@ -247,14 +248,7 @@ class LocalProvider:
         return True
 
     def subscribe(self, callback: Callable[[FunctionRef], None]) -> None:
-        self._subscribers.append(callback)
-
-    def _notify(self, ref: FunctionRef) -> None:
-        for callback in list(self._subscribers):
-            try:
-                callback(ref)
-            except Exception:
-                log.exception("subscriber %r failed on a change of %s", callback, ref.key)
+        self._subscribers.add(callback)
 
 
 def _kill_leftovers() -> None:
