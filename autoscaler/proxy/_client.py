@@ -70,34 +70,10 @@ class Connection(asyncio.Protocol):
     """One keep-alive connection and the parser of the response it is currently reading."""
 
     __slots__ = (
-        "_buf",
-        "_chunk_left",
-        "_drain_waiter",
-        "_feed_waiter",
-        "_head",
-        "_method",
-        "_paused",
-        "_state",
-        "_write_paused",
-        "body",
-        "body_size",
-        "closed",
-        "connection",
-        "content_length",
-        "counted",
-        "done",
-        "error",
-        "got_bytes",
-        "headers",
-        "keep_alive",
-        "last_used",
-        "origin",
-        "proven",
-        "reason",
-        "status",
-        "transport",
-        "trial",
-        "uses",
+        "_buf", "_chunk_left", "_drain_waiter", "_feed_waiter", "_head", "_interim_kept", "_method",
+        "_paused", "_state", "_write_paused", "body", "body_size", "closed", "connection", "content_length",
+        "counted", "done", "error", "got_bytes", "handed_over", "headers", "keep_alive", "last_used",
+        "origin", "proven", "reason", "status", "transport", "trial", "uses",
     )  # fmt: skip
 
     def __init__(self, origin: Origin) -> None:
@@ -109,12 +85,14 @@ class Connection(asyncio.Protocol):
         self.trial = False  # counted in origin.untried
         self.counted = False  # counted in origin.proven
         self.last_used = 0.0
+        self.handed_over = False  # released straight to a waiting request (see `_pool`)
         self._write_paused = False  # the transport's write buffer is above its high-water mark
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reset("GET")
 
     def _reset(self, method: str) -> None:
         self._method = method
+        self._interim_kept = True  # no interim response, or only 100 Continue, came before the answer
         self._state = HEAD
         self._buf = bytearray()
         self._head: asyncio.Future[None] | None = None
@@ -263,6 +241,10 @@ class Connection(asyncio.Protocol):
             self._feed_waiter = None
         if self.error is not None and not self.body:
             raise self.error
+
+    def stray(self) -> bool:
+        """Whether bytes came or wait unread (FIONREAD) after a complete response: never reuse it then."""
+        return self.closed or self.transport is None or _tcp.pending(self.transport) > 0
 
     def park(self, now: float) -> None:
         """The exchange is over and the connection idles in its pool: a byte arriving now closes it."""
@@ -422,12 +404,13 @@ class Connection(asyncio.Protocol):
     def _parse_head(self, raw: bytes) -> None:
         head = parse_head(raw, self._method)
         if head.status < 200:
+            self._interim_kept = self._interim_kept and head.keep_alive
             return  # 100 Continue and other interim responses: the real one follows
         self.status = head.status
         self.reason = head.reason
         self.headers = head.headers
         self.connection = head.connection
-        self.keep_alive = head.keep_alive
+        self.keep_alive = head.keep_alive and self._interim_kept
         self.content_length = head.length
         if head.state == DONE:
             self._finish()

@@ -1,10 +1,14 @@
 """HTTP/1.1 response framing as pure functions over bytes: the status line, the header fields, chunks.
 
 The upstream client (`_client`) reads bytes off a socket; what they mean is decided here, with no I/O,
-so that every rule of RFC 9112 the proxy relies on sits in one place: which status lines are valid,
-where a body ends (no body for HEAD, 204 and 304; Transfer-Encoding over Content-Length; until the
-connection closes when neither says), and which responses leave the connection fit for another
-request.
+so that every rule of RFC 9112 the proxy relies on sits in one place: which status lines are valid
+(100-599, three digits), where a body ends (no body for HEAD, 204 and 304; Transfer-Encoding over
+Content-Length; until the connection closes when neither says), and which responses leave the
+connection fit for another request. A connection is kept only when the end of the response is
+certain from its bytes: after a response whose body the request or status rules out (HEAD, 204,
+304), or after an interim response other than 100 Continue, a server that got it wrong would leave
+bytes in the stream that the next request would read as its own answer, so those connections are
+closed instead (one more connection for such a response, never a wrong answer).
 """
 
 from __future__ import annotations
@@ -73,13 +77,20 @@ def parse_head(head: bytes, method: str) -> Head:
     if 100 <= status < 200:
         if status == 101:
             raise ClientError("the function switched protocols, which the proxy does not relay")
-        return Head(status, reason, headers, joined, keep_alive=True)
+        if transfer or any(value != "0" for value in lengths):
+            raise ClientError(f"an interim {status} response announced a body")
+        # Only 100 Continue is part of an ordinary exchange; after any other interim response
+        # (102, 103, ...) the connection is not reused.
+        return Head(status, reason, headers, joined, keep_alive=status == 100)
     tokens = joined.lower()
     keep_alive = "close" not in tokens if http11 else "keep-alive" in tokens
     result = Head(status, reason, headers, joined, keep_alive)
     if method == "HEAD" or status in (204, 304):
+        # No body whatever the headers say; a server that sends one anyway would leave it in the
+        # stream for the next request: such a connection is never reused.
         if lengths:
             result.length = _length(lengths)
+        result.keep_alive = False
     elif transfer:
         if lengths:
             # Transfer-Encoding overrides Content-Length (RFC 9112 6.3): the length must not reach
@@ -102,10 +113,20 @@ def parse_head(head: bytes, method: str) -> Head:
 
 
 def _status_line(line: str) -> tuple[int, str, bool]:
-    """(status, reason, whether HTTP/1.1) of a status line; ClientError unless it is valid."""
+    """(status, reason, whether HTTP/1.1) of a status line; ClientError unless it is valid.
+
+    RFC 9110 15: a status code is three digits from 100 to 599; anything else (`099`, `600`, `1000`)
+    is no status a client could act on, so it is refused (502) rather than relayed.
+    """
     version, _, rest = line.partition(" ")
     code, _, reason = rest.partition(" ")
-    if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isascii() or not code.isdigit():
+    if (
+        version not in ("HTTP/1.1", "HTTP/1.0")
+        or len(code) != 3
+        or not code.isascii()
+        or not code.isdigit()
+        or not "100" <= code <= "599"
+    ):
         raise ClientError(f"invalid status line {line[:80]!r}")
     return int(code), reason, version == "HTTP/1.1"
 

@@ -142,21 +142,15 @@ class Pool:
                     raise ClientError(f"{e} (after the kept-alive connection was closed)") from e
                 raise
             first = False
+            if conn.handed_over:
+                conn.handed_over = False
+                if conn.stray():  # bytes past the end of the last response: they are nobody's answer
+                    conn.close()
+                    self.release(conn)
+                    first = True
+                    continue
             try:
-                if isinstance(body, StreamBody):
-                    await conn.send_stream(method, head, body)
-                else:
-                    answered = conn.send(method, head, body)
-                    if not conn.proven:
-                        asyncio.get_running_loop().call_later(self._accept_check, self._check, conn)
-                    await answered
-                if not conn.proven:
-                    self._proved(conn)
-                if conn.error is not None:
-                    # The body broke its framing in the bytes that came with the head: say so
-                    # now (a 502) rather than relay a status line and cut the body after it.
-                    raise conn.error
-                return conn
+                return await self._exchange(conn, method, head, body)
             except NotAccepted:
                 self.release(conn)
                 self._overwhelmed(origin)
@@ -169,6 +163,25 @@ class Pool:
             except BaseException:
                 self.release(conn)
                 raise
+
+    async def _exchange(
+        self, conn: Connection, method: str, head: bytes, body: bytes | StreamBody | None
+    ) -> Connection:
+        """Send on `conn` and wait for the response head; raises what the exchange failed with."""
+        if isinstance(body, StreamBody):
+            await conn.send_stream(method, head, body)
+        else:
+            answered = conn.send(method, head, body)
+            if not conn.proven:
+                asyncio.get_running_loop().call_later(self._accept_check, self._check, conn)
+            await answered
+        if not conn.proven:
+            self._proved(conn)
+        if conn.error is not None:
+            # The body broke its framing in the bytes that came with the head: say so now (a 502)
+            # rather than relay a status line and cut the body after it.
+            raise conn.error
+        return conn
 
     def release(self, conn: Connection) -> None:
         """Give the connection back; it is reused only after a complete exchange."""
@@ -230,6 +243,7 @@ class Pool:
             waiter = waiters.popleft()
             if not waiter.done():
                 origin.in_use += 1
+                conn.handed_over = conn.uses > 0  # sent on before the loop reads its socket again
                 waiter.set_result(conn)
                 return
         conn.park(asyncio.get_running_loop().time())
