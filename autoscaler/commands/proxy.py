@@ -27,7 +27,10 @@ async def serve(
     from autoscaler.proxy import Proxy, serve_forever
     from autoscaler.queue import AsyncAcceptor
 
-    provider = await KubernetesProvider.create(settings=providers)
+    # The provider's mark writer is the one throttle of last-active writes (--mark-interval).
+    provider = await KubernetesProvider.create(
+        settings=providers, mark_active_interval=settings.mark_interval
+    )
     acceptor: AsyncAcceptor | None = None
     registry = CollectorRegistry()
     try:
