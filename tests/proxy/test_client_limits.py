@@ -7,13 +7,12 @@ keep-alive connections, and a client that never reads a large response.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import socket
 
 import aiohttp
+import pytest
 
-from autoscaler.cli import add_settings_flags, settings_overrides
 from autoscaler.config import ProxySettings, build
 from tests.proxy.conftest import MakeProxy, base
 from tests.support.fakeprovider import FakeProvider
@@ -158,42 +157,13 @@ async def test_a_client_that_never_reads_a_large_response_is_cut_and_frees_the_f
     del reader
 
 
-def test_each_client_limit_is_a_flag_of_the_one_settings_path_with_an_edge_proxys_default() -> None:
-    parser = argparse.ArgumentParser()
-    add_settings_flags(parser, ProxySettings)
-    args = parser.parse_args(
-        [
-            "--header-timeout",
-            "3",
-            "--keepalive-timeout",
-            "20",
-            "--max-head-size",
-            "16384",
-            "--send-timeout",
-            "9",
-        ]
-    )
-    settings = build(ProxySettings, settings_overrides(args, ProxySettings))
-    assert (
-        settings.header_timeout,
-        settings.keepalive_timeout,
-        settings.max_head_size,
-        settings.send_timeout,
-    ) == (
-        3.0,
-        20.0,
-        16384,
-        9.0,
-    )
+def test_each_client_limit_is_a_setting_with_an_edge_proxys_default_and_an_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = ("header_timeout", "keepalive_timeout", "max_head_size", "send_timeout")
     defaults = ProxySettings()
-    assert (
-        defaults.header_timeout,
-        defaults.keepalive_timeout,
-        defaults.max_head_size,
-        defaults.send_timeout,
-    ) == (
-        10.0,
-        75.0,
-        65536,
-        60.0,
-    )
+    assert [getattr(defaults, name) for name in names] == [10.0, 75.0, 65536, 60.0]
+    for name, value in zip(names, ("3", "20", "16384", "9"), strict=True):
+        monkeypatch.setenv(f"AUTOSCALER_{name.upper()}", value)  # flags come from the same fields
+    settings = build(ProxySettings, {})
+    assert [getattr(settings, name) for name in names] == [3.0, 20.0, 16384, 9.0]
