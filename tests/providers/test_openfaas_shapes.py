@@ -166,14 +166,18 @@ class TestWhereLabelsAreRead:
 
 
 class TestOpenFaaSUpdates:
-    async def test_a_faas_netes_update_keeps_the_last_active_mark_it_wipes(
-        self, api: FakeApiServer, make_provider: Callable[..., Any]
-    ) -> None:
+    @pytest.fixture
+    async def provider(self, api: FakeApiServer, make_provider: Callable[..., Any]) -> Any:
+        """A started provider whose cache shows the mark it wrote on a faas-netes function."""
         api.add_faas_netes_function("figlet", labels=SCALE)
         provider = await make_provider()
         await provider.mark_active(ref("figlet"), MARK)
         await eventually(lambda: info_of(provider, "figlet").last_active == MARK, what="the mark")
+        return provider
 
+    async def test_a_faas_netes_update_keeps_the_last_active_mark_it_wipes(
+        self, api: FakeApiServer, provider: Any
+    ) -> None:
         api.faas_netes_update("figlet", labels={**SCALE, "com.openfaas.scale.max": "9"}, image="figlet:2")
         await eventually(
             lambda: info_of(provider, "figlet").labels.get("com.openfaas.scale.max") == "9", what="the update"
@@ -185,13 +189,8 @@ class TestOpenFaaSUpdates:
         assert info_of(provider, "figlet").last_active == MARK
 
     async def test_a_resync_after_the_update_keeps_the_mark_too(
-        self, api: FakeApiServer, make_provider: Callable[..., Any]
+        self, api: FakeApiServer, provider: Any
     ) -> None:
-        api.add_faas_netes_function("figlet", labels=SCALE)
-        provider = await make_provider()
-        await provider.mark_active(ref("figlet"), MARK)
-        await eventually(lambda: info_of(provider, "figlet").last_active == MARK, what="the mark")
-
         api.faas_netes_update("figlet", labels=SCALE)
         api.expire_resource_versions()
         api.drop_watches()
@@ -201,13 +200,8 @@ class TestOpenFaaSUpdates:
         assert info_of(provider, "figlet").last_active == MARK
 
     async def test_a_newer_mark_from_elsewhere_replaces_the_kept_one(
-        self, api: FakeApiServer, make_provider: Callable[..., Any]
+        self, api: FakeApiServer, provider: Any
     ) -> None:
-        api.add_faas_netes_function("figlet", labels=SCALE)
-        provider = await make_provider()
-        await provider.mark_active(ref("figlet"), MARK)
-        await eventually(lambda: info_of(provider, "figlet").last_active == MARK, what="the mark")
-
         api.faas_netes_update(
             "figlet", labels=SCALE, annotations={LAST_ACTIVE_ANNOTATION: f"{MARK + 60:.3f}"}
         )
@@ -215,13 +209,8 @@ class TestOpenFaaSUpdates:
         await eventually(lambda: info_of(provider, "figlet").last_active == MARK + 60, what="the newer mark")
 
     async def test_a_function_deleted_and_made_again_does_not_inherit_the_old_mark(
-        self, api: FakeApiServer, make_provider: Callable[..., Any]
+        self, api: FakeApiServer, provider: Any
     ) -> None:
-        api.add_faas_netes_function("figlet", labels=SCALE)
-        provider = await make_provider()
-        await provider.mark_active(ref("figlet"), MARK)
-        await eventually(lambda: info_of(provider, "figlet").last_active == MARK, what="the mark")
-
         # Both within one watch gap: the re-list sees only a new object under the same name.
         api.expire_resource_versions()
         api.drop_watches()
