@@ -13,7 +13,11 @@ have:
 - a send timeout: a response whose bytes the client has not taken for `send_timeout` seconds cuts
   the client, so the relay stops and drops the function's connection instead of waiting for ever;
 - at the descriptor limit (EMFILE), the oldest idle client connections are closed to make room, and
-  new ones replace the oldest idle ones, keeping a margin free for connections to the functions.
+  new ones replace the oldest idle ones, keeping a margin free for connections to the functions;
+- a malformed request gets aiohttp's 400 without a traceback in the log for each one.
+
+`ProxyRequest` adds what a response of the proxy says about itself: `X-Autoscaler-Cold-Start`, the
+seconds a request was held through a cold start (KEDA's HTTP add-on marks cold starts the same way).
 
 Timeouts are checked by one sweep over the connections (`resolution` seconds apart), not a timer
 per request: the hot path only records when a head began and when writing paused.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import heapq
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
@@ -47,6 +53,20 @@ WARN_EVERY = 10.0
 LINGER = 2.0
 
 _OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE})
+COLD_START_HEADER = "X-Autoscaler-Cold-Start"
+_COLD_START = web.RequestKey("autoscaler.cold_start", float)  # seconds the request was held
+
+
+class ProxyRequest(web.BaseRequest):
+    """aiohttp's request; a response to a request held through a cold start says how long it waited."""
+
+    def held_for(self, seconds: float) -> None:
+        self[_COLD_START] = seconds
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        held = self.get(_COLD_START)
+        if held is not None:
+            response.headers[COLD_START_HEADER] = f"{held:.3f}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +142,14 @@ class ClientConnection(RequestHandler):
         self._head_since = None
         if self._messages:
             self._payload = self._messages[-1][1]
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        if isinstance(kwargs.get("exc_info"), HttpProcessingError):
+            # A malformed request: the client has its 400; a traceback per request would let any
+            # client fill the log.
+            log.debug("malformed request from %s: %s", self._peer(), kwargs["exc_info"])
+            return
+        super().log_exception(*args, **kwargs)
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -213,8 +241,7 @@ class ClientServer(web.Server):
             return 0
         idle = [c for c in self._connections if isinstance(c, ClientConnection) and c.idle]
         if len(idle) > count:
-            idle.sort(key=lambda c: c.idle_since)
-            idle = idle[:count]
+            idle = heapq.nsmallest(count, idle, key=lambda c: c.idle_since)
         for connection in idle:
             connection.force_close()
         self.shed_total += len(idle)
@@ -228,7 +255,8 @@ class ClientServer(web.Server):
         if self._loop.time() > self._ceiling_until:
             self._ceiling = None
         elif len(self._connections) >= ceiling:
-            self.shed(len(self._connections) - ceiling + 1)
+            # A batch at a time: the next accepts then find room without another scan.
+            self.shed(len(self._connections) - ceiling + max(1, ceiling // 20))
 
     def out_of_descriptors(self) -> int:
         """accept() failed with EMFILE: learn a ceiling with a margin and shed down to it."""

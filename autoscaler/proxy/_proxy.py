@@ -37,11 +37,11 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from autoscaler.config import ProxySettings
-from autoscaler.errors import ConfigError, SpecError
+from autoscaler.errors import ConfigError
 from autoscaler.interfaces import FunctionRef, InvocationStats, Provider
 from autoscaler.proxy._admin import admin_app, error_response
 from autoscaler.proxy._bodies import BodyBudget, BodyRefused, read_body
-from autoscaler.proxy._downstream import ClientLimits, ClientServer, listen
+from autoscaler.proxy._downstream import ClientLimits, ClientServer, ProxyRequest, listen
 from autoscaler.proxy._forward import Forwarder, UpstreamError
 from autoscaler.proxy._hold import ColdStarts, FunctionState, HoldError
 from autoscaler.proxy._intake import screen
@@ -49,8 +49,9 @@ from autoscaler.proxy._metrics import StatsCollector
 from autoscaler.proxy._opening import Opener
 from autoscaler.proxy._passthrough import pass_through
 from autoscaler.proxy._routing import PREFIX, RouteError, Router
+from autoscaler.proxy._slots import concurrency_limit
 from autoscaler.routes import not_found
-from autoscaler.spec import MAX_INFLIGHT, max_inflight, zero_enabled
+from autoscaler.spec import MAX_INFLIGHT, zero_enabled
 from autoscaler.tasks import Background
 
 log = logging.getLogger("autoscaler.proxy")
@@ -254,7 +255,7 @@ class Proxy:
         self, message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
         writer: AbstractStreamWriter, task: asyncio.Task[None],
     ) -> web.BaseRequest:  # fmt: skip
-        return web.BaseRequest(
+        return ProxyRequest(
             message, payload, protocol, writer, task, protocol._loop, client_max_size=self._settings.max_body
         )
 
@@ -291,7 +292,7 @@ class Proxy:
             state.marking = True
             self._background.spawn(self._mark(state, self._clock()), name=f"mark-active {ref.key}")
         status = CLIENT_CLOSED
-        limit = None if MAX_INFLIGHT not in info.labels else self._concurrency(state, info.labels)
+        limit = None if MAX_INFLIGHT not in info.labels else concurrency_limit(state, info.labels)
         try:
             response = await self._serve(request, state, path, cold=cold, arrived=arrived, limit=limit)
             status = response.status
@@ -301,18 +302,6 @@ class Proxy:
             self._inflight -= 1
             if self._draining and self._inflight == 0:
                 self._idle.set()
-
-    def _concurrency(self, state: FunctionState, labels: Mapping[str, str]) -> int | None:
-        """The function's declared limit per replica (parsed once per label value)."""
-        raw = labels.get(MAX_INFLIGHT)
-        if raw != state.limit_label:
-            state.limit_label = raw
-            try:
-                state.limit = max_inflight(labels)
-            except SpecError as e:
-                log.warning("%s: forwarding %s without a concurrency limit", e, state.ref.key)
-                state.limit = None
-        return state.limit
 
     def _changed(self, ref: FunctionRef) -> None:
         # The provider's watch saw the function change (e.g. a new replica): let queued requests on.
@@ -396,7 +385,9 @@ class Proxy:
                 deadline=deadline,
             )  # fmt: skip
             if held:
-                state.stats.cold_start.observe(loop.time() - arrived)
+                state.stats.cold_start.observe(waited := loop.time() - arrived)
+                if isinstance(request, ProxyRequest):
+                    request.held_for(waited)  # X-Autoscaler-Cold-Start on the function's answer
             return await self._forwarder.relay(request, upstream, key=state.ref.key)
         except UpstreamError as e:
             return error_response(e.status, str(e))

@@ -14,10 +14,28 @@ lifetime, so they count as in-flight load (`capacity` scaling) and as activity (
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from autoscaler.proxy._hold import HoldError
+from autoscaler.errors import SpecError
+from autoscaler.proxy._hold import FunctionState, HoldError
+from autoscaler.spec import MAX_INFLIGHT, max_inflight
+
+log = logging.getLogger("autoscaler.proxy")
+
+
+def concurrency_limit(state: FunctionState, labels: Mapping[str, str]) -> int | None:
+    """The function's declared limit per replica (parsed once per label value; invalid: none)."""
+    raw = labels.get(MAX_INFLIGHT)
+    if raw != state.limit_label:
+        state.limit_label = raw
+        try:
+            state.limit = max_inflight(labels)
+        except SpecError as e:
+            log.warning("%s: forwarding %s without a concurrency limit", e, state.ref.key)
+            state.limit = None
+    return state.limit
 
 
 class Slots:

@@ -2,12 +2,14 @@
 
 Each case talks to a real proxy over a raw socket, so the test controls every byte (and every byte
 it does not send): silent connections, partial and trickled heads, heads over the size cap, idle
-keep-alive connections, and a client that never reads a large response.
+keep-alive connections, a client that never reads a large response, and malformed requests. The
+last case is what a response says about the proxy's own part: how long a cold start held it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 import aiohttp
@@ -167,3 +169,32 @@ def test_each_client_limit_is_a_setting_with_an_edge_proxys_default_and_an_envir
         monkeypatch.setenv(f"AUTOSCALER_{name.upper()}", value)  # flags come from the same fields
     settings = build(ProxySettings, {})
     assert [getattr(settings, name) for name in names] == [3.0, 20.0, 16384, 9.0]
+
+
+async def test_a_malformed_request_gets_400_and_leaves_no_traceback_in_the_log(
+    make_proxy: MakeProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await make_proxy()
+    for _ in range(3):
+        reader, writer = await connect(proxy.port)
+        writer.write(b"GET /function/echo/ HTTP/1.1\r\nHost: proxy\r\nX-Long: " + b"l" * 9000 + b"\r\n\r\n")
+        _, data = await closed_after(reader, within=3)
+        assert data.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+        writer.close()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_an_answer_after_a_cold_start_says_how_long_the_request_was_held(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    await provider.add("cold", warm=False, ready_delay=0.3)
+    await provider.add("warm")
+    proxy = await make_proxy()
+    async with client.get(base(proxy) + "/function/cold/") as response:
+        assert response.status == 200
+        held = float(response.headers["X-Autoscaler-Cold-Start"])
+    assert 0.25 < held < 5
+    async with client.get(base(proxy) + "/function/cold/") as response:  # warm now
+        assert "X-Autoscaler-Cold-Start" not in response.headers
+    async with client.get(base(proxy) + "/function/warm/") as response:
+        assert "X-Autoscaler-Cold-Start" not in response.headers
