@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from typing import TypedDict
 
 from autoscaler.errors import SpecError
 from policies.model import KeepAlive, ScaleType, ScalingSpec
@@ -30,6 +31,10 @@ KEEPALIVE = PROJECT_PREFIX + "keepalive"
 SCALE_UP_RATE = PROJECT_PREFIX + "max-scale-up-rate"
 SCALE_DOWN_RATE = PROJECT_PREFIX + "max-scale-down-rate"
 ACTIVATION_SCALE = PROJECT_PREFIX + "activation-scale"
+SCALE_DOWN_DELAY = PROJECT_PREFIX + "scale-down-delay"
+BURST_THRESHOLD = PROJECT_PREFIX + "burst-threshold"
+BURST_WINDOW = PROJECT_PREFIX + "burst-window"
+ACTIVATION_THRESHOLD = PROJECT_PREFIX + "activation-threshold"
 
 KNOWN_LABELS = (
     MIN,
@@ -44,7 +49,14 @@ KNOWN_LABELS = (
     SCALE_UP_RATE,
     SCALE_DOWN_RATE,
     ACTIVATION_SCALE,
+    SCALE_DOWN_DELAY,
+    BURST_THRESHOLD,
+    BURST_WINDOW,
+    ACTIVATION_THRESHOLD,
 )
+MAX_DELAY = 3600.0  # Knative: 0s <= scale-down-delay <= 1h
+BURST_PERCENT = (110.0, 1000.0)  # Knative: panic-threshold-percentage from 110 to 1000
+BURST_WINDOWS = (6.0, 3600.0)  # Knative: stable window from 6s to 1h
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
@@ -165,14 +177,6 @@ def parse_labels(labels: Mapping[str, str]) -> ScalingSpec:
         if window > MAX_WINDOW:
             raise SpecError(DOWN_WINDOW, window_raw, "off or a Go duration of at most 5m")
     keepalive = KeepAlive(_choice(labels, KEEPALIVE, tuple(k.value for k in KeepAlive), "fixed"))
-    rate = "off, or a factor > 1 (e.g. 2: at most double / halve per decision)"
-    up_rate = _rate(labels, SCALE_UP_RATE, allowed=rate)
-    down_rate = _rate(labels, SCALE_DOWN_RATE, allowed=rate)
-    activation = _int(labels, ACTIVATION_SCALE, 1, least=1)
-    if activation > maximum:
-        raise SpecError(
-            ACTIVATION_SCALE, labels[ACTIVATION_SCALE], f"a whole number from 1 to {MAX} ({maximum})"
-        )
     return ScalingSpec(
         min_replicas=minimum,
         max_replicas=maximum,
@@ -184,10 +188,75 @@ def parse_labels(labels: Mapping[str, str]) -> ScalingSpec:
         down_window=window,
         keepalive=keepalive,
         type_label=type_label,
-        max_scale_up_rate=up_rate,
-        max_scale_down_rate=down_rate,
-        activation_scale=activation,
+        **_knobs(labels, maximum=maximum),
     )
+
+
+class _Knobs(TypedDict):
+    max_scale_up_rate: float
+    max_scale_down_rate: float
+    activation_scale: int
+    scale_down_delay: float
+    burst_threshold: float
+    burst_window: float
+    activation_threshold: float
+
+
+def _knobs(labels: Mapping[str, str], *, maximum: int) -> _Knobs:
+    """The behaviour knobs (`autoscaler.dev/`), as ScalingSpec fields; SpecError on a bad one."""
+    rate = "off, or a factor > 1 (e.g. 2: at most double / halve per decision)"
+    activation = _int(labels, ACTIVATION_SCALE, 1, least=1)
+    if activation > maximum:
+        raise SpecError(
+            ACTIVATION_SCALE, labels[ACTIVATION_SCALE], f"a whole number from 1 to {MAX} ({maximum})"
+        )
+    delay_allowed = "a Go duration from 0s to 1h, such as 30s or 15m"
+    delay = _duration(labels, SCALE_DOWN_DELAY, 0.0, allowed=delay_allowed)
+    if delay > MAX_DELAY:
+        raise SpecError(SCALE_DOWN_DELAY, labels[SCALE_DOWN_DELAY], delay_allowed)
+    window_allowed = "a Go duration from 6s to 1h, such as 60s"
+    window = _duration(labels, BURST_WINDOW, 60.0, allowed=window_allowed)
+    if not BURST_WINDOWS[0] <= window <= BURST_WINDOWS[1]:
+        raise SpecError(BURST_WINDOW, labels[BURST_WINDOW], window_allowed)
+    return {
+        "max_scale_up_rate": _rate(labels, SCALE_UP_RATE, allowed=rate),
+        "max_scale_down_rate": _rate(labels, SCALE_DOWN_RATE, allowed=rate),
+        "activation_scale": activation,
+        "scale_down_delay": delay,
+        "burst_threshold": _burst_threshold(labels),
+        "burst_window": window,
+        "activation_threshold": _threshold(labels),
+    }
+
+
+def _burst_threshold(labels: Mapping[str, str]) -> float:
+    """Burst mode's trigger as a factor of the current replicas' capacity (`200` or `200%`: 2.0); 0 = off."""
+    raw = labels.get(BURST_THRESHOLD)
+    if raw is None or raw.strip().lower() == "off":
+        return 0.0
+    allowed = "off, or a percentage from 110 to 1000 of what the current replicas carry, such as 200"
+    try:
+        percent = float(raw.strip().removesuffix("%"))
+    except ValueError:
+        raise SpecError(BURST_THRESHOLD, raw, allowed) from None
+    if not BURST_PERCENT[0] <= percent <= BURST_PERCENT[1]:  # NaN fails both comparisons
+        raise SpecError(BURST_THRESHOLD, raw, allowed)
+    return percent / 100.0
+
+
+def _threshold(labels: Mapping[str, str]) -> float:
+    """KEDA's activationThreshold: a load figure >= 0 in the function's scale type; 0 when unset."""
+    raw = labels.get(ACTIVATION_THRESHOLD)
+    if raw is None:
+        return 0.0
+    allowed = "a number >= 0 (load in the function's scale type, e.g. req/s for rps)"
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SpecError(ACTIVATION_THRESHOLD, raw, allowed) from None
+    if not math.isfinite(value) or value < 0:
+        raise SpecError(ACTIVATION_THRESHOLD, raw, allowed)
+    return value
 
 
 def _rate(labels: Mapping[str, str], label: str, *, allowed: str) -> float:

@@ -1,8 +1,10 @@
 """One scaling decision for one function: the decision the loop, the local mode and the simulator share.
 
 `decide` combines the replica formula (`policies.replicas`), scale-down stabilization
-(`policies.stabilize`) and scale-to-zero with a fixed or learned keep-alive window. It takes `now`
-and a mutable per-function `FunctionState`; it never reads a clock and never does I/O.
+(`policies.stabilize`), the peers' behaviour knobs (`policies.knobs`) and scale-to-zero with a fixed
+or learned keep-alive window. It takes `now` and a mutable per-function `FunctionState`; it never
+reads a clock and never does I/O. `next_change` says when its answer may change on unchanged
+inputs, so that a caller replaying inputs (the simulator) asks instead of re-deriving its timers.
 
 Conservative branches (each says why): no data keeps the current replicas (invariant 1); activity
 of any kind (started invocations, in-flight or held requests, a wake-up) restarts the idle timer
@@ -12,11 +14,12 @@ keep-alive policy predicts.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from policies.knobs import bursting, delayed, rate_limited
+from policies.knobs import timers as knob_timers
 from policies.model import Decision, KeepAlive, Load, Reason, ScalingSpec
 from policies.replicas import desired_replicas, raw_replicas
 from policies.stabilize import stabilized
@@ -44,6 +47,9 @@ class KeepAlivePolicy(Protocol):
         `prewarm + keepalive`, then goes to zero. `(0, zero_duration)` is the fixed policy.
         """
 
+    def next_change(self, *, now: float) -> float | None:
+        """The next time `windows` may answer differently without a new call, or None (never)."""
+
 
 @dataclass(slots=True)
 class FunctionState:
@@ -54,6 +60,10 @@ class FunctionState:
     last_started_total: float | None = None  # last seen value of the started-invocations counter
     recommendations: deque[tuple[float, int]] = field(default_factory=deque)  # down-window history
     keepalive: KeepAlivePolicy | None = None  # set by the caller when spec.keepalive is ADAPTIVE
+    lower_since: float | None = None  # scale-down delay: since when fewer replicas are recommended
+    lower_from: int = 0  # ... than this many (the delay starts over when the replicas change)
+    lower_peak: int = 0  # ... and the highest recommendation since then
+    burst_at: float | None = None  # the last burst trigger (burst mode lasts spec.burst_window after it)
 
 
 def observe(
@@ -177,76 +187,146 @@ def decide(
             current, current, Reason.STATIC, f"min = max = {spec.min_replicas}: not autoscaled", False
         )
     value = None if load is None else load.value(spec.type)
+    burst = spec.burst_threshold > 0 and bursting(
+        spec=spec, state=state, value=value, current=current, now=now
+    )
     # Idleness needs evidence: the started counter and the in-flight gauge both read this tick
-    # (invariant 1: missing metrics never scale to zero).
+    # (invariant 1: missing metrics never scale to zero). Burst mode never scales down, to zero neither.
     evidence = load is not None and load.started_total is not None and load.inflight is not None
-    if spec.zero and not active and (evidence or current == 0):
+    if spec.zero and not active and not burst and (evidence or current == 0):
         verdict = _zero_decision(spec=spec, state=state, current=current, now=now)
         if verdict is not None:
             return verdict
     if value is None:
-        if current == 0 and active:
-            # Traffic is arriving for a function at zero: waking it needs no load figure.
-            return Decision(
-                current, spec.wake_replicas, Reason.WAKE, "invocations arrived at zero replicas: wake"
-            )
-        if not spec.type.measured:
-            # `queue` or a custom type: no load figure to scale by, so the replicas stay as they are.
-            return Decision(
-                current,
-                current,
-                Reason.UNSUPPORTED_TYPE,
-                f"scale type {spec.type_label or spec.type.value!r} is not measured: keep {current} replicas",
-                False,
-            )
-        # Invariant 1: missing, stale or failed metrics are not zero traffic.
-        return Decision(
-            current, current, Reason.NO_DATA, f"no {spec.type} data: keep {current} replicas", False
-        )
+        state.lower_since = None  # time without a figure never counts towards the scale-down delay
+        return _without_load(spec=spec, current=current, active=active)
+    if current == 0:
+        return _wake(spec=spec, state=state, value=value)
+    return _by_load(spec=spec, state=state, value=value, current=current, now=now, burst=burst)
+
+
+def _formula(spec: ScalingSpec, value: float) -> str:
     per_replica = spec.target * spec.target_proportion
     need = raw_replicas(spec=spec, load=value)
-    wanted = desired_replicas(spec=spec, load=value)
-    formula = (
+    return (
         f"{spec.type} load {value:.4g} / (target {spec.target:g} x {spec.target_proportion:g}) "
         f"= {value / per_replica:.4g} -> {need}, within [{max(spec.min_replicas, 1)}, {spec.max_replicas}]"
     )
-    if current == 0:
-        state.recommendations.clear()
-        woken = max(wanted, spec.wake_replicas)
-        extra = f" (activation-scale {spec.activation_scale})" if woken > wanted else ""
-        return Decision(current, woken, Reason.WAKE, f"{formula}: wake to {woken}{extra}")
-    desired = stabilized(
+
+
+def _without_load(*, spec: ScalingSpec, current: int, active: bool) -> Decision:
+    """The verdict when this tick has no load figure of the function's type."""
+    if current == 0 and active:
+        if spec.zero and spec.activation_threshold > 0:
+            # No figure to weigh against the activation threshold: the loop leaves waking to the proxy.
+            return Decision(
+                0, 0, Reason.STEADY, f"no {spec.type} figure to pass activation-threshold: stays at zero"
+            )
+        # Traffic is arriving for a function at zero: waking it needs no load figure.
+        return Decision(
+            current, spec.wake_replicas, Reason.WAKE, "invocations arrived at zero replicas: wake"
+        )
+    if not spec.type.measured:
+        # A custom type: no load figure to scale by, so the replicas stay as they are.
+        return Decision(
+            current,
+            current,
+            Reason.UNSUPPORTED_TYPE,
+            f"scale type {spec.type_label or spec.type.value!r} is not measured: keep {current} replicas",
+            False,
+        )
+    # Invariant 1: missing, stale or failed metrics are not zero traffic.
+    return Decision(current, current, Reason.NO_DATA, f"no {spec.type} data: keep {current} replicas", False)
+
+
+def _wake(*, spec: ScalingSpec, state: FunctionState, value: float) -> Decision:
+    """The verdict for a function at zero that is active, or not allowed to stay at zero."""
+    formula = _formula(spec, value)
+    if spec.zero and spec.activation_threshold > 0 and value <= spec.activation_threshold:
+        # KEDA's activationThreshold: the loop does not wake it on so little; a request still wakes it
+        # through the proxy, which holds the request.
+        return Decision(
+            0,
+            0,
+            Reason.STEADY,
+            f"{formula}: at most activation-threshold {spec.activation_threshold:g}, stays at zero",
+        )
+    state.recommendations.clear()
+    state.lower_since = None
+    wanted = desired_replicas(spec=spec, load=value)
+    woken = max(wanted, spec.wake_replicas)
+    extra = f" (activation-scale {spec.activation_scale})" if woken > wanted else ""
+    return Decision(0, woken, Reason.WAKE, f"{formula}: wake to {woken}{extra}")
+
+
+def _by_load(
+    *, spec: ScalingSpec, state: FunctionState, value: float, current: int, now: float, burst: bool
+) -> Decision:
+    """The replica formula with the down window, the scale-down delay, burst mode and the rate limits."""
+    formula = _formula(spec, value)
+    wanted = desired_replicas(spec=spec, load=value)
+    windowed = stabilized(
         history=state.recommendations, recommendation=wanted, now=now, window=spec.down_window
     )
+    # Burst mode only ever scales up; its time does not count towards the scale-down delay.
+    desired = max(windowed, current) if burst else windowed
+    if spec.scale_down_delay > 0:
+        desired = delayed(spec=spec, state=state, current=current, desired=desired, now=now)
     desired, limited = rate_limited(spec=spec, current=current, desired=desired)
     formula += limited
     if desired > current:
         return Decision(current, desired, Reason.SCALE_UP, f"{formula}: scale up")
     if desired < current:
         return Decision(current, desired, Reason.SCALE_DOWN, f"{formula}: scale down")
-    if wanted < current:
-        return Decision(
-            current,
-            current,
-            Reason.STABILIZING,
-            f"{formula}: held at {current} by the {spec.down_window:g}s scale-down window",
-        )
-    return Decision(current, current, Reason.STEADY, f"{formula}: steady")
+    if wanted >= current:
+        return Decision(current, current, Reason.STEADY, f"{formula}: steady")
+    if windowed >= current:
+        why = f"the {spec.down_window:g}s scale-down window"
+    elif burst:
+        assert state.burst_at is not None
+        why = f"burst mode (last triggered {now - state.burst_at:.0f}s ago, lasts {spec.burst_window:g}s)"
+    else:
+        assert state.lower_since is not None
+        why = f"the {spec.scale_down_delay:g}s scale-down delay ({now - state.lower_since:.0f}s so far)"
+    return Decision(current, current, Reason.STABILIZING, f"{formula}: held at {current} by {why}")
 
 
-def rate_limited(*, spec: ScalingSpec, current: int, desired: int) -> tuple[int, str]:
-    """`desired` within Knative's rate limits of one decision, and a note when a limit applied.
+def next_change(
+    *, spec: ScalingSpec, state: FunctionState, now: float, active_until: float | None = None
+) -> float | None:
+    """The earliest time at which `decide` may answer differently on the inputs it was given at `now`.
 
-    At most ceil(current x max-scale-up-rate) and at least floor(current / max-scale-down-rate)
-    (Knative's `max-scale-up-rate`, `max-scale-down-rate`); a limit of 0 is off. Scale to zero is
-    decided apart and is not limited.
+    What `decide` knows of its own timers after deciding at `now`: the zero grace, the keep-alive's
+    end, the pre-warm, the learned model's next change, the scale-down delay, the end of burst mode.
+    A caller that sees the same inputs (load, replicas, activity) until then may skip the decisions in
+    between; any change of inputs calls for a decision anyway. A time at or before `now` means "at
+    the next decision": the down window records every decision, a burst trigger renews burst mode at
+    every one, and a timer that fell due at `now` itself may have missed by a rounding error.
+
+    `active_until`: the caller's inputs show activity (calls, requests in flight) until then, where
+    they change. If `decide` saw activity at `now`, each decision until then restarts the idle timer,
+    so the zero timers (grace, keep-alive, pre-warm) cannot come due before it and are left out.
     """
-    if spec.max_scale_up_rate and desired > current:
-        ceiling = max(current + 1, math.ceil(current * spec.max_scale_up_rate))
-        if desired > ceiling:
-            return ceiling, f", limited to {ceiling} by max-scale-up-rate {spec.max_scale_up_rate:g}"
-    if spec.max_scale_down_rate and desired < current:
-        floor = max(1, math.floor(current / spec.max_scale_down_rate))
-        if desired < floor:
-            return floor, f", limited to {floor} by max-scale-down-rate {spec.max_scale_down_rate:g}"
-    return desired, ""
+    if spec.down_window > 0 and state.recommendations:
+        return now
+    times = (
+        knob_timers(spec=spec, state=state, now=now) if spec.scale_down_delay or spec.burst_threshold else []
+    )
+    last = state.last_active
+    still_active = active_until is not None and active_until > now and last is not None and last >= now
+    if spec.zero and last is not None and not still_active:
+        grace = min(ZERO_GRACE, spec.zero_duration)
+        policy = learned(spec, state)
+        if policy is None:
+            times += (last + grace, last + spec.zero_duration)
+        else:
+            change = policy.next_change(now=now)
+            if change is not None:
+                times.append(change)  # the learned windows themselves move on at this time
+            start = windows_start(spec=spec, state=state)
+            prewarm, keep = policy.windows(now=now)
+            times += (last + grace, start + prewarm + keep)
+            if prewarm > 0:
+                times.append(start + prewarm)
+    due = [when for when in times if when > now - 1e-6]
+    return min(due) if due else None

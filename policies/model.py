@@ -53,6 +53,14 @@ class ScalingSpec:
     max_scale_up_rate: float = 0.0
     max_scale_down_rate: float = 0.0
     activation_scale: int = 1
+    # Knative's scale-down-delay (seconds a lower recommendation must hold before the replicas go
+    # down; 0 = off), panic mode as burst mode (a factor of the current replicas' capacity that
+    # triggers it, 0 = off, and how long it lasts after the last trigger: Knative's stable window),
+    # and KEDA's activationThreshold (the load at or below which the loop leaves a function at zero).
+    scale_down_delay: float = 0.0
+    burst_threshold: float = 0.0
+    burst_window: float = 60.0
+    activation_threshold: float = 0.0
 
     @property
     def static(self) -> bool:

@@ -3,7 +3,9 @@
 The project's policies (`openfaas`, `fixed-10m`, `adaptive`) run through `policies.engine.decide`,
 the loop's own decision, reading Prometheus. Knative's KPA reads windowed concurrency; KEDA with
 the HPA reads the same Prometheus rate as the loop. Each driver also names the ticks at which its
-policy's inputs change, so the engine can skip the rest without changing a single decision.
+policy's inputs change, so the engine can skip the rest without changing a single decision, and asks
+the policy itself when its answer may change on unchanged inputs (`policies.engine.next_change` for
+the project's, `next_wakeup` for the peers'): no driver re-derives a policy's timers.
 """
 
 from __future__ import annotations
@@ -14,17 +16,27 @@ import numpy.typing as npt
 from autoscaler.errors import ConfigError
 from autoscaler.simulate.views import ConcurrencyView, PrometheusView
 from policies.baselines import KedaHpa, KnativeKPA
-from policies.engine import ZERO_GRACE, FunctionState, KeepAlivePolicy, decide, learned, windows_start
+from policies.engine import FunctionState, KeepAlivePolicy, decide, next_change
 from policies.model import KeepAlive, Load, ScaleType, ScalingSpec
+from policies.replicas import desired_replicas, raw_replicas
 
 Floats = npt.NDArray[np.float64]
 
 
-def desired_replicas_array(spec: ScalingSpec, load: Floats) -> npt.NDArray[np.int64]:
-    """`policies.replicas.desired_replicas` for a whole array of loads (tested to agree with it)."""
-    per_replica = spec.target * spec.target_proportion
-    raw = np.where(load <= 0, 0, np.ceil(load / per_replica - 1e-9))
-    return np.clip(raw, max(spec.min_replicas, 1), spec.max_replicas).astype(np.int64)
+def _load_key(spec: ScalingSpec, value: Floats) -> npt.NDArray[np.int64]:
+    """Label each load figure by what `decide` makes of it: equal labels decide alike.
+
+    That is the policy's own replica count for the figure (`policies.replicas`, applied to each
+    distinct figure), unclamped when burst mode weighs it against the replicas there are, and which
+    side of the activation threshold it falls on when one is set.
+    """
+    levels, inverse = np.unique(value, return_inverse=True)
+    count = raw_replicas if spec.burst_threshold > 0 else desired_replicas
+    per_level = np.array([count(spec=spec, load=float(level)) for level in levels.tolist()], dtype=np.int64)
+    key: npt.NDArray[np.int64] = per_level[inverse.reshape(-1)]
+    if spec.activation_threshold > 0:
+        key = key * 2 + (value > spec.activation_threshold).astype(np.int64)
+    return key
 
 
 def _first_ticks(changed_scrapes: npt.NDArray[np.int64], *, scrape: float, tick: float) -> Floats:
@@ -59,13 +71,13 @@ class DecideDriver:
         self._rps = view.rps.tolist()
         self._inflight = view.inflight.astype(np.float64).tolist()
         self._started = view.started.astype(np.float64).tolist()
-        self._continues: list[bool] = []  # per scrape: is the next scrape active too
+        self._active_until: list[float] = []  # per scrape in a run of active ones: the run's last tick
 
     def candidates(self) -> Floats:
         view, scrape, tick = self.view, self.view.scrape_interval, self.tick
         value = view.rps if self.spec.type is ScaleType.RPS else view.inflight.astype(np.float64)
         busy = view.inflight > 0
-        desired = desired_replicas_array(self.spec, value)
+        desired = _load_key(self.spec, value)
         new_calls = np.concatenate([[True], view.started[1:] != view.started[:-1]])
         active = new_calls | busy
         if self.spec.down_window > 0:
@@ -86,7 +98,9 @@ class DecideDriver:
                 picks[calls[np.concatenate([[True], minutes[1:] != minutes[:-1]])]] = True
                 run = np.cumsum(active & ~before)[calls]
                 picks[calls[np.concatenate([run[1:] != run[:-1], [True]])]] = True
-            self._continues = after.tolist()
+            # Where a run of active scrapes goes on, its end is a candidate: `next_change` may say so.
+            every = _first_ticks(np.arange(active.size), scrape=scrape, tick=tick)
+            self._active_until = self._run_ends(active, first_ticks=every)
         first = _first_ticks(np.flatnonzero(picks), scrape=scrape, tick=tick)
         # In-flight requests are activity at every tick that sees them. Where the next scrape shows
         # no activity, the last tick that still sees them sets the idle timer: evaluate it too.
@@ -108,34 +122,23 @@ class DecideDriver:
             last_wake=last_wake,
         ).desired
 
+    @staticmethod
+    def _run_ends(active: npt.NDArray[np.bool_], *, first_ticks: Floats) -> list[float]:
+        """For each scrape followed by an active one: the first tick of the run's last scrape (a
+        candidate, where the run's end is decided); -inf elsewhere."""
+        after = np.concatenate([active[1:], [False]])
+        last_of_run = np.flatnonzero(active & ~after)
+        ends = np.full(active.size, -np.inf)
+        runs = np.searchsorted(last_of_run, np.arange(active.size), side="left")
+        inside = active & after
+        ends[inside] = first_ticks[last_of_run[runs[inside]]]
+        ends_list: list[float] = ends.tolist()
+        return ends_list
+
     def next_wakeup(self, *, now: float) -> float | None:
-        spec, state = self.spec, self.state
-        times: list[float] = []
-        if spec.down_window > 0 and state.recommendations:
-            times.append(now + self.tick)  # a down window remembers every tick: evaluate them all
-        if spec.zero and state.last_active is not None:
-            if state.last_active >= now:
-                # Active right now: nothing can go to zero within the grace, nor while the run of
-                # active scrapes goes on (its end is a candidate); decide again then.
-                j = self.view.index(now)
-                if not (spec.down_window <= 0 and j < len(self._continues) and self._continues[j]):
-                    times.append(now + ZERO_GRACE)
-                return min(times) if times else None
-            prewarm, keep = 0.0, spec.zero_duration
-            policy = learned(spec, state)
-            if policy is not None:
-                prewarm, keep = policy.windows(now=now)
-                change = getattr(policy, "next_change", None)
-                when = change(now=now) if change is not None else None
-                if when is not None:
-                    times.append(when)  # the windows themselves move on at this time
-            start = windows_start(spec=spec, state=state)
-            timers = ((state.last_active, ZERO_GRACE), (start, prewarm), (start, prewarm + keep))
-            for since, offset in timers:
-                when = since + offset
-                if offset > 0 and when > now - 1e-6:  # a timer due in this very tick may trip on the next one
-                    times.append(when)
-        return min(times) if times else None
+        j = self.view.index(now)
+        until = self._active_until[j] if j < len(self._active_until) else None
+        return next_change(spec=self.spec, state=self.state, now=now, active_until=until)
 
     def on_wake(self, *, now: float) -> None:
         """The proxy's activity mark reaches `decide` as `last_wake`."""

@@ -60,6 +60,83 @@ def tick_ceil(when: float, tick: float) -> float:
     return math.ceil(when / tick - 1e-9) * tick
 
 
+@dataclass(slots=True)
+class _Replay:
+    """The replayed function: its pods, its replicas, and what the proxy knows of its wake-ups."""
+
+    arrivals: npt.NDArray[np.float64]
+    cold_start: float
+    tick: float
+    out: Outcome = field(default_factory=Outcome)
+    starts: list[float] = field(default_factory=list)  # alive pods, (start, ready) at one position of
+    readies: list[float] = field(default_factory=list)  # two lists, kept sorted by ready time
+    current: int = 0
+    wake_index: int = 0  # first arrival that can wake the function (after it last went to zero)
+    up_since: float = -1.0  # when the function last left zero
+    last_wake: float | None = None
+
+    def first_held(self) -> float:
+        """The first request since the function left zero (the one a starting pod holds), or inf."""
+        k = int(np.searchsorted(self.arrivals, self.up_since, side="left"))
+        return float(self.arrivals[k]) if k < self.arrivals.size else math.inf
+
+    def wake_at(self, *, now: float, end: float) -> float | None:
+        """The arrival that wakes the function from zero by `now`, if one does (the proxy's wake-up)."""
+        if self.current == 0 and self.wake_index < self.arrivals.size:
+            first = float(self.arrivals[self.wake_index])
+            if first <= now and first < end:
+                return first
+        return None
+
+    def scale(self, *, desired: int, now: float) -> None:
+        if desired > self.current:
+            for _ in range(desired - self.current):
+                self.starts.append(now)
+                self.readies.append(now + self.cold_start)
+        else:
+            for _ in range(self.current - desired):  # not-ready pods go first, then the newest
+                self.out.pods.append((self.starts.pop(), self.readies.pop(), now))
+        if desired == 0:
+            self.wake_index = int(np.searchsorted(self.arrivals, now, side="right"))
+        elif self.current == 0:
+            self.up_since = now
+        self.current = desired
+        self.out.changes.append((now, desired))
+
+    def starting(self, *, now: float, ready: int) -> float:
+        """The next tick that matters while a pod starts: its readiness, and any request it holds."""
+        first_ready = self.readies[ready]
+        timer = tick_ceil(first_ready, self.tick)
+        if ready == 0 and self.current > 0:
+            held = self.first_held()
+            if held < first_ready:
+                if held > now:
+                    timer = min(timer, tick_ceil(held, self.tick))
+                last_held = (math.ceil(first_ready / self.tick - 1e-9) - 1) * self.tick
+                if last_held > now:
+                    timer = min(timer, last_held)
+        return timer
+
+    def step(self, driver: Driver, *, now: float) -> float:
+        """Evaluate the policy at the tick `now`; returns the next tick that must be evaluated."""
+        timer = math.inf  # every obligation still ahead is re-derived from the state below
+        ready = bisect.bisect_right(self.readies, now)
+        held = self.first_held() if self.current > 0 and ready == 0 else -1.0
+        desired = driver.evaluate(
+            now=now, current=self.current, ready=ready, busy=0 <= held <= now, last_wake=self.last_wake
+        )
+        self.out.evaluations += 1
+        if desired != self.current:
+            self.scale(desired=desired, now=now)
+            timer = now + self.tick
+        wake = driver.next_wakeup(now=now)
+        if wake is not None:
+            timer = min(timer, max(tick_ceil(wake, self.tick), now + self.tick))
+        if ready < len(self.readies):  # a pod is starting: its readiness and any request it holds matter
+            timer = min(timer, self.starting(now=now, ready=ready))
+        return timer
+
+
 def run(
     driver: Driver,
     *,
@@ -75,72 +152,24 @@ def run(
         cands: list[float] = (np.arange(0, math.ceil(end / tick - 1e-9)) * tick).tolist()
     else:
         cands = driver.candidates().tolist()
-    n_cands, n_arr = len(cands), arrivals.size
-    out = Outcome()
-    starts: list[float] = []  # alive pods, each (start, ready) in the same position of two lists
-    readies: list[float] = []  # kept sorted by ready time
-    current, i, timer = 0, 0, math.inf
-    wake_index = 0  # first arrival that can wake the function (after it last went to zero)
-    up_since = -1.0  # when the function last left zero
-    last_wake: float | None = None
+    replay = _Replay(arrivals=arrivals, cold_start=cold_start, tick=tick)
+    i, timer = 0, math.inf
     while True:
-        now = cands[i] if i < n_cands else math.inf
-        now = min(now, timer)
-        if current == 0 and wake_index < n_arr:
-            first = float(arrivals[wake_index])
-            if first <= now and first < end:
-                current, last_wake, up_since = wake_replicas, first, first
-                for _ in range(wake_replicas):
-                    starts.append(first)
-                    readies.append(first + cold_start)
-                out.changes.append((first, current))
-                driver.on_wake(now=first)
-                timer = min(timer, tick_ceil(first, tick))
-                continue
+        now = min(cands[i] if i < len(cands) else math.inf, timer)
+        first = replay.wake_at(now=now, end=end)
+        if first is not None:
+            replay.last_wake = first
+            replay.scale(desired=wake_replicas, now=first)
+            driver.on_wake(now=first)
+            timer = min(timer, tick_ceil(first, tick))
+            continue
         if now >= end:
             break
-        while i < n_cands and cands[i] <= now:
+        while i < len(cands) and cands[i] <= now:
             i += 1
-        timer = math.inf  # every obligation still ahead is re-derived from the state below
-        ready = bisect.bisect_right(readies, now)
-        held = -1.0
-        if current > 0 and ready == 0:
-            k = int(np.searchsorted(arrivals, up_since, side="left"))
-            held = float(arrivals[k]) if k < n_arr else math.inf
-        desired = driver.evaluate(
-            now=now, current=current, ready=ready, busy=0 <= held <= now, last_wake=last_wake
-        )
-        out.evaluations += 1
-        if desired != current:
-            if desired > current:
-                for _ in range(desired - current):
-                    starts.append(now)
-                    readies.append(now + cold_start)
-            else:
-                for _ in range(current - desired):  # not-ready pods go first, then the newest
-                    out.pods.append((starts.pop(), readies.pop(), now))
-            if desired == 0:
-                wake_index = int(np.searchsorted(arrivals, now, side="right"))
-            elif current == 0:
-                up_since = now
-            current = desired
-            out.changes.append((now, current))
-            timer = min(timer, now + tick)
-        wake = driver.next_wakeup(now=now)
-        if wake is not None:
-            timer = min(timer, max(tick_ceil(wake, tick), now + tick))
-        if ready < len(readies):  # a pod is starting: its readiness and any request it holds matter
-            first_ready = readies[ready]
-            timer = min(timer, tick_ceil(first_ready, tick))
-            if ready == 0 and current > 0:
-                k = int(np.searchsorted(arrivals, up_since, side="left"))
-                if k < n_arr and arrivals[k] < first_ready:
-                    if arrivals[k] > now:
-                        timer = min(timer, tick_ceil(float(arrivals[k]), tick))
-                    last_held = (math.ceil(first_ready / tick - 1e-9) - 1) * tick
-                    if last_held > now:
-                        timer = min(timer, last_held)
-    for start, ready_at in zip(starts, readies, strict=True):
+        timer = replay.step(driver, now=now)
+    out = replay.out
+    for start, ready_at in zip(replay.starts, replay.readies, strict=True):
         out.pods.append((start, ready_at, end))
     out.pods.sort()
     return out

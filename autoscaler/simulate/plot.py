@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -45,7 +46,17 @@ def plot(
     fig, axes = plt.subplots(
         2 if with_timeline else 1, 1, figsize=(9, 9 if with_timeline else 5.5), squeeze=False
     )
-    ax = axes[0][0]
+    _comparison(axes[0][0], rows=rows, title=title)
+    if with_timeline and counts is not None and timelines is not None:
+        _timeline(axes[1][0], function_key=function_key, counts=counts, timelines=timelines, end=end)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _comparison(ax: Any, *, rows: Sequence[PolicyResult], title: str) -> None:
+    """One point per policy (a curve per swept family): wasted memory against cold starts."""
     curves: dict[str, list[PolicyResult]] = {}
     for row in rows:
         curves.setdefault(family(row.policy), []).append(row)
@@ -68,33 +79,36 @@ def plot(
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    if with_timeline:
-        assert counts is not None
-        assert timelines is not None
-        tl = axes[1][0]
-        minutes = np.arange(counts.size)
-        calls = tl.twinx()
-        calls.bar(minutes / 60.0, counts, width=1 / 60.0, color="lightgray", label="calls per minute")
-        calls.set_ylabel("calls per minute")
-        tl.set_zorder(calls.get_zorder() + 1)
-        tl.patch.set_visible(False)
-        for offset, (name, changes) in enumerate(timelines.items()):
-            times = [0.0] + [t for t, _ in changes] + [end]
-            values = [0] + [v for _, v in changes]
-            values.append(values[-1])
-            lift = offset * 0.06  # keep overlapping lines apart
-            tl.step(
-                np.array(times) / 3600.0,
-                np.array(values) + lift,
-                where="post",
-                color=COLORS.get(family(name), "black"),
-                label=name,
-            )
-        tl.set_xlabel("hour of the day")
-        tl.set_ylabel("replicas (lines lifted apart slightly)")
-        tl.set_title(f"function {function_key[:12] if function_key else ''}...: replicas under each policy")
-        tl.legend(loc="upper left", fontsize="small")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+
+def _timeline(
+    tl: Any,
+    *,
+    function_key: str | None,
+    counts: npt.NDArray[np.int64],
+    timelines: Mapping[str, list[tuple[float, int]]],
+    end: float,
+) -> None:
+    """One function's calls per minute (bars) and each policy's replicas over the day (steps)."""
+    minutes = np.arange(counts.size)
+    calls = tl.twinx()
+    calls.bar(minutes / 60.0, counts, width=1 / 60.0, color="lightgray", label="calls per minute")
+    calls.set_ylabel("calls per minute")
+    tl.set_zorder(calls.get_zorder() + 1)
+    tl.patch.set_visible(False)
+    for offset, (name, changes) in enumerate(timelines.items()):
+        times = [0.0] + [t for t, _ in changes] + [end]
+        values = [0] + [v for _, v in changes]
+        values.append(values[-1])
+        lift = offset * 0.06  # keep overlapping lines apart
+        tl.step(
+            np.array(times) / 3600.0,
+            np.array(values) + lift,
+            where="post",
+            color=COLORS.get(family(name), "black"),
+            label=name,
+        )
+    tl.set_xlabel("hour of the day")
+    tl.set_ylabel("replicas (lines lifted apart slightly)")
+    tl.set_title(f"function {function_key[:12] if function_key else ''}...: replicas under each policy")
+    tl.legend(loc="upper left", fontsize="small")

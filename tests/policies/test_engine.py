@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+import math
+
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.engine import ZERO_GRACE, FunctionState, decide
+from policies.engine import ZERO_GRACE, FunctionState, KeepAlivePolicy, decide, next_change
 from policies.model import NO_DATA, KeepAlive, Load, Reason, ScaleType, ScalingSpec
 
 ZERO = ScalingSpec(zero=True, zero_duration=60.0)
@@ -153,6 +156,9 @@ class FixedWindows:
     def windows(self, *, now: float) -> tuple[float, float]:
         return self.prewarm, self.keep
 
+    def next_change(self, *, now: float) -> float | None:
+        return None
+
 
 class TestLearnedKeepAlive:
     spec = ScalingSpec(zero=True, zero_duration=600.0, keepalive=KeepAlive.ADAPTIVE)
@@ -246,3 +252,88 @@ def test_any_sequence_of_loads_keeps_replicas_within_bounds(
         decision = decide(spec=spec, load=load, current=current, state=state, now=step * 2.0)
         assert lo <= decision.desired <= lo + span
         current = decision.desired
+
+
+class TestNextChange:
+    """`next_change` names the timers `decide` runs on, so a replay may skip the decisions between."""
+
+    @staticmethod
+    def after(
+        spec: ScalingSpec,
+        steps: list[tuple[float, Load]],
+        *,
+        current: int = 1,
+        model: KeepAlivePolicy | None = None,
+    ) -> FunctionState:
+        state = FunctionState(keepalive=model)
+        for now, load in steps:
+            decide(spec=spec, load=load, current=current, state=state, now=now)
+        return state
+
+    @pytest.mark.parametrize(
+        ("spec", "steps", "current", "want"),
+        [
+            (ScalingSpec(), [(0.0, rps(10))], 1, None),  # no zero, no knob: only new inputs change it
+            (ZERO, [(0.0, rps(0, started=1))], 1, ZERO_GRACE),  # the grace after the first sight
+            (ZERO, [(0.0, rps(0, started=1)), (40.0, rps(0, started=1))], 1, 60.0),  # zero-duration
+            (ScalingSpec(zero=True, zero_duration=20.0), [(0.0, rps(0, started=1))], 1, 20.0),
+            (ScalingSpec(down_window=60.0), [(0.0, rps(400)), (2.0, rps(10))], 9, 2.0),  # every decision
+            (ScalingSpec(scale_down_delay=60.0), [(0.0, rps(10)), (10.0, rps(10))], 9, 60.0),
+            (ScalingSpec(burst_threshold=2.0), [(0.0, rps(400))], 1, 0.0),  # a trigger renews itself
+            (ScalingSpec(burst_threshold=2.0), [(0.0, rps(400)), (4.0, rps(10))], 1, 60.0),
+        ],
+    )
+    def test_it_names_the_next_timer(
+        self, spec: ScalingSpec, steps: list[tuple[float, Load]], current: int, want: float | None
+    ) -> None:
+        """Decisions at the steps' times, `current` replicas throughout; asked after the last one."""
+        state = self.after(spec, steps, current=current)
+        assert next_change(spec=spec, state=state, now=steps[-1][0]) == want
+
+    def test_it_names_the_learned_prewarm_and_the_end_of_the_window(self) -> None:
+        spec = TestLearnedKeepAlive.spec
+        model = FixedWindows(prewarm=300.0, keep=120.0)
+        state = self.after(spec, [(0.0, rps(0, started=1)), (40.0, rps(0, started=1))], model=model)
+        assert next_change(spec=spec, state=state, now=40.0) == 300.0
+        state = self.after(spec, [(0.0, rps(0, started=1)), (310.0, rps(0, started=1))], model=model)
+        assert next_change(spec=spec, state=state, now=310.0) == 420.0
+
+    def test_activity_that_goes_on_until_a_known_time_leaves_the_zero_timers_out(self) -> None:
+        state = self.after(ZERO, [(0.0, rps(0, started=1)), (2.0, rps(0, started=2))])
+        assert next_change(spec=ZERO, state=state, now=2.0) == 2.0 + ZERO_GRACE
+        assert next_change(spec=ZERO, state=state, now=2.0, active_until=100.0) is None
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        loads=st.lists(
+            st.tuples(st.sampled_from([0.0, 10.0, 100.0, 400.0]), st.booleans()), min_size=1, max_size=30
+        ),
+        delay=st.sampled_from([0.0, 20.0]),
+        burst=st.sampled_from([0.0, 2.0]),
+    )
+    def test_deciding_only_at_input_changes_and_named_times_decides_as_every_tick(
+        self, loads: list[tuple[float, bool]], delay: float, burst: float
+    ) -> None:
+        spec = ScalingSpec(zero=True, zero_duration=40.0, scale_down_delay=delay, burst_threshold=burst)
+        # Each input holds for 30 s (15 ticks); a True calls the function once at its start.
+
+        def inputs(tick: int) -> Load:
+            segment = min(tick // 15, len(loads) - 1)
+            started = sum(1 for value, call in loads[: segment + 1] if call)
+            return rps(loads[segment][0], started=float(started))
+
+        seen: dict[bool, list[tuple[float, int]]] = {True: [], False: []}
+        for keep_all, replicas in seen.items():
+            state, current, due = FunctionState(), 1, 0.0
+            for tick in range(15 * len(loads) + 60):
+                now = tick * 2.0
+                if not (keep_all or tick % 15 == 0 or now >= due):
+                    continue
+                desired = decide(spec=spec, load=inputs(tick), current=current, state=state, now=now).desired
+                when = next_change(spec=spec, state=state, now=now)
+                due = math.inf if when is None else max(math.ceil(when / 2.0 - 1e-9) * 2.0, now + 2.0)
+                if desired != current:
+                    replicas.append((now, desired))
+                    due = now + 2.0  # the replicas are an input too
+                current = desired
+        assert seen[True] == seen[False]

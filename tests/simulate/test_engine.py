@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from autoscaler.simulate.drivers import desired_replicas_array
 from autoscaler.simulate.policies import POLICY_NAMES, SimSettings, project_spec, simulate_function
 from autoscaler.simulate.trace import read_trace
-from policies.model import ScalingSpec
-from policies.replicas import desired_replicas
 from tests.simulate.support import write_trace
 
 MINUTES = 240  # four hours: long enough for every timer, short enough to run tick by tick
@@ -60,24 +54,6 @@ def test_the_busy_function_is_scaled_up_and_back_down_by_every_policy(tmp_path: 
         peak = max(replicas for _, replicas in result.changes)
         assert peak >= 2, name
         assert result.changes[-1][1] == 0, name  # idle at the end of the four hours
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    loads=st.lists(st.floats(min_value=0, max_value=5000, allow_nan=False), min_size=1, max_size=20),
-    target=st.floats(min_value=0.5, max_value=200),
-    proportion=st.floats(min_value=0.1, max_value=1.0),
-    minimum=st.integers(min_value=0, max_value=3),
-    maximum=st.integers(min_value=3, max_value=30),
-)
-def test_the_vectorised_replica_formula_agrees_with_the_policy(
-    loads: list[float], target: float, proportion: float, minimum: int, maximum: int
-) -> None:
-    spec = ScalingSpec(
-        min_replicas=minimum, max_replicas=maximum, target=target, target_proportion=proportion
-    )
-    vector = desired_replicas_array(spec, np.array(loads))
-    assert vector.tolist() == [desired_replicas(spec=spec, load=load) for load in loads]
 
 
 def test_the_project_policies_are_built_from_labels_like_the_loop_builds_them() -> None:

@@ -1,0 +1,123 @@
+"""On real trace functions, the event-driven replay decides exactly as a loop deciding every tick.
+
+The driver skips the ticks at which nothing can change: those between input changes, up to the time
+`policies.engine.next_change` names. These tests replay functions of the Azure 2019 traces in
+`/work/shared/traces` (chosen by how often they are called, from once a day to every minute) through
+the project's engine with each behaviour knob, event-driven and tick by tick, and compare every
+change of replicas.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoscaler.simulate.drivers import DecideDriver
+from autoscaler.simulate.engine import Outcome, run
+from autoscaler.simulate.trace import TraceFunction, read_trace, spread_arrivals
+from autoscaler.simulate.views import prometheus_view
+from autoscaler.spec import (
+    ACTIVATION_SCALE,
+    ACTIVATION_THRESHOLD,
+    BURST_THRESHOLD,
+    BURST_WINDOW,
+    DOWN_WINDOW,
+    KEEPALIVE,
+    SCALE_DOWN_DELAY,
+    SCALE_DOWN_RATE,
+    SCALE_UP_RATE,
+    TARGET,
+    ZERO,
+    ZERO_DURATION,
+    parse_labels,
+)
+from policies.adaptive import HybridHistogram
+from policies.model import KeepAlive
+
+TRACES = Path("/work/shared/traces")
+HOURS = 6.0  # a quarter of the day: every timer fires many times, and the tick-by-tick replay is quick
+
+ZERO_10M = {ZERO: "true", ZERO_DURATION: "10m"}
+LOW_TARGET = {TARGET: "5"}  # so that the traces' rates need several replicas and the knobs matter
+LABELS: dict[str, dict[str, str]] = {
+    "fixed-10m": ZERO_10M,
+    "adaptive": {**ZERO_10M, KEEPALIVE: "adaptive"},
+    "down-window": {**ZERO_10M, **LOW_TARGET, DOWN_WINDOW: "90s"},
+    "scale-down-delay": {**ZERO_10M, **LOW_TARGET, SCALE_DOWN_DELAY: "2m"},
+    "burst": {**ZERO_10M, **LOW_TARGET, BURST_THRESHOLD: "120", BURST_WINDOW: "5m"},
+    "activation-threshold": {ZERO: "true", ZERO_DURATION: "1m", **LOW_TARGET, ACTIVATION_THRESHOLD: "0.5"},
+    "rates": {**ZERO_10M, **LOW_TARGET, SCALE_UP_RATE: "2", SCALE_DOWN_RATE: "2", ACTIVATION_SCALE: "2"},
+    "all-knobs": {
+        ZERO: "true",
+        ZERO_DURATION: "2m",
+        KEEPALIVE: "adaptive",
+        **LOW_TARGET,
+        SCALE_DOWN_DELAY: "45s",
+        BURST_THRESHOLD: "150",
+        ACTIVATION_THRESHOLD: "0.2",
+        SCALE_DOWN_RATE: "3",
+    },
+}
+
+
+@cache
+def functions() -> list[TraceFunction]:
+    """Ten functions of the 1,000-function day, from the rarely to the always called, and the
+    busiest of the ten-function day."""
+    if not (TRACES / "azure2019-1000").is_dir():
+        pytest.skip("the shared traces are not on this machine")
+    day = read_trace(TRACES / "azure2019-1000").functions
+    minutes = np.array([int((fn.counts[: int(HOURS * 60)] > 0).sum()) for fn in day])
+    order = np.argsort(minutes, kind="stable")
+    called = order[minutes[order] > 0]
+    picks = [day[int(called[round(q * (called.size - 1))])] for q in np.linspace(0, 1, 10)]
+    busiest = max(read_trace(TRACES / "azure2019-10").functions, key=lambda fn: int(fn.counts.sum()))
+    return [*picks, busiest]
+
+
+def replay(fn: TraceFunction, labels: dict[str, str], *, every_tick: bool) -> Outcome:
+    spec = parse_labels(labels)
+    end = HOURS * 3600.0
+    arrivals = spread_arrivals(fn.counts, seed=0, key=fn.key)
+    arrivals = arrivals[arrivals < end]
+    view = prometheus_view(arrivals, duration=fn.duration, end=end, scrape_interval=15.0, rate_window=60.0)
+    keepalive = None
+    if spec.keepalive is KeepAlive.ADAPTIVE:
+        keepalive = HybridHistogram(fixed_keepalive=spec.zero_duration)
+    driver = DecideDriver(spec=spec, view=view, tick=2.0, keepalive=keepalive)
+    return run(
+        driver,
+        arrivals=arrivals,
+        end=end,
+        cold_start=2.0,
+        wake_replicas=spec.wake_replicas,
+        every_tick=every_tick,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(LABELS))
+def test_the_event_driven_replay_of_real_functions_matches_a_tick_by_tick_replay(name: str) -> None:
+    labels, skipped = LABELS[name], 0
+    for fn in functions():
+        fast = replay(fn, labels, every_tick=False)
+        slow = replay(fn, labels, every_tick=True)
+        assert fast.changes == slow.changes, (name, fn.key)
+        assert fast.pods == slow.pods, (name, fn.key)
+        skipped += slow.evaluations - fast.evaluations
+    assert skipped > 0
+
+
+@pytest.mark.slow
+def test_the_knobs_change_what_the_replay_does() -> None:
+    """The equivalence above is not vacuous: on these functions every knob changes some replicas."""
+    base = {**ZERO_10M, **LOW_TARGET}
+    for name in ("down-window", "scale-down-delay", "burst", "activation-threshold", "rates"):
+        differs = any(
+            replay(fn, LABELS[name], every_tick=False).changes != replay(fn, base, every_tick=False).changes
+            for fn in functions()
+        )
+        assert differs, name
