@@ -187,6 +187,12 @@ class ProxySettings(_Base):
         description="bytes of request line plus headers at most (Envoy 60 KiB, nginx 32 KB); 431 and "
         "closed above",
     )
+    body_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="seconds between two pieces of a request body (nginx client_body_timeout); then the "
+        "client is cut and what it sent of the body freed",
+    )
     send_timeout: float = Field(
         default=60.0,
         gt=0,

@@ -10,6 +10,8 @@ have:
   of opening, or of its first byte after a response (408 if it sent part of one, then closed);
 - a keep-alive timeout: an idle connection between requests closes after `keepalive_timeout`;
 - a cap on the whole head (request line plus headers): 431 and closed above `max_head_size`;
+- a body timeout: a request body must keep coming, a piece at least every `body_timeout` seconds
+  (unless the proxy itself stopped reading), or the client is cut and its buffered bytes freed;
 - a send timeout: a response whose bytes the client has not taken for `send_timeout` seconds cuts
   the client, so the relay stops and drops the function's connection instead of waiting for ever;
 - at the descriptor limit (EMFILE), the oldest idle client connections are closed to make room, and
@@ -75,11 +77,12 @@ class ClientLimits:
     keepalive_timeout: float
     max_head_size: int
     send_timeout: float
+    body_timeout: float
 
     @property
     def resolution(self) -> float:
         """Seconds between sweeps: a quarter of the shortest timeout, at most one second."""
-        return min(1.0, self.header_timeout / 4, self.send_timeout / 4)
+        return min(1.0, self.header_timeout / 4, self.send_timeout / 4, self.body_timeout / 4)
 
 
 def _answer(status: int, reason: str, text: str) -> bytes:
@@ -94,7 +97,9 @@ def _answer(status: int, reason: str, text: str) -> bytes:
 class ClientConnection(RequestHandler):
     """aiohttp's server protocol plus the head's clock and size, and the time writing stalled."""
 
-    __slots__ = ("_discarding", "_head_bytes", "_head_since", "_limits", "_payload", "_stalled_since")
+    __slots__ = (
+        "_body_at", "_discarding", "_head_bytes", "_head_since", "_limits", "_payload", "_stalled_since",
+    )  # fmt: skip
 
     def __init__(self, manager: ClientServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -104,6 +109,7 @@ class ClientConnection(RequestHandler):
         self._payload: StreamReader | None = None  # the body of the last request parsed
         self._stalled_since: float | None = None  # loop time writing paused (the client reads nothing)
         self._discarding = False  # refused: what still comes is dropped until the close
+        self._body_at = 0.0  # loop time the last piece of the current request's body came
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -115,6 +121,7 @@ class ClientConnection(RequestHandler):
         if self._head_since is None:
             payload = self._payload
             if self._upgraded or (payload is not None and not payload.is_eof()):
+                self._body_at = self._loop.time()
                 super().data_received(data)  # the body of the current request
                 return
             self._head_since = self._loop.time()
@@ -142,6 +149,7 @@ class ClientConnection(RequestHandler):
         self._head_since = None
         if self._messages:
             self._payload = self._messages[-1][1]
+            self._body_at = self._loop.time()
 
     def log_exception(self, *args: Any, **kwargs: Any) -> None:
         if isinstance(kwargs.get("exc_info"), HttpProcessingError):
@@ -177,6 +185,17 @@ class ClientConnection(RequestHandler):
             log.debug("client %s read nothing for %g s: closed", self._peer(), limits.send_timeout)
             if self.transport is not None:
                 self.transport.abort()  # its buffer will never drain: do not wait for it
+            return
+        payload = self._payload
+        if (
+            payload is not None
+            and now - self._body_at >= limits.body_timeout
+            and not payload.is_eof()
+            and not (self._reading_paused or self._buffer_paused)  # not the proxy's own back-pressure
+            and not self._upgraded
+        ):
+            log.debug("client %s sent no body for %g s: closed", self._peer(), limits.body_timeout)
+            self.force_close()
             return
         head = self._head_since
         if head is not None and now - head >= limits.header_timeout and self.idle:
@@ -310,10 +329,13 @@ class Listener(socket.socket):
 
 
 def listen(server: ClientServer, host: str, port: int) -> Listener:
-    """A bound listening socket for `server` (the site calls listen() with its backlog)."""
-    family, _, _, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    """A bound listening socket for `server` (the site calls listen() with its backlog).
+
+    A name with several addresses (`localhost`: ::1 and 127.0.0.1) binds its IPv4 one; `::` binds
+    both families (Linux's dual-stack default).
+    """
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = min(infos, key=lambda info: info[0] != socket.AF_INET)
     sock = Listener(family, server)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

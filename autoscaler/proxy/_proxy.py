@@ -150,6 +150,7 @@ class Proxy:
                 keepalive_timeout=settings.keepalive_timeout,
                 max_head_size=settings.max_head_size,
                 send_timeout=settings.send_timeout,
+                body_timeout=settings.body_timeout,
             ),
             request_factory=self._make_request,
             handler_cancellation=True,

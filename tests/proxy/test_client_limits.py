@@ -162,13 +162,13 @@ async def test_a_client_that_never_reads_a_large_response_is_cut_and_frees_the_f
 def test_each_client_limit_is_a_setting_with_an_edge_proxys_default_and_an_environment_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    names = ("header_timeout", "keepalive_timeout", "max_head_size", "send_timeout")
+    names = ("header_timeout", "keepalive_timeout", "max_head_size", "body_timeout", "send_timeout")
     defaults = ProxySettings()
-    assert [getattr(defaults, name) for name in names] == [10.0, 75.0, 65536, 60.0]
-    for name, value in zip(names, ("3", "20", "16384", "9"), strict=True):
+    assert [getattr(defaults, name) for name in names] == [10.0, 75.0, 65536, 60.0, 60.0]
+    for name, value in zip(names, ("3", "20", "16384", "30", "9"), strict=True):
         monkeypatch.setenv(f"AUTOSCALER_{name.upper()}", value)  # flags come from the same fields
     settings = build(ProxySettings, {})
-    assert [getattr(settings, name) for name in names] == [3.0, 20.0, 16384, 9.0]
+    assert [getattr(settings, name) for name in names] == [3.0, 20.0, 16384, 30.0, 9.0]
 
 
 async def test_a_malformed_request_gets_400_and_leaves_no_traceback_in_the_log(

@@ -121,3 +121,20 @@ async def test_a_single_body_over_max_body_is_413_at_once_whatever_the_buffers_h
     data = await answer(reader)
     assert data.startswith(b"HTTP/1.1 413 ")
     writer.close()
+
+
+async def test_a_body_that_stops_coming_is_cut_at_the_body_timeout_and_its_bytes_are_freed(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    await provider.add("echo")
+    proxy = await make_proxy(max_body=1000, max_buffered=1000, body_timeout=0.5)
+    reader, writer = await post_head(proxy.port, "/function/echo/", "Content-Length: 1000")
+    writer.write(b"x" * 100)  # and nothing more
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    async with asyncio.timeout(3):
+        assert await reader.read() == b""
+    assert loop.time() - start < 2.5
+    writer.close()
+    async with client.post(base(proxy) + "/function/echo/", data=b"y" * 1000) as response:
+        assert response.status == 200  # the 1000 bytes taken for the cut body were given back
