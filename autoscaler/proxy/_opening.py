@@ -65,7 +65,7 @@ class Opener:
     ) -> tuple[Connection, str | None]:
         """The upstream request with the endpoint whose slot it holds (when limited); UpstreamError."""
         ref = state.ref
-        headers = request_headers(request)
+        headers = request_headers(request, trusted=self._settings.provider_url is not None)  # gateway
         loop = asyncio.get_running_loop()
         waits = 0
         while True:

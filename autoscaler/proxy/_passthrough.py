@@ -33,8 +33,8 @@ async def pass_through(
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = StreamBody(read=request.content.readany, length=request.content_length)
         upstream = await forwarder.open(
-            method=request.method, endpoint=origin, path=base + target, headers=request_headers(request),
-            body=body, key="provider", what=what,
+            method=request.method, endpoint=origin, path=base + target,
+            headers=request_headers(request, trusted=True), body=body, key="provider", what=what,
         )  # fmt: skip
         return await forwarder.relay(request, upstream, key="provider", what=what)
     except UpstreamError as e:
