@@ -89,6 +89,20 @@ async def test_a_forged_forwarded_host_and_proto_are_replaced_by_what_the_proxy_
     assert seen(result, "X-Forwarded-Proto") == ["http"]
 
 
+async def test_behind_a_gateway_its_forwarded_host_and_proto_reach_the_function_unchanged(
+    provider: FakeProvider, make_proxy: MakeProxy
+) -> None:
+    await provider.add("echo")
+    proxy = await make_proxy(provider_url="http://127.0.0.1:9")  # --provider-url: the client is the gateway
+    result = await echoed(proxy, b"X-Forwarded-Host: public.example\r\nX-Forwarded-Proto: https\r\n")
+    assert seen(result, "X-Forwarded-Host") == ["public.example"]
+    assert seen(result, "X-Forwarded-Proto") == ["https"]
+    assert seen(result, "X-Forwarded-For") == ["127.0.0.1"]
+    plain = await echoed(proxy, b"")  # what the gateway did not say, the proxy adds
+    assert seen(plain, "X-Forwarded-Host") == ["functions.example.com"]
+    assert seen(plain, "X-Forwarded-Proto") == ["http"]
+
+
 @pytest.mark.parametrize("target", [b"/function/echo/", b"functions.example.com:443"])
 async def test_connect_is_refused_with_405_and_never_reaches_the_function(
     provider: FakeProvider, make_proxy: MakeProxy, target: bytes
