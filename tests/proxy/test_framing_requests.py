@@ -120,14 +120,22 @@ async def test_connect_is_refused_with_405_and_never_reaches_the_function(
     assert replica(provider, ref).received == []
 
 
+@pytest.mark.parametrize(
+    ("request_line", "says"),
+    [
+        (b"GET /function/echo/ HTTP/0.9", b"HTTP/0.9 requests are not supported"),
+        (b"GET /function/echo/", b""),  # no version at all: aiohttp's parser refuses it (400) itself
+    ],
+    ids=["version-0.9", "no-version"],
+)
 async def test_an_http_0_9_request_is_refused_with_400_and_never_reaches_the_function(
-    provider: FakeProvider, make_proxy: MakeProxy
+    provider: FakeProvider, make_proxy: MakeProxy, request_line: bytes, says: bytes
 ) -> None:
     ref = await provider.add("echo")
     proxy = await make_proxy()
-    status, body = await exchange(proxy, b"GET /function/echo/ HTTP/0.9\r\n\r\n")
+    status, body = await exchange(proxy, request_line + b"\r\n\r\n")
     assert b" 400 " in status
-    assert b"HTTP/0.9 requests are not supported" in body
+    assert says in body
     assert replica(provider, ref).received == []
 
 
