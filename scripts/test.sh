@@ -25,4 +25,8 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 echo "== ruff";          python3 -m ruff check autoscaler policies tests bench
 echo "== mypy --strict"; python3 -m mypy
 echo "== import layers"; lint-imports
-echo "== pytest";        python3 -m pytest -q "$@"
+# Two workers (the machine has 2 cores; most tests wait on real processes); a file's tests stay on one
+# worker, so a module-scoped Prometheus starts once. Bytecode is written (some environments turn that
+# off), so the many `python -m autoscaler` processes and each worker's collection compile once.
+unset PYTHONDONTWRITEBYTECODE
+echo "== pytest";        python3 -m pytest -q -n "${PYTEST_WORKERS:-2}" --dist loadscope "$@"

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from tests.support.prometheus import prometheus_factory  # noqa: F401 - fixture re-exported
+from tests.support.prometheus import module_prometheus_factory, prometheus_factory  # noqa: F401 - re-exported

@@ -10,9 +10,9 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from tests.support.apiserver import FakeApiServer
 from tests.support.exporter import GatewayExporter
@@ -20,6 +20,9 @@ from tests.support.prometheus import PrometheusFactory
 
 LABELS = {"faas_function": "shout", "com.openfaas.scale.type": "capacity", "com.openfaas.scale.target": "5"}
 CAPACITY_5 = {"com.openfaas.scale.type": "capacity", "com.openfaas.scale.target": "5"}
+
+# Every test only reads the cluster and Prometheus: they share one of each (and one event loop).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 async def explain(*args: str) -> tuple[int, str, str]:
@@ -32,8 +35,10 @@ async def explain(*args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-@pytest.fixture
-async def live(prometheus_factory: PrometheusFactory, tmp_path: Path) -> AsyncIterator[list[str]]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def live(
+    module_prometheus_factory: PrometheusFactory, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[list[str]]:
     async with FakeApiServer() as api:
         api.add_deployment("shout", labels=LABELS, replicas=2)
         api.add_deployment("broken", labels={"faas_function": "broken", "com.openfaas.scale.max": "many"})
@@ -41,11 +46,11 @@ async def live(prometheus_factory: PrometheusFactory, tmp_path: Path) -> AsyncIt
         api.add_faas_netes_function("figlet", labels=CAPACITY_5, replicas=2)
         api.update_deployment("figlet", labels={"com.openfaas.scale.target": "50", "team": "fonts"})
         api.add_crd_function("nodeinfo", labels={**CAPACITY_5, "com.openfaas.scale.max": "3"}, replicas=2)
-        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        kubeconfig = api.write_kubeconfig(tmp_path_factory.mktemp("explain") / "kubeconfig")
         with GatewayExporter() as exporter:
             for name in ("shout", "figlet", "nodeinfo"):
                 exporter.set_function(f"{name}.openfaas-fn", rps=3.0, inflight=15)
-            prometheus = prometheus_factory.start(targets=[exporter.target], scrape_interval=0.5)
+            prometheus = module_prometheus_factory.start(targets=[exporter.target], scrape_interval=0.5)
             await prometheus.wait_for_series(
                 "sum by (function_name) (gateway_function_invocation_inflight)",
                 lambda series: all(

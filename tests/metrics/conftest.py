@@ -52,9 +52,9 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(request: pytest.FixtureRequest) -> Iterator[Live]:
+def live(module_prometheus_factory: PrometheusFactory) -> Iterator[Live]:  # noqa: F811
     """Exporter with known load scraped every second by a real Prometheus, rates settled."""
-    factory: PrometheusFactory = request.getfixturevalue("module_prometheus_factory")
+    factory = module_prometheus_factory
     with GatewayExporter() as exporter:
         exporter.set_function(ECHO, rps=10.0, inflight=3, cpu=0.25)
         exporter.set_function(IDLE, rps=0.0, inflight=0, cpu=0.0)

@@ -4,6 +4,10 @@ The tests start real Prometheus and nats-server processes the same way: find the
 environment variable first, then PATH, then where Debian installs it), fail under CI and skip
 elsewhere when it is missing, write its output to a log whose tail explains any failure, wait for an
 HTTP readiness path, and stop it (SIGTERM, then SIGKILL) or kill it as a crash would.
+
+A test that starts one must carry the server's marker (`prometheus`, `nats`), so `-m "not nats"` really
+leaves the binary out: tests/conftest.py adds it to every test using the servers' fixtures and records
+the running test in `running`, and `start` fails a test that starts a server without it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+running: pytest.Item | None = None  # the test being set up, run or torn down (set by tests/conftest.py)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -51,8 +57,18 @@ class ChildServer:
     """The process, its log, readiness and shutdown; subclasses spawn it."""
 
     name = "server"
+    marker = ""  # the pytest marker every test starting this server carries
     process: subprocess.Popen[bytes] | None
     log_path: Path
+
+    def check_marked(self) -> None:
+        """Fail the running test if it lacks this server's marker (outside pytest, do nothing)."""
+        item = running
+        if self.marker and item is not None and item.get_closest_marker(self.marker) is None:
+            raise AssertionError(
+                f"{item.nodeid} starts {self.name} without the `{self.marker}` marker: mark it, or use the "
+                f"fixture tests/conftest.py marks automatically"
+            )
 
     def wait_http(self, url: str, *, timeout: float, poll: float) -> None:
         """Until `url` answers 200; RuntimeError with the log's tail if the process exits or is late."""

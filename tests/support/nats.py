@@ -44,6 +44,7 @@ class NatsServer(ChildServer):
     """One nats-server process with JetStream (file storage in `data_dir/store`)."""
 
     name = "nats-server"
+    marker = "nats"
 
     def __init__(self, *, data_dir: Path, binary: str, max_payload: int = MAX_PAYLOAD) -> None:
         self.data_dir = data_dir
@@ -60,6 +61,7 @@ class NatsServer(ChildServer):
 
     def start(self, *, timeout: float = 20.0) -> NatsServer:
         """Start (on the same ports after a stop, so clients reconnect) and wait until JetStream is up."""
+        self.check_marked()
         for attempt in range(2):
             try:
                 self._spawn(fresh_ports=self.port == 0 or attempt == 1)

@@ -59,6 +59,7 @@ class PrometheusServer(ChildServer):
     """One Prometheus process scraping `targets` (`host:port` strings) every `scrape_interval` seconds."""
 
     name = "prometheus"
+    marker = "prometheus"
 
     def __init__(
         self,
@@ -102,6 +103,7 @@ class PrometheusServer(ChildServer):
 
     def start(self, *, timeout: float = 30.0) -> PrometheusServer:
         """Start the process and wait for `/-/ready`; a port lost to a race is retried once."""
+        self.check_marked()
         for attempt in range(2):
             try:
                 self._spawn()

@@ -1,0 +1,74 @@
+"""Markers that follow from what a test uses, so they cannot drift from the tests they describe.
+
+- `prometheus`: the test starts a real Prometheus (it uses a fixture of `PROMETHEUS_FIXTURES`, directly
+  or through another fixture); `nats`: it starts a real nats-server (`NATS_FIXTURES`). Added here at
+  collection; a test that starts a server some other way must carry the marker by hand, and
+  `ChildServer.check_marked` (tests/support/child.py) fails it when it does not.
+- `slow`: the test takes more than about `SLOW_SECONDS` (set-up, call and tear-down). Every test
+  starting a Prometheus is slow (start-up, then a full rate window of scrapes before anything can be
+  asserted); other slow tests are marked by hand. At the end of a run, the terminal summary names the
+  tests that took longer than `SLOW_SECONDS` without the marker.
+
+`pytest -m "not slow"` is the fast subset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterable
+
+import pytest
+
+from tests.support import child
+
+PROMETHEUS_FIXTURES = frozenset({"prometheus_factory", "module_prometheus_factory"})
+NATS_FIXTURES = frozenset({"nats_server"})
+SLOW_SECONDS = 3.0
+
+
+def markers_for(fixturenames: Iterable[str]) -> list[str]:
+    """The markers a test using these fixtures (the transitive closure pytest computes) must carry."""
+    used = set(fixturenames)
+    markers = []
+    if used & PROMETHEUS_FIXTURES:
+        markers += ["prometheus", "slow"]
+    if used & NATS_FIXTURES:
+        markers.append("nats")
+    return markers
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in markers_for(getattr(item, "fixturenames", ())):
+            if item.get_closest_marker(name) is None:
+                item.add_marker(name)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    child.running = item
+    try:
+        return (yield)
+    finally:
+        child.running = None
+
+
+_durations: dict[str, float] = {}
+_unmarked: set[str] = set()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+    if "slow" not in report.keywords:
+        _unmarked.add(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    late = sorted(
+        ((seconds, nodeid) for nodeid, seconds in _durations.items()
+         if nodeid in _unmarked and seconds > SLOW_SECONDS),
+        reverse=True,
+    )  # fmt: skip
+    if late:
+        terminalreporter.section(f"tests over {SLOW_SECONDS:g}s without the slow marker")
+        for seconds, nodeid in late:
+            terminalreporter.line(f"{seconds:6.2f}s {nodeid}")
