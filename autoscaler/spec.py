@@ -307,6 +307,35 @@ def unsupported(spec: ScalingSpec) -> str | None:
     return f"{what}: replicas are not scaled by load; {zero}"
 
 
+def knob_notes(spec: ScalingSpec) -> list[str]:
+    """One sentence per behaviour knob that is not at its default, for `autoscaler explain`."""
+    notes: list[str] = []
+    if spec.scale_down_delay > 0:
+        notes.append(
+            f"{SCALE_DOWN_DELAY}={format_duration(spec.scale_down_delay)}: the replicas go down only once "
+            "a lower recommendation has held for the whole delay, then to the highest one it held; "
+            "each step down waits a whole delay again"
+        )
+    if spec.burst_threshold > 0:
+        notes.append(
+            f"{BURST_THRESHOLD}={spec.burst_threshold * 100:g}%: when one tick's {spec.type} figure needs "
+            f"{spec.burst_threshold * 100:g}% of the current replicas or more, burst mode scales up on it "
+            f"and scales nothing down (to zero neither) until {format_duration(spec.burst_window)} "
+            f"({BURST_WINDOW}) have passed without another such tick"
+        )
+    if spec.activation_threshold > 0:
+        notes.append(
+            f"{ACTIVATION_THRESHOLD}={spec.activation_threshold:g}: "
+            + (
+                f"the loop leaves the function at zero while its {spec.type} figure is at most "
+                f"{spec.activation_threshold:g} (a request still wakes it through the proxy)"
+                if spec.zero
+                else f"has no effect without {ZERO}=true (only a function the loop sends to zero waits)"
+            )
+        )
+    return notes
+
+
 # -- the proxy's concurrency limit ---------------------------------------------------------------
 
 MAX_INFLIGHT = PROJECT_PREFIX + "max-inflight"
