@@ -10,17 +10,20 @@ Against a real Prometheus scraping a gateway-shaped exporter.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+
 import pytest
 
 from autoscaler.metrics import PrometheusReader
-from tests.metrics.conftest import RATE_WINDOW, Live
+from tests.metrics.conftest import Live
 from tests.support.exporter import GatewayExporter
 from tests.support.prometheus import PrometheusFactory
 
-pytestmark = pytest.mark.prometheus
-
 NEVER = "never.openfaas-fn"  # deployed, never called: only gateway_service_count
 CE_ONLY = "ce.openfaas-fn"  # called through a CE gateway: counters, no in-flight gauge
+NAN = "nan.openfaas-fn"  # in-flight gauge is NaN
+WINDOW = "2s"  # four scrapes: enough for rate(), and settled sooner than the readers' usual 5s
 SERVICE = "max by (function_name) (gateway_service_count)"
 
 
@@ -28,18 +31,22 @@ async def start(factory: PrometheusFactory, exporter: GatewayExporter) -> Live:
     exporter.deploy(NEVER)
     exporter.set_function(CE_ONLY, rps=2.0, inflight=None)
     prometheus = factory.start(targets=[exporter.target], scrape_interval=0.5)
-    await prometheus.wait_for_rates({CE_ONLY: 2.0}, window=RATE_WINDOW, tolerance=0.2)
+    await prometheus.wait_for_rates({CE_ONLY: 2.0}, window=WINDOW, tolerance=0.2)
     await prometheus.wait_for_series(SERVICE, lambda found: NEVER in found)
     return Live(exporter=exporter, prometheus=prometheus)
 
 
-async def test_a_function_the_source_knows_but_never_saw_called_reads_as_zero_calls(
-    prometheus_factory: PrometheusFactory,
-) -> None:
+@pytest.fixture(scope="module")
+def shared(module_prometheus_factory: PrometheusFactory) -> Iterator[Live]:
+    """One exporter and Prometheus for the tests that only read (each test reads with its own settings)."""
     with GatewayExporter() as exporter:
-        live = await start(prometheus_factory, exporter)
-        async with PrometheusReader(settings=live.settings()) as reader:
-            snapshot = await reader.read()
+        exporter.set_function(NAN, rps=1.0, inflight=float("nan"))
+        yield asyncio.run(start(module_prometheus_factory, exporter))
+
+
+async def test_a_function_the_source_knows_but_never_saw_called_reads_as_zero_calls(shared: Live) -> None:
+    async with PrometheusReader(settings=shared.settings(rate_window=WINDOW)) as reader:
+        snapshot = await reader.read()
 
     never = snapshot.loads[NEVER]
     assert (never.rps, never.inflight, never.started_total) == (0.0, 0.0, 0.0)
@@ -51,11 +58,9 @@ async def test_a_function_the_source_knows_but_never_saw_called_reads_as_zero_ca
     assert ce.started_total > 0
 
 
-async def test_without_the_source_query_absence_stays_no_data(prometheus_factory: PrometheusFactory) -> None:
-    with GatewayExporter() as exporter:
-        live = await start(prometheus_factory, exporter)
-        async with PrometheusReader(settings=live.settings(query_source="")) as reader:
-            snapshot = await reader.read()
+async def test_without_the_source_query_absence_stays_no_data(shared: Live) -> None:
+    async with PrometheusReader(settings=shared.settings(rate_window=WINDOW, query_source="")) as reader:
+        snapshot = await reader.read()
 
     assert snapshot.queries == 5  # the pending query stays; only the source's proof is gone
     assert NEVER not in snapshot.loads
@@ -67,7 +72,7 @@ async def test_a_source_that_went_down_proves_nothing(prometheus_factory: Promet
         live = await start(prometheus_factory, exporter)
     # The exporter is stopped: Prometheus's next scrape fails and marks every series of it stale.
     await live.prometheus.wait_for_series(SERVICE, lambda found: not found, timeout=10)
-    async with PrometheusReader(settings=live.settings()) as reader:
+    async with PrometheusReader(settings=live.settings(rate_window=WINDOW)) as reader:
         snapshot = await reader.read()
 
     assert snapshot.error is None
@@ -77,16 +82,12 @@ async def test_a_source_that_went_down_proves_nothing(prometheus_factory: Promet
     assert ce is None or (ce.inflight, ce.started_total) == (None, None)
 
 
-async def test_a_failed_started_query_proves_nothing_and_nothing_reads_as_zero(
-    prometheus_factory: PrometheusFactory,
-) -> None:
+async def test_a_failed_started_query_proves_nothing_and_nothing_reads_as_zero(shared: Live) -> None:
     # The source's proof rides on the started query (`started or 0 * source`): when that query fails,
     # no absence is read as 0, and the figures that did come keep their values.
-    with GatewayExporter() as exporter:
-        live = await start(prometheus_factory, exporter)
-        broken = live.settings(query_started="sum by (function_name) (")
-        async with PrometheusReader(settings=broken) as reader:
-            snapshot = await reader.read()
+    broken = shared.settings(rate_window=WINDOW, query_started="sum by (function_name) (")
+    async with PrometheusReader(settings=broken) as reader:
+        snapshot = await reader.read()
 
     assert set(reader.last_errors) == {"started_total"}
     assert "--query-started or --query-source" in reader.last_errors["started_total"]
@@ -96,25 +97,20 @@ async def test_a_failed_started_query_proves_nothing_and_nothing_reads_as_zero(
     assert ce.rps == pytest.approx(2.0, rel=0.2)
 
 
-async def test_the_source_costs_no_query_of_its_own(prometheus_factory: PrometheusFactory) -> None:
-    with GatewayExporter() as exporter:
-        live = await start(prometheus_factory, exporter)
-        async with PrometheusReader(settings=live.settings()) as reader:
-            snapshot = await reader.read()
+async def test_the_source_costs_no_query_of_its_own(shared: Live) -> None:
+    async with PrometheusReader(settings=shared.settings(rate_window=WINDOW)) as reader:
+        snapshot = await reader.read()
 
     assert snapshot.queries == 5
     assert set(reader.queries) == {"rps", "inflight", "cpu", "started_total", "pending"}
     assert "gateway_service_count" in reader.queries["started_total"]
 
 
-async def test_a_stale_or_nan_series_is_bad_data_not_absence(prometheus_factory: PrometheusFactory) -> None:
-    with GatewayExporter() as exporter:
-        exporter.set_function("nan.openfaas-fn", rps=1.0, inflight=float("nan"))
-        live = await start(prometheus_factory, exporter)
-        async with PrometheusReader(settings=live.settings()) as reader:
-            snapshot = await reader.read()
+async def test_a_stale_or_nan_series_is_bad_data_not_absence(shared: Live) -> None:
+    async with PrometheusReader(settings=shared.settings(rate_window=WINDOW)) as reader:
+        snapshot = await reader.read()
 
-    assert snapshot.loads["nan.openfaas-fn"].inflight is None
+    assert snapshot.loads[NAN].inflight is None
 
 
 async def test_cpu_comes_from_the_kubelet_series_where_the_pro_series_is_missing(
@@ -124,10 +120,10 @@ async def test_cpu_comes_from_the_kubelet_series_where_the_pro_series_is_missing
         exporter.set_function("busy.openfaas-fn", rps=1.0, cpu=0.5)
         prometheus = prometheus_factory.start(targets=[exporter.target], scrape_interval=0.5)
         live = Live(exporter=exporter, prometheus=prometheus)
-        await prometheus.wait_for_rates({"busy.openfaas-fn": 1.0}, window=RATE_WINDOW, tolerance=0.2)
-        cpu = 'rate(container_cpu_usage_seconds_total{container="busy"}[' + RATE_WINDOW + "])"
+        await prometheus.wait_for_rates({"busy.openfaas-fn": 1.0}, window=WINDOW, tolerance=0.2)
+        cpu = 'rate(container_cpu_usage_seconds_total{container="busy"}[' + WINDOW + "])"
         await prometheus.wait_for_series(f"sum({cpu})", lambda found: sum(found.values()) >= 0.47)
-        async with PrometheusReader(settings=live.settings()) as reader:
+        async with PrometheusReader(settings=live.settings(rate_window=WINDOW)) as reader:
             snapshot = await reader.read()
 
     # 0.5 cores in the function's container; the pause container and the pod-level cgroup (which
