@@ -3,21 +3,27 @@
 Real parts: `autoscaler run` as a process, a real Prometheus and the wire-format API server. The first
 test feeds the loop a backlog of an exact size through the queue-worker's own metric families
 (`tests.queue.worker_exporter`) so that what the loop does with a given `pending` is visible on its
-own; the second runs the whole asynchronous path: a real nats-server with JetStream, `autoscaler proxy
---nats-url` accepting `/async-function/` calls, `autoscaler queue-worker` invoking them through the
-proxy, and Prometheus scraping both, so the backlog the loop scales on is the one JetStream holds.
-Knobs are short (scrape 0.5 s, tick 0.5 s, zero-duration 3 s) so each test takes seconds.
+own; the others run the whole asynchronous path (`AsyncStack`): a real nats-server with JetStream,
+`autoscaler proxy --nats-url` accepting `/async-function/` calls, `autoscaler queue-worker` invoking
+them through the proxy, a real callback receiver, and Prometheus scraping proxy and worker, so the
+backlog the loop scales on is the one JetStream holds. Knobs are short (scrape 0.5 s, tick 0.5 s,
+zero-duration 3 s) so each test takes seconds; the 10,000-call run takes about a minute.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.queue.worker_exporter import WorkerExporter
 from tests.support.apiserver import FakeApiServer
@@ -107,41 +113,83 @@ async def test_a_backlog_at_zero_wakes_the_function_to_its_share_and_it_sleeps_o
     assert replica_history(api, FN) == [0, 3, MAX, 1, 0]
 
 
-async def spawn_proxy(*, kubeconfig: Path, nats_url: str, log: Path) -> tuple[ServiceProcess, int, int]:
-    proxy = await ServiceProcess.spawn(
-        "proxy",
-        args=[
-            "proxy", "--kubeconfig", str(kubeconfig), "--namespaces", NAMESPACE,
-            "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--hold-timeout", "20",
-            "--shutdown-grace", "2", "--nats-url", nats_url,
-        ],
-        log=log,
-    )  # fmt: skip
-    found = await proxy.wait_for(r"proxy listening on 127\.0\.0\.1:(\d+) \(admin (\d+)\)", timeout=30)
-    return proxy, int(found.group(1)), int(found.group(2))
+@dataclass
+class Callbacks:
+    """A real HTTP server for X-Callback-Url: every delivery, keyed by X-Call-Id."""
+
+    received: dict[str, list[bytes]] = field(default_factory=dict)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/done"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.setdefault(request.headers.get("X-Call-Id", ""), []).append(await request.read())
+        return web.Response(status=202)
 
 
-async def spawn_worker(*, nats_url: str, proxy_url: str, admin_port: int, log: Path) -> ServiceProcess:
-    worker = await ServiceProcess.spawn(
-        "queue-worker",
-        args=[
-            "queue-worker", "--nats-url", nats_url, "--proxy-url", proxy_url,
-            "--admin-host", "127.0.0.1", "--admin-port", str(admin_port), "--discover-interval", "0.2",
-            "--max-inflight", "2", "--no-adaptive-concurrency", "--shutdown-grace", "2",
-        ],
-        log=log,
-    )  # fmt: skip
-    await worker.wait_for(r"queue-worker consuming .* \(admin port \d+\)", timeout=30)
-    return worker
+@dataclass
+class AsyncStack:
+    api: FakeApiServer
+    upstream: Upstream
+    controller: ServiceProcess
+    worker: ServiceProcess
+    callbacks: Callbacks
+    ids: dict[str, int]  # X-Call-Id -> the index of the call, as accepted
+
+    def invoked(self) -> set[str]:
+        return {dict(r.headers).get("X-Call-Id", "") for r in self.upstream.received}
+
+    def backlog_decisions(self) -> list[str]:
+        """Scale-ups to the maximum made on the backlog (the proxy's own wake-up asks for one replica)."""
+        ups = [m for r, m in scale_events(self.api) if r in ("Wake", "ScaleUp") and f"to {MAX} " in m]
+        return [m for m in ups if "queue load" in m]
 
 
-@pytest.mark.nats
-async def test_a_backlog_on_jetstream_scales_the_function_up_drains_and_the_function_sleeps(
+async def spawn(name: str, args: list[str], *, log: Path, ready: str) -> tuple[ServiceProcess, list[str]]:
+    process = await ServiceProcess.spawn(name, args=args, log=log)
+    try:
+        found = await process.wait_for(ready, timeout=30)
+    except BaseException:
+        await process.stop()
+        raise
+    return process, [str(group) for group in found.groups()]
+
+
+async def queue_calls(
+    session: aiohttp.ClientSession, *, port: int, calls: int, path: str, callback: str
+) -> dict[str, int]:
+    """POST `calls` asynchronous calls (64 at a time), each with its own body; X-Call-Id -> index."""
+    ids: dict[str, int] = {}
+
+    async def one(index: int) -> None:
+        url = f"http://127.0.0.1:{port}/async-function/{FN}{path}{'&' if '?' in path else '?'}i={index}"
+        headers = {"X-Callback-Url": callback}
+        async with session.post(url, data=f"call {index}".encode(), headers=headers) as response:
+            assert response.status == 202, await response.text()
+            ids[response.headers["X-Call-Id"]] = index
+
+    for first in range(0, calls, 1000):
+        await asyncio.gather(*(one(i) for i in range(first, min(calls, first + 1000))))
+    return ids
+
+
+@contextlib.asynccontextmanager
+async def async_stack(
+    *,
     prometheus_factory: PrometheusFactory,
-    nats_server: NatsServer,  # noqa: F811
+    nats_url: str,
     tmp_path: Path,
-) -> None:
-    calls = 40  # each takes 0.4 s at the function, two at a time: about eight seconds of backlog
+    calls: int,
+    max_inflight: int,
+    path: str = "/echo",
+) -> AsyncIterator[AsyncStack]:
+    """The function at zero, `calls` calls queued, the loop watching; then the worker is started.
+
+    The loop and Prometheus are up before the worker, so the loop sees the backlog from the worker's
+    first count. Every process must exit 0 on SIGTERM.
+    """
     async with FakeApiServer() as api, contextlib.AsyncExitStack() as cleanup:
         api.add_faas_netes_function(FN, labels=LABELS, replicas=0)
         upstream = Upstream(name=FN, port=free_port())
@@ -154,20 +202,33 @@ async def test_a_backlog_on_jetstream_scales_the_function_up_drains_and_the_func
         async def stop(process: ServiceProcess) -> None:
             assert await process.stop() == 0, process.tail()
 
-        proxy, port, proxy_admin = await spawn_proxy(
-            kubeconfig=kubeconfig, nats_url=nats_server.url, log=tmp_path / "proxy.log"
-        )
+        callbacks = Callbacks()
+        app = web.Application(client_max_size=4 * 1024 * 1024)
+        app.router.add_post("/done", callbacks.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        cleanup.push_async_callback(runner.cleanup)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        callbacks.port = int(runner.addresses[0][1])
+
+        proxy, (port, proxy_admin) = await spawn(
+            "proxy",
+            [
+                "proxy", "--kubeconfig", str(kubeconfig), "--namespaces", NAMESPACE,
+                "--host", "127.0.0.1", "--port", "0", "--admin-port", "0", "--hold-timeout", "20",
+                "--shutdown-grace", "2", "--nats-url", nats_url,
+            ],
+            log=tmp_path / "proxy.log",
+            ready=r"proxy listening on 127\.0\.0\.1:(\d+) \(admin (\d+)\)",
+        )  # fmt: skip
         cleanup.push_async_callback(stop, proxy)
-        session = await cleanup.enter_async_context(aiohttp.ClientSession())
-        ids: list[str] = []
-        for index in range(calls):
-            url = f"http://127.0.0.1:{port}/async-function/{FN}/slow?seconds=0.4&i={index}"
-            async with session.post(url, data=f"call {index}".encode()) as response:
-                assert response.status == 202, await response.text()
-                ids.append(response.headers["X-Call-Id"])
+        session = await cleanup.enter_async_context(
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        )
+        ids = await queue_calls(session, port=int(port), calls=calls, path=path, callback=callbacks.url)
+        assert len(ids) == calls, "every call has its own X-Call-Id"
         assert api.replicas(FN) == 0  # accepted and queued, nothing invoked yet
 
-        # The loop watches before the worker starts, so it sees the backlog from its first count.
         worker_admin = free_port()
         prometheus = prometheus_factory.start(
             targets=[f"127.0.0.1:{proxy_admin}", f"127.0.0.1:{worker_admin}"], scrape_interval=SCRAPE
@@ -180,28 +241,69 @@ async def test_a_backlog_on_jetstream_scales_the_function_up_drains_and_the_func
             rate_window="5s",
         )
         cleanup.push_async_callback(stop, controller)
-        worker = await spawn_worker(
-            nats_url=nats_server.url,
-            proxy_url=f"http://127.0.0.1:{port}",
-            admin_port=worker_admin,
+        worker, _ = await spawn(
+            "queue-worker",
+            [
+                "queue-worker", "--nats-url", nats_url, "--proxy-url", f"http://127.0.0.1:{port}",
+                "--admin-host", "127.0.0.1", "--admin-port", str(worker_admin),
+                "--discover-interval", "0.2", "--max-inflight", str(max_inflight), "--shutdown-grace", "2",
+            ],
             log=tmp_path / "worker.log",
-        )
+            ready=r"queue-worker consuming .* \(admin port \d+\)",
+        )  # fmt: skip
         cleanup.push_async_callback(stop, worker)
-
-        await replicas(api, MAX, within=15, log=controller)  # the backlog's share, held at the maximum
-        await until(
-            lambda: {dict(r.headers).get("X-Call-Id") for r in upstream.received} >= set(ids),
-            within=30,
-            what=lambda: f"every call invoked\n{worker.tail()}",
-        )
-        drained = time.monotonic()
-        at_zero = await replicas(api, 0, within=ZERO_AFTER + LAG + 10, log=controller)
-        assert at_zero - drained >= ZERO_AFTER - 2 * INTERVAL - SCRAPE
+        yield AsyncStack(api, upstream, controller, worker, callbacks, ids)
         pods.check()
 
-    history = replica_history(api, FN)
+
+async def drained_then_zero(stack: AsyncStack, *, calls: int, within: float) -> None:
+    """Every call invoked and called back once, then the function back at zero after its zero-duration."""
+    await until(
+        lambda: sum(len(v) for v in stack.callbacks.received.values()) >= calls,
+        within=within,
+        what=lambda: f"{calls} callbacks ({len(stack.callbacks.received)} so far)\n{stack.worker.tail()}",
+        poll=0.1,
+    )
+    drained = time.monotonic()
+    assert stack.invoked() >= set(stack.ids)
+    at_zero = await replicas(stack.api, 0, within=ZERO_AFTER + LAG + 10, log=stack.controller)
+    assert at_zero - drained >= ZERO_AFTER - 2 * INTERVAL - SCRAPE
+    # Exactly one callback per X-Call-Id, carrying the answer to that call's own body.
+    assert set(stack.callbacks.received) == set(stack.ids)
+    for call_id, bodies in stack.callbacks.received.items():
+        [body] = bodies
+        echo = json.loads(body)
+        assert echo["body_sha256"] == hashlib.sha256(f"call {stack.ids[call_id]}".encode()).hexdigest()
+    history = replica_history(stack.api, FN)
     assert (history[0], max(history), history[-1]) == (0, MAX, 0), history
-    # The maximum came from the loop reading the backlog (the proxy's own wake-up asks for one).
-    up = [m for reason, m in scale_events(api) if reason in ("Wake", "ScaleUp") and f"to {MAX} " in m]
-    assert up, scale_events(api)
-    assert "queue load" in up[0]
+    assert stack.backlog_decisions(), scale_events(stack.api)
+
+
+@pytest.mark.nats
+async def test_a_backlog_on_jetstream_scales_the_function_up_drains_and_the_function_sleeps(
+    prometheus_factory: PrometheusFactory,
+    nats_server: NatsServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    # Each call takes 0.4 s at the function, two at a time: about eight seconds of backlog.
+    async with async_stack(
+        prometheus_factory=prometheus_factory, nats_url=nats_server.url, tmp_path=tmp_path, calls=40,
+        max_inflight=2, path="/slow?seconds=0.4",
+    ) as stack:  # fmt: skip
+        await replicas(stack.api, MAX, within=15, log=stack.controller)  # the backlog's share: the maximum
+        await drained_then_zero(stack, calls=40, within=30)
+
+
+@pytest.mark.nats
+async def test_ten_thousand_calls_at_zero_are_each_invoked_and_called_back_once_and_the_function_sleeps_after(
+    prometheus_factory: PrometheusFactory,
+    nats_server: NatsServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    calls = 10_000
+    async with async_stack(
+        prometheus_factory=prometheus_factory, nats_url=nats_server.url, tmp_path=tmp_path, calls=calls,
+        max_inflight=5,
+    ) as stack:  # fmt: skip
+        await replicas(stack.api, MAX, within=20, log=stack.controller)  # the backlog's share: the maximum
+        await drained_then_zero(stack, calls=calls, within=240)
