@@ -32,20 +32,21 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 def screen(request: web.BaseRequest) -> web.Response | None:
     """A refusal for a request the proxy never forwards, or None (after a `100 Continue` if owed)."""
     if request.method == "CONNECT":
-        return error_response(
+        # Whatever follows a CONNECT head is tunnel data, not a next request: the connection closes.
+        response = error_response(
             405, "CONNECT is not supported: the proxy forwards function calls, it opens no tunnels",
             headers={"Allow": ALLOW},
         )  # fmt: skip
-    version = request.version
-    if version < HttpVersion10:
+    elif request.version < HttpVersion10:
         response = error_response(400, "HTTP/0.9 requests are not supported: send HTTP/1.0 or HTTP/1.1")
-        response.force_close()
-        return response
-    if request.body_exists and version >= HttpVersion11:
-        expect = request.headers.get("Expect")
-        if expect is not None and expect.lower() == "100-continue":
-            _continue(request)
-    return None
+    else:
+        if request.body_exists and request.version >= HttpVersion11:
+            expect = request.headers.get("Expect")
+            if expect is not None and expect.lower() == "100-continue":
+                _continue(request)
+        return None
+    response.force_close()
+    return response
 
 
 def _continue(request: web.BaseRequest) -> None:

@@ -112,7 +112,7 @@ async def test_connect_is_refused_with_405_and_never_reaches_the_function(
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     try:
         writer.write(b"CONNECT " + target + b" HTTP/1.1\r\nHost: functions.example.com:443\r\n\r\n")
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+        head = await asyncio.wait_for(reader.read(), timeout=5)  # and the proxy closes the connection
     finally:
         writer.close()
     assert head.startswith(b"HTTP/1.1 405 ")
