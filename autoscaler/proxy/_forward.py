@@ -2,8 +2,9 @@
 
 All functions share keep-alive connection pools (`_pool`, on the lean client of `_client`): opening
 a TCP connection per request would cost more than the proxying itself. Headers follow the
-reverse-proxy rules (RFC 9110 section 7.6.1: drop hop-by-hop headers and those named in
-`Connection`, add `X-Forwarded-*`); bodies are passed as bytes, never decompressed or re-encoded.
+reverse-proxy rules (RFC 9110 section 7.6.1: drop hop-by-hop headers and those named in any
+`Connection` line; extend `X-Forwarded-For`, set `X-Forwarded-Host` and `-Proto` from the connection
+unless the client is the gateway in front); bodies are passed as bytes, never decompressed or re-encoded.
 Small responses with a known length are read whole (one write downstream); anything larger or of
 unknown length is streamed chunk by chunk. The same forwarder carries requests passed through to the
 real provider (`what` names the upstream in errors: a function by default, or the provider).

@@ -16,7 +16,10 @@ connection, the server never accepted it. A request on a fresh connection whose 
 kernel has not acknowledged after `accept_check` seconds (TCP_INFO) was never received: the
 connection is reset and the request goes back to the head of the queue for another connection.
 
-A connection whose exchange ended cleanly goes back to its pool; any other is closed. Idle
+A connection whose exchange ended cleanly goes back to its pool; any other is closed. One handed
+straight to a waiting request is sent on before the event loop reads its socket again, so it is
+first checked for bytes past its last response (FIONREAD): those are nobody's answer, and the
+request takes another connection. Idle
 connections are closed after `idle_timeout` seconds (`--upstream-idle-timeout`, 15 s by default,
 aiohttp's keep-alive timeout) by one background sweep, which also forgets origins that have nothing
 left (endpoints come and go with replicas).
