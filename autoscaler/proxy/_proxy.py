@@ -42,6 +42,7 @@ from autoscaler.interfaces import FunctionRef, InvocationStats, Provider
 from autoscaler.proxy._admin import admin_app, error_response
 from autoscaler.proxy._bodies import BodyBudget, BodyRefused, read_body
 from autoscaler.proxy._downstream import ClientLimits, ClientServer, ProxyRequest, listen
+from autoscaler.proxy._eager import run_eagerly
 from autoscaler.proxy._forward import Forwarder, UpstreamError
 from autoscaler.proxy._hold import ColdStarts, FunctionState, HoldError
 from autoscaler.proxy._intake import screen
@@ -291,7 +292,7 @@ class Proxy:
             # start; the provider coalesces the writes (--mark-interval), and a mark still being
             # written covers the requests that start meanwhile. A wake-up marks the function itself.
             state.marking = True
-            self._background.spawn(self._mark(state, self._clock()), name=f"mark-active {ref.key}")
+            run_eagerly(self._mark(state, self._clock()), background=self._background, name=f"mark {ref.key}")
         status = CLIENT_CLOSED
         limit = None if MAX_INFLIGHT not in info.labels else concurrency_limit(state, info.labels)
         try:

@@ -153,12 +153,28 @@ async def test_ticks_fired_while_requests_are_held_or_inside_the_function_never_
     assert provider.scale_calls == [(ref, 1), (ref, 0)]
 
 
+class CoalescingMarks(FakeProvider):
+    """Writes a mark only when the last one is `interval` seconds old, as KubernetesProvider does."""
+
+    def __init__(self, *, interval: float, ready_delay: float) -> None:
+        super().__init__(ready_delay=ready_delay)
+        self.interval = interval
+        self._written: dict[str, float] = {}
+
+    async def mark_active(self, ref: FunctionRef, when: float) -> None:
+        if when < self._written.get(ref.key, float("-inf")) + self.interval:
+            return
+        self._written[ref.key] = when
+        await super().mark_active(ref, when)
+
+
 async def test_traffic_the_metrics_first_show_after_it_ended_still_gets_its_whole_zero_duration() -> None:
     # Prometheus scrapes a function's series only after the proxy served it (a 15 s scrape interval is
     # common): the loop's first sample of the started counter may come after the traffic, and the
-    # proxy refreshes its activity mark only every few seconds. The idle time must not include traffic.
+    # provider writes the proxy's activity marks only every few seconds. The idle time must not include
+    # traffic.
     clock = VirtualClock()
-    provider = FakeProvider(ready_delay=0.05)
+    provider = CoalescingMarks(interval=5.0, ready_delay=0.05)
     ref = await provider.add("late", warm=False, labels=LABELS)
     proxy = Proxy(
         settings=ProxySettings(host="127.0.0.1", port=0, admin_port=0), provider=provider, clock=clock

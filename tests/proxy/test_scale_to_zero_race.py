@@ -13,6 +13,7 @@ import asyncio
 
 import aiohttp
 
+from autoscaler.config import ProxySettings
 from autoscaler.interfaces import FunctionRef
 from autoscaler.proxy import Proxy
 from tests.proxy.conftest import MakeProxy, VirtualClock, base, wait_held
@@ -124,6 +125,43 @@ async def test_a_streamed_response_marks_its_function_once_not_per_chunk(
         assert (await response.read()).count(b"chunk-") == 50
     await asyncio.sleep(0.01)
     assert len(provider.mark_active_calls) == 1
+
+
+class SlowMarks(FakeProvider):
+    """A provider whose mark is an API write that takes as long as the test says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = asyncio.Event()
+        self.started = 0
+
+    async def mark_active(self, ref: FunctionRef, when: float) -> None:
+        self.started += 1
+        await self.writes.wait()
+        await super().mark_active(ref, when)
+
+
+async def test_a_mark_that_waits_for_its_write_finishes_in_the_background_and_covers_requests_meanwhile(
+    client: aiohttp.ClientSession,
+) -> None:
+    provider = SlowMarks()
+    await provider.add("warm", labels={"com.openfaas.scale.zero": "true"})
+    proxy = Proxy(settings=ProxySettings(host="127.0.0.1", port=0, admin_port=0), provider=provider)
+    await proxy.start()
+    try:
+        for _ in range(5):  # the first mark is still being written: no second one meanwhile
+            async with client.get(base(proxy) + "/function/warm/") as response:
+                assert response.status == 200
+        assert (provider.started, provider.mark_active_calls) == (1, [])
+        provider.writes.set()
+        await asyncio.sleep(0.01)
+        assert len(provider.mark_active_calls) == 1
+        async with client.get(base(proxy) + "/function/warm/") as response:
+            assert response.status == 200
+        assert (provider.started, len(provider.mark_active_calls)) == (2, 2)
+    finally:
+        await proxy.stop()
+        await provider.close()
 
 
 async def test_a_function_that_never_goes_to_zero_is_never_marked(
