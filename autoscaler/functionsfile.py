@@ -177,6 +177,32 @@ def _describe(err: Any) -> str:
     return f"field {'.'.join(loc) or 'file'}: {message}"
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, first: int, second: int) -> None:
+        super().__init__(key, first, second)
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps the
+    last one silently, so a second function of the same name would replace the first unseen."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` merges on purpose: its keys may be overridden
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            except TypeError:
+                continue  # an unhashable key: the constructor reports it as YAML's own error
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(path: str | Path) -> FunctionsFile:
     """Read and validate a functions file."""
     file = Path(path)
@@ -184,8 +210,18 @@ def load(path: str | Path) -> FunctionsFile:
         text = file.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read functions file {file}: {e.strerror or e}; check --functions") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{file}: not UTF-8 text (byte {e.start} is {e.object[e.start : e.start + 1]!r}); "
+            "save the functions file as UTF-8"
+        ) from e
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except _DuplicateKey as e:
+        raise ConfigError(
+            f"{file}: {e.key!r} is given twice in one mapping, at lines {e.first} and {e.second} (the "
+            "second would silently replace the first); give every function, label and variable its own name"
+        ) from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{file}: not valid YAML: {e}") from e
     return parse(data, source=str(file), base_dir=file.resolve().parent)

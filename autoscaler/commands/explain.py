@@ -16,9 +16,10 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from autoscaler.config import MetricsSettings, ProviderSettings, build
+from autoscaler.commands._flags import GoDuration, add_settings_flags, settings
+from autoscaler.config import MetricsSettings, ProviderSettings
 from autoscaler.errors import ConfigError, SpecError
-from autoscaler.spec import format_duration, parse_duration, parse_labels, unsupported
+from autoscaler.spec import format_duration, knob_notes, parse_labels, unsupported
 from policies.engine import FunctionState, decide
 from policies.model import Decision, Load, ScaleType, ScalingSpec
 
@@ -53,7 +54,8 @@ def explain_offline(
 
 
 _SOURCES = {"template": "pod template", "deployment": "Deployment", "both": "pod template and Deployment"}
-_SPECIAL = ("spec", "labels", "label_sources", "conflicts", "owner_spec")
+_SPECIAL = ("spec", "labels", "label_sources", "conflicts", "owner_spec", "behaviour")
+_DURATIONS = ("zero_duration", "down_window", "scale_down_delay", "burst_window")
 
 
 def _render(result: dict[str, Any], *, as_json: bool) -> str:
@@ -71,16 +73,14 @@ def _render(result: dict[str, Any], *, as_json: bool) -> str:
             ),
         )
     lines.extend(f"conflict: {conflict}" for conflict in result.get("conflicts") or ())
+    lines.extend(f"behaviour: {note}" for note in result.get("behaviour") or ())
     if result.get("owner_spec") is not None:
         lines.append("owner spec: " + json.dumps(result["owner_spec"], sort_keys=True))
     if result.get("spec"):
         spec = result["spec"]
         lines.append(
             "spec: "
-            + ", ".join(
-                f"{k}={format_duration(v) if k in ('zero_duration', 'down_window') else v}"
-                for k, v in spec.items()
-            )
+            + ", ".join(f"{k}={format_duration(v) if k in _DURATIONS else v}" for k, v in spec.items())
         )
     return "\n".join(lines)
 
@@ -96,6 +96,9 @@ def _result(spec: ScalingSpec, decision: Decision, **extra: Any) -> dict[str, An
     note = unsupported(spec)
     if note is not None:
         body["warning"] = note  # what the loop's UnsupportedScalingType Event says
+    notes = knob_notes(spec)
+    if notes:
+        body["behaviour"] = notes  # what the knobs that are set do over time (one decision cannot show it)
     body.update(extra)
     fields = asdict(spec)
     if not fields["type_label"]:
@@ -105,13 +108,12 @@ def _result(spec: ScalingSpec, decision: Decision, **extra: Any) -> dict[str, An
 
 
 async def _explain_live(args: argparse.Namespace) -> dict[str, Any]:
-    from autoscaler.cli import settings_overrides
     from autoscaler.interfaces import FunctionRef
     from autoscaler.metrics import PrometheusReader
     from autoscaler.providers.kubernetes import KubernetesProvider
 
-    metrics: MetricsSettings = build(MetricsSettings, settings_overrides(args, MetricsSettings))
-    providers: ProviderSettings = build(ProviderSettings, settings_overrides(args, ProviderSettings))
+    metrics: MetricsSettings = settings(args, MetricsSettings)
+    providers: ProviderSettings = settings(args, ProviderSettings)
     if not metrics.prometheus_url:
         raise ConfigError(
             "explain NAME needs --prometheus-url (or AUTOSCALER_PROMETHEUS_URL) to read the load"
@@ -160,6 +162,31 @@ async def _explain_live(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def add_parser(subparsers: Any) -> None:
+    """Register `autoscaler explain` on the CLI's subparsers."""
+    parser = subparsers.add_parser(
+        "explain",
+        help="say what the loop would decide for given labels and load (offline), or for a live function",
+        description="Offline: --label KEY=VALUE ... --load X --replicas N. Live: explain NAME[.NAMESPACE] "
+        "reads the function from the cluster and its load from Prometheus.",
+    )
+    add = parser.add_argument
+    add("function", nargs="?", help="NAME[.NAMESPACE] of a live function (needs a cluster)")
+    add("--label", action="append", default=[], metavar="KEY=VALUE", help="a scaling label (repeat)")
+    add("--load", type=float, default=None, help="load in the function's scale type (offline)")
+    add("--replicas", type=int, default=1, help="current replicas (offline, default 1)")
+    add(
+        "--idle",
+        action=GoDuration,
+        default=None,
+        help="time since the last started invocation, Go duration (offline)",
+    )
+    add("--json", action="store_true", help="print one JSON object")
+    add_settings_flags(parser, MetricsSettings)
+    add_settings_flags(parser, ProviderSettings)
+    parser.set_defaults(handler=run)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.function:
         result = asyncio.run(_explain_live(args))
@@ -167,12 +194,8 @@ def run(args: argparse.Namespace) -> int:
         return 2 if "error" in result else 0
     labels = _labels(args.label)
     try:
-        idle = None if args.idle is None else parse_duration(args.idle)
-    except ValueError as e:
-        raise ConfigError(f"--idle {args.idle!r}: {e}; use a Go duration such as 90s or 15m") from e
-    try:
         spec, decision = explain_offline(
-            labels=labels, load=args.load, replicas=args.replicas, idle=idle, now=time.time()
+            labels=labels, load=args.load, replicas=args.replicas, idle=args.idle, now=time.time()
         )
     except SpecError as e:
         raise ConfigError(str(e)) from e

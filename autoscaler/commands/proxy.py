@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import Any
 
-from autoscaler.cli import settings_overrides
-from autoscaler.config import ProviderSettings, ProxySettings, QueueSettings, build
+from autoscaler.commands._flags import add_settings_flags, settings
+from autoscaler.config import ProviderSettings, ProxySettings, QueueSettings
 
 # Seconds the proxy waits for NATS at start-up before serving (async calls are 503 until it is up).
 NATS_START_WAIT = 5.0
@@ -52,12 +53,25 @@ async def serve(
         await provider.close()
 
 
+def add_parser(subparsers: Any) -> None:
+    """Register `autoscaler proxy` on the CLI's subparsers."""
+    parser = subparsers.add_parser(
+        "proxy",
+        help="run the wake-up proxy in front of the functions",
+        description="Serve /function/NAME[.NAMESPACE]/...; hold requests for functions at zero replicas, "
+        "wake them and forward once a replica is ready.",
+    )
+    for model in (ProxySettings, ProviderSettings, QueueSettings):
+        add_settings_flags(parser, model)
+    parser.set_defaults(handler=run)
+
+
 def run(args: argparse.Namespace) -> int:
-    settings: ProxySettings = build(ProxySettings, settings_overrides(args, ProxySettings))
-    providers: ProviderSettings = build(ProviderSettings, settings_overrides(args, ProviderSettings))
-    queue: QueueSettings = build(QueueSettings, settings_overrides(args, QueueSettings))
+    proxy: ProxySettings = settings(args, ProxySettings)
+    providers: ProviderSettings = settings(args, ProviderSettings)
+    queue: QueueSettings = settings(args, QueueSettings)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(serve(settings=settings, providers=providers, queue=queue))
-    return uvloop.run(serve(settings=settings, providers=providers, queue=queue))
+        return asyncio.run(serve(settings=proxy, providers=providers, queue=queue))
+    return uvloop.run(serve(settings=proxy, providers=providers, queue=queue))

@@ -11,9 +11,10 @@ import asyncio
 import logging
 import re
 import signal
+from typing import Any
 
-from autoscaler.cli import settings_overrides
-from autoscaler.config import QueueSettings, QueueWorkerSettings, build
+from autoscaler.commands._flags import add_settings_flags, settings
+from autoscaler.config import QueueSettings, QueueWorkerSettings
 from autoscaler.errors import ConfigError
 from autoscaler.interfaces import FunctionRef
 
@@ -63,16 +64,40 @@ async def serve(*, queue: QueueSettings, settings: QueueWorkerSettings) -> int:
     return 0
 
 
+def add_parser(subparsers: Any) -> None:
+    """Register `autoscaler queue-worker` and `autoscaler queue-replay` on the CLI's subparsers."""
+    worker = subparsers.add_parser(
+        "queue-worker",
+        help="invoke the asynchronous calls queued on NATS JetStream, through the proxy",
+        description="Pull each function's queued calls (one durable consumer per function), invoke them "
+        "through the proxy's /function/ route, retry with back-off, post callbacks, dead-letter the rest.",
+    )
+    add_settings_flags(worker, QueueSettings)
+    add_settings_flags(worker, QueueWorkerSettings)
+    worker.set_defaults(handler=run)
+    replay = subparsers.add_parser(
+        "queue-replay",
+        help="send dead-lettered asynchronous calls back to the queue",
+        description="Move the calls in the dead-letter stream (QUEUE-dead) of one function, or of all, back "
+        "to the queue, with their original X-Call-Id; each is deleted from the dead letters once re-queued.",
+    )
+    replay.add_argument("function", nargs="?", help="NAME[.NAMESPACE] (default: every function)")
+    replay.add_argument("--namespace", default="openfaas-fn", help="namespace when FUNCTION has none")
+    replay.add_argument("--limit", type=int, default=None, help="replay at most this many")
+    add_settings_flags(replay, QueueSettings)
+    replay.set_defaults(handler=run_replay)
+
+
 def run(args: argparse.Namespace) -> int:
-    queue: QueueSettings = build(QueueSettings, settings_overrides(args, QueueSettings))
-    settings: QueueWorkerSettings = build(QueueWorkerSettings, settings_overrides(args, QueueWorkerSettings))
+    queue: QueueSettings = settings(args, QueueSettings)
+    worker: QueueWorkerSettings = settings(args, QueueWorkerSettings)
     if queue.nats_url is None:
         raise ConfigError("--nats-url (env AUTOSCALER_NATS_URL) is required, e.g. nats://nats.openfaas:4222")
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(serve(queue=queue, settings=settings))
-    return uvloop.run(serve(queue=queue, settings=settings))
+        return asyncio.run(serve(queue=queue, settings=worker))
+    return uvloop.run(serve(queue=queue, settings=worker))
 
 
 async def replay(*, queue: QueueSettings, function: FunctionRef | None, limit: int | None) -> int:
@@ -99,7 +124,7 @@ async def replay(*, queue: QueueSettings, function: FunctionRef | None, limit: i
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    queue: QueueSettings = build(QueueSettings, settings_overrides(args, QueueSettings))
+    queue: QueueSettings = settings(args, QueueSettings)
     if queue.nats_url is None:
         raise ConfigError("--nats-url (env AUTOSCALER_NATS_URL) is required, e.g. nats://nats.openfaas:4222")
     function: FunctionRef | None = None

@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry
 
 from autoscaler import keepalive
 from autoscaler.admin import AdminServer
-from autoscaler.cli import settings_overrides
-from autoscaler.config import ControllerSettings, MetricsSettings, ProviderSettings, build
+from autoscaler.commands._flags import add_settings_flags, settings
+from autoscaler.config import ControllerSettings, MetricsSettings, ProviderSettings
 from autoscaler.controller import Controller
 from autoscaler.errors import ConfigError, SpecError
 from autoscaler.spec import parse_labels
@@ -183,12 +183,23 @@ def _adaptive(labels: Mapping[str, str]) -> bool:
         return False  # the loop reports bad labels itself, and leaves such a function alone
 
 
-def run(args: argparse.Namespace) -> int:
-    controller_settings: ControllerSettings = build(
-        ControllerSettings, settings_overrides(args, ControllerSettings)
+def add_parser(subparsers: Any) -> None:
+    """Register `autoscaler run` on the CLI's subparsers."""
+    parser = subparsers.add_parser(
+        "run",
+        help="run the control loop against a Kubernetes cluster",
+        description="Tick every --interval: read load from Prometheus, decide from each function's labels, "
+        "patch the Deployments' scale subresource (only what changed), write an Event per change.",
     )
-    metrics: MetricsSettings = build(MetricsSettings, settings_overrides(args, MetricsSettings))
-    providers: ProviderSettings = build(ProviderSettings, settings_overrides(args, ProviderSettings))
+    for model in (ControllerSettings, MetricsSettings, ProviderSettings):
+        add_settings_flags(parser, model)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    controller_settings: ControllerSettings = settings(args, ControllerSettings)
+    metrics: MetricsSettings = settings(args, MetricsSettings)
+    providers: ProviderSettings = settings(args, ProviderSettings)
     if not metrics.prometheus_url:
         raise ConfigError(
             "run needs --prometheus-url (or AUTOSCALER_PROMETHEUS_URL), "

@@ -33,6 +33,13 @@ async def autoscaler(*args: str) -> asyncio.subprocess.Process:
     )
 
 
+def number(pattern: str, text: str) -> int:
+    """The whole number `pattern`'s group catches in `text`; fails naming the pattern if absent."""
+    found = re.search(pattern, text)
+    assert found is not None, f"{pattern!r} not in the output:\n{text}"
+    return int(found.group(1))
+
+
 async def test_the_demo_runs_a_cold_start_a_burst_and_an_idle_period_and_loses_no_request() -> None:
     started = time.monotonic()
     demo = await autoscaler("demo")
@@ -49,12 +56,10 @@ async def test_the_demo_runs_a_cold_start_a_burst_and_an_idle_period_and_loses_n
     assert "wordcount: zero-duration shortened from 5m to 3s for the demo" in text
     assert re.search(r"requests lost:\s+0\n", text)
     assert re.search(r"cold starts:\s+1 ", text)
-    held = int(re.search(r"requests held:\s+(\d+)", text).group(1))
-    sent = int(re.search(r"requests sent:\s+(\d+)", text).group(1))
-    served = int(re.search(r"requests served:\s+(\d+)", text).group(1))
+    held, sent, served = (number(rf"requests {what}:\s+(\d+)", text) for what in ("held", "sent", "served"))
     assert held >= 5  # the cold start's requests waited for the replica, then were forwarded
     assert served == sent > 200
-    peak = int(re.search(r"hello: peak (\d+) replica\(s\), 1 at the end", text).group(1))
+    peak = number(r"hello: peak (\d+) replica\(s\), 1 at the end", text)
     assert peak >= 2  # the burst scaled it up, the idle period brought it back to min
     assert "wordcount: peak 1 replica(s), 0 at the end" in text  # and the idle one went to zero
     assert re.search(r"wordcount: replicas=0 desired=0 .*last change=ScaleToZero", text)
@@ -115,4 +120,6 @@ async def test_a_bad_zero_duration_exits_2_saying_how_to_write_one() -> None:
     demo = await autoscaler("demo", "--zero-duration", "forever")
     _, err = await asyncio.wait_for(demo.communicate(), timeout=30)
     assert demo.returncode == 2
-    assert "--zero-duration: not a Go duration: 'forever'" in err.decode()
+    assert (
+        "--zero-duration 'forever': not a Go duration: 'forever'; use a Go duration such as" in err.decode()
+    )

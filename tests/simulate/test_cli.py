@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler import simulate
+from autoscaler.commands import simulate
 from autoscaler.errors import ConfigError
 from tests.simulate.support import write_trace
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler import simulate
+from autoscaler.commands import simulate
 from autoscaler.simulate.frontier import against, summary
 from autoscaler.simulate.policies import SWEEP, check_policy, family, project_spec
 from autoscaler.simulate.report import PolicyResult

@@ -1,0 +1,95 @@
+"""Flags every command parses the same way: one flag per setting, and one Go-duration flag.
+
+A setting's flag is generated from its pydantic field (name, help text, environment variable and
+default), so flag, variable and documentation cannot drift apart; `settings` builds the model from
+the flags actually given plus the environment, and a bad value becomes a ConfigError that names both.
+A duration flag is a Go duration (`90s`, `15m`, `500ms`); a bad one is a usage error naming the flag
+and the value, said the same way by every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from autoscaler.config import build
+from autoscaler.spec import parse_duration
+
+DURATION_HINT = "use a Go duration such as 90s, 500ms or 15m"
+
+
+def add_settings_flags(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    *,
+    skip: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
+    group: Any = None,
+    prefix: str = "",
+) -> None:
+    """One flag per field of `model` (or of its fields in `only`): `--field-name`, env var and default
+    in its help, after `prefix`. `group` is the argument group for them (default: one named after
+    the model)."""
+    if group is None:
+        group = parser.add_argument_group(model.__name__.removesuffix("Settings").lower() + " settings")
+    for name, field in model.model_fields.items():
+        if name in skip or (only is not None and name not in only):
+            continue
+        flag = "--" + name.replace("_", "-")
+        env = f"AUTOSCALER_{name.upper()}"
+        default = field.default
+        shown = ",".join(default) if isinstance(default, list) else default
+        text = f"{prefix}{field.description or name} [env {env}; default {shown}]"
+        text = text.replace("%", "%%")
+        if field.annotation is bool:
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
+        else:
+            group.add_argument(flag, dest=name, default=None, metavar=name.split("_")[-1].upper(), help=text)
+
+
+def settings_overrides(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    """The flags of `model` the user actually gave (None means: take the env var or the default)."""
+    return {name: getattr(args, name) for name in model.model_fields if getattr(args, name, None) is not None}
+
+
+def settings(args: argparse.Namespace, model: type[BaseModel]) -> Any:
+    """`model` from the flags given, the environment and the defaults; ConfigError naming a bad one."""
+    return build(model, settings_overrides(args, model))  # type: ignore[arg-type]
+
+
+class GoDuration(argparse.Action):
+    """`--flag DURATION`: a Go duration, stored in seconds (0 allowed)."""
+
+    positive = False
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("metavar", "DURATION")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        text = str(values)
+        flag = option_string or self.dest
+        try:
+            seconds = parse_duration(text)
+        except ValueError as e:
+            parser.error(f"{flag} {text!r}: {e}; {DURATION_HINT}")
+        if self.positive and seconds <= 0:
+            parser.error(f"{flag} {text!r}: must be longer than 0, e.g. 5s")
+        setattr(namespace, self.dest, seconds)
+
+
+class PositiveGoDuration(GoDuration):
+    """`--flag DURATION`: a Go duration longer than 0, stored in seconds."""
+
+    positive = True
