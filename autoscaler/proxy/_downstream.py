@@ -124,6 +124,7 @@ class ClientConnection(RequestHandler):
                 self._body_at = self._loop.time()
                 super().data_received(data)  # the body of the current request
                 return
+            self._payload = None  # that body is all in: keep no reference to it while idle
             self._head_since = self._loop.time()
             self._head_bytes = 0
         room = self._limits.max_head_size - self._head_bytes
