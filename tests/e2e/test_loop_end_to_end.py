@@ -8,6 +8,7 @@ the Kubernetes API's wire format. Times are measured from what Prometheus itself
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from tests.support.apiserver import FakeApiServer
 from tests.support.cluster_processes import start_controller
@@ -55,8 +57,8 @@ class Cluster:
         return self.api.count("PATCH", "/scale") + self.api.count("PUT", "/scale")
 
 
-@pytest.fixture
-async def cluster(prometheus_factory: PrometheusFactory, tmp_path: Path) -> AsyncIterator[Cluster]:
+@contextlib.asynccontextmanager
+async def running_cluster(factory: PrometheusFactory, tmp_path: Path) -> AsyncIterator[Cluster]:
     async with FakeApiServer() as api:
         api.add_deployment(BURSTY, labels={"faas_function": BURSTY}, replicas=1)
         api.add_deployment(SLEEPY, labels={"faas_function": SLEEPY, **SLEEPY_LABELS}, replicas=1)
@@ -65,7 +67,7 @@ async def cluster(prometheus_factory: PrometheusFactory, tmp_path: Path) -> Asyn
         with GatewayExporter() as exporter:
             for name in (BURSTY, SLEEPY, STEADY):
                 exporter.set_function(f"{name}.openfaas-fn", rps=0.0, inflight=0)
-            prometheus = prometheus_factory.start(targets=[exporter.target], scrape_interval=0.5)
+            prometheus = factory.start(targets=[exporter.target], scrape_interval=0.5)
             await prometheus.wait_for_rates({f"{BURSTY}.openfaas-fn": 0.0}, window=WINDOW)
             controller = await start_controller(
                 kubeconfig=kubeconfig,
@@ -79,6 +81,22 @@ async def cluster(prometheus_factory: PrometheusFactory, tmp_path: Path) -> Asyn
             finally:
                 code = await controller.stop()
             assert code == 0, controller.tail()
+
+
+@pytest.fixture
+async def cluster(prometheus_factory: PrometheusFactory, tmp_path: Path) -> AsyncIterator[Cluster]:
+    """A cluster of its own, for a test that changes the load or kills Prometheus."""
+    async with running_cluster(prometheus_factory, tmp_path) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def quiet_cluster(
+    module_prometheus_factory: PrometheusFactory, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Cluster]:
+    """One cluster left idle, shared by the tests that only watch it go quiet."""
+    async with running_cluster(module_prometheus_factory, tmp_path_factory.mktemp("quiet")) as running:
+        yield running
 
 
 def rate_at_least(key: str, value: float) -> Callable[[dict[str, float]], bool]:
@@ -105,7 +123,11 @@ async def test_a_burst_scales_up_within_two_ticks_of_prometheus_seeing_it(cluste
     )
 
 
-async def test_silence_scales_a_zero_function_to_zero_and_never_a_zero_false_one(cluster: Cluster) -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_silence_scales_a_zero_function_to_zero_and_never_a_zero_false_one(
+    quiet_cluster: Cluster,
+) -> None:
+    cluster = quiet_cluster
     await cluster.wait_replicas(SLEEPY, 0, timeout=20)
     await asyncio.sleep(3 * INTERVAL)
     assert cluster.api.replicas(STEADY) == 1
@@ -124,13 +146,15 @@ async def test_with_prometheus_killed_nothing_is_scaled_down(cluster: Cluster) -
     writes = cluster.scale_writes()
     cluster.exporter.set_rate(bursty, 0.0)
     cluster.exporter.set_rate(sleepy, 0.0)
-    await asyncio.sleep(8 * INTERVAL)  # twice the sleepy function's zero-duration
+    await asyncio.sleep(6 * INTERVAL)  # the sleepy function's zero-duration (4s) and two ticks more
     assert cluster.scale_writes() == writes
     assert (cluster.api.replicas(BURSTY), cluster.api.replicas(SLEEPY)) == (7, 1)
     assert "unreachable" in cluster.log.read_text()
 
 
-async def test_the_admin_port_serves_health_and_the_loops_metrics(cluster: Cluster) -> None:
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_admin_port_serves_health_and_the_loops_metrics(quiet_cluster: Cluster) -> None:
+    cluster = quiet_cluster
     port = int(re.search(r"admin server on http://127.0.0.1:(\d+)", cluster.log.read_text()).group(1))  # type: ignore[union-attr]
     await cluster.wait_replicas(SLEEPY, 0, timeout=20)
     async with aiohttp.ClientSession() as session:
