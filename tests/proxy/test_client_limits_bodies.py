@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
+from autoscaler.config import ProxySettings, build
+from autoscaler.errors import ConfigError
 from tests.proxy.conftest import MakeProxy, base, wait_held
 from tests.support.fakeprovider import FakeProvider
 
@@ -138,3 +141,12 @@ async def test_a_body_that_stops_coming_is_cut_at_the_body_timeout_and_its_bytes
     writer.close()
     async with client.post(base(proxy) + "/function/echo/", data=b"y" * 1000) as response:
         assert response.status == 200  # the 1000 bytes taken for the cut body were given back
+
+
+def test_a_max_body_that_the_buffers_could_never_take_is_refused_at_start_up() -> None:
+    with pytest.raises(ConfigError, match=r"--max-buffered-total .*--max-body \(314572800\) must fit"):
+        build(ProxySettings, {"max_body": 300 * 1024 * 1024})
+    settings = build(
+        ProxySettings, {"max_body": 300 * 1024 * 1024, "max_buffered": 2**30, "max_buffered_total": 2**31}
+    )
+    assert settings.max_body == 300 * 1024 * 1024
