@@ -29,6 +29,10 @@ longer than the whole histogram says. A function called in bursts an hour apart 
 within a burst and pre-warmed for the next one, where the whole histogram (head 0, tail one hour)
 would keep it warm all hour.
 
+Optionally (`prior=`, `policies.prior.IdlePrior`), a function with fewer than `min_idle_times` idle
+times of its own takes its windows from the idle times of the other functions, as they stood at its
+latest call, instead of the fixed window; without a prior the policy is the one above, unchanged.
+
 The same object serves the control loop (seeded from a Prometheus range query at start with
 `from_minute_counts`, then fed by `observe_call`) and the trace simulator. Between calls its windows
 change only at the instants `next_change` names, so the simulator may skip the ticks in between.
@@ -42,6 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
+from policies.prior import IdlePrior
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +97,14 @@ class HybridHistogram:
     calls in one minute give none. Implements `policies.engine.KeepAlivePolicy`.
     """
 
-    def __init__(self, *, fixed_keepalive: float, config: HistogramConfig | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        fixed_keepalive: float,
+        config: HistogramConfig | None = None,
+        prior: IdlePrior | None = None,
+        owner: int = -1,
+    ) -> None:
         if fixed_keepalive <= 0:
             raise ValueError(f"fixed_keepalive must be > 0 seconds, got {fixed_keepalive}")
         self.config = config or HistogramConfig()
@@ -105,6 +118,10 @@ class HybridHistogram:
         self._cached: tuple[float, float] | None = None
         self._conditional: dict[int, tuple[float, float]] = {}
         self._mode = "learning"
+        # A cross-function prior (policies.prior), read at each call while the function's own idle
+        # times are too few; `owner` is this function's index in it, left out of its own prior.
+        self.prior, self.owner = prior, owner
+        self._prior_counts: tuple[npt.NDArray[np.int64], int] | None = None
 
     # -- learning ------------------------------------------------------------------------------
 
@@ -118,6 +135,9 @@ class HybridHistogram:
                 self.record_idle(seconds=idle_bins * width)
         if last is None or now > last:
             self.last_call = now
+        if self.prior is not None and self.idle_times < self.config.min_idle_times:
+            self._prior_counts = self.prior.counts(before=now, exclude=self.owner)
+            self._cached = None
 
     def record_idle(self, *, seconds: float) -> None:
         """Add one idle time (seconds between two bursts of calls) to the histogram."""
@@ -194,7 +214,8 @@ class HybridHistogram:
         in_range = self._in_range
         total = in_range + self.out_of_bounds
         if total < cfg.min_idle_times:
-            return fixed, "learning"
+            prior = self._from_prior()
+            return (fixed, "learning") if prior is None else (prior, "prior")
         if self.out_of_bounds > cfg.max_out_of_bounds * total:
             return fixed, "fallback: idle times beyond the histogram"
         bins = self.counts.size
@@ -207,6 +228,13 @@ class HybridHistogram:
         if elapsed > 0 and possible < cfg.min_conditional and not self._agree(remaining, elapsed):
             # Too few idle times this long to predict from them alone: keep the whole-histogram windows.
             return self._compute(0)[0], "histogram"
+        return self._percentiles(remaining, elapsed), "histogram"
+
+    def _percentiles(self, remaining: npt.NDArray[np.int64], elapsed: int) -> tuple[float, float]:
+        """(pre-warm, keep-alive) from the head and tail of the idle times in `remaining`, which
+        starts at bin `elapsed`."""
+        cfg = self.config
+        possible = int(remaining.sum())
         cumulative = np.cumsum(remaining)
         head_bin = elapsed + int(
             np.searchsorted(cumulative, cfg.head_percentile / 100 * possible, side="left")
@@ -221,7 +249,22 @@ class HybridHistogram:
         tail = (tail_bin + 2) * cfg.bin_width
         prewarm = head * (1 - cfg.margin)
         keepalive = tail * (1 + cfg.margin) - prewarm
-        return (prewarm, keepalive), "histogram"
+        return prewarm, keepalive
+
+    def _from_prior(self) -> tuple[float, float] | None:
+        """The windows of the prior as it stood at the last call, or None without a usable one.
+
+        The prior's histogram decides as the function's own would (head and tail percentiles, the
+        margins), but only when it holds at least `min_conditional` idle times, most of them within
+        the histogram.
+        """
+        if self._prior_counts is None:
+            return None
+        counts, beyond = self._prior_counts
+        inside = int(counts.sum())
+        if inside < self.config.min_conditional or beyond > self.config.max_out_of_bounds * (inside + beyond):
+            return None
+        return self._percentiles(counts, 0)
 
     def _agree(self, remaining: npt.NDArray[np.int64], elapsed: int) -> bool:
         """Do at least two idle times remain, all within the margin of the shortest of them?

@@ -2,8 +2,10 @@
 
 The project's three policies are built from labels by `autoscaler.spec.parse_labels`, exactly as
 the loop builds a function's spec, and decided by `policies.engine.decide`; the peers come from
-`policies.baselines`. Everything a policy needs about a function (arrivals, Prometheus's view,
-Knative's concurrency windows) is computed once per function and shared by all policies.
+`policies.baselines`. `adaptive-prior` is the adaptive keep-alive started from the other functions'
+idle times (`policies.prior`); it needs the whole trace's prior, which `simulate_chunk` takes.
+Everything a policy needs about a function (arrivals, Prometheus's view, Knative's concurrency
+windows) is computed once per function and shared by all policies.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from autoscaler.spec import KEEPALIVE, ZERO, ZERO_DURATION, parse_labels
 from policies.adaptive import HistogramConfig, HybridHistogram
 from policies.baselines import KedaHpa, KnativeKPA
 from policies.model import ScalingSpec
+from policies.prior import IdlePrior
 
 # The project's policies as labels on a function (OpenFaaS Pro defaults for everything not given:
 # type rps, target 50, target-proportion 0.90, min 1, max 20, zero-duration 15m; see
@@ -37,6 +40,9 @@ PROJECT_LABELS: dict[str, dict[str, str]] = {
     "openfaas": {ZERO: "true"},
 }
 POLICY_NAMES = ("adaptive", "fixed-10m", "openfaas", "knative", "keda-hpa")
+# The adaptive keep-alive starting from the other functions' idle times (policies.prior) while a
+# function has too few of its own; it needs the whole trace's prior (`prior_for`, `simulate_chunk`).
+PRIOR = "adaptive-prior"
 DESCRIPTIONS = {
     "adaptive": "policies.engine.decide + policies.adaptive.HybridHistogram (labels "
     + ", ".join(f"{k}={v}" for k, v in PROJECT_LABELS["adaptive"].items())
@@ -49,6 +55,9 @@ DESCRIPTIONS = {
     "knative": "policies.baselines.KnativeKPA: 60 s stable / 6 s panic windows, panic at 200 %, target "
     "utilization 70 % of min(100, pod concurrency), scale-up rate 1000, scale-down rate 2, "
     "30 s grace to zero",
+    PRIOR: "policies.engine.decide + policies.adaptive.HybridHistogram started from policies.prior.IdlePrior "
+    "(the first 20 idle times of every other function, known by the end of the minute that ended them) "
+    "while a function has fewer than 5 idle times of its own; labels as adaptive",
     "keda-hpa": "policies.baselines.KedaHpa: HPA ratio on the Prometheus rate with target 50/replica, 10 % "
     "tolerance, 300 s scale-down stabilization, 15 s sync; KEDA 30 s polling, zero after a 300 s cooldown",
 }
@@ -103,6 +112,7 @@ def check_policy(name: str) -> str:
     fixed, adaptive = _FIXED.fullmatch(name), _ADAPTIVE.fullmatch(name)
     if (
         name in POLICY_NAMES
+        or name == PRIOR
         or (fixed is not None and 1 <= int(fixed.group(1)) <= 1440)
         or (adaptive is not None and HistogramConfig().head_percentile < int(adaptive.group(1)) <= 100)
     ):
@@ -143,7 +153,7 @@ def _labels(name: str) -> dict[str, str]:
     fixed = _FIXED.fullmatch(name)
     if fixed is not None:
         return {ZERO: "true", ZERO_DURATION: f"{int(fixed.group(1))}m"}
-    if _ADAPTIVE.fullmatch(name):
+    if _ADAPTIVE.fullmatch(name) or name == PRIOR:
         return PROJECT_LABELS["adaptive"]
     return PROJECT_LABELS[name]
 
@@ -155,7 +165,7 @@ def _tail_percentile(name: str) -> float:
 
 def is_project(name: str) -> bool:
     """Decided by the loop's own engine (as opposed to a peer's model)."""
-    return family(name) in ("fixed", "adaptive") or name in PROJECT_LABELS
+    return family(name) in ("fixed", "adaptive") or name in PROJECT_LABELS or name == PRIOR
 
 
 @functools.cache
@@ -170,6 +180,8 @@ class _Inputs:
     arrivals: npt.NDArray[np.float64]
     end: float
     settings: SimSettings
+    prior: IdlePrior | None = None
+    owner: int = -1  # the function's index in the prior
     _prometheus: PrometheusView | None = None
     _concurrency: ConcurrencyView | None = None
 
@@ -201,6 +213,14 @@ def make_driver(name: str, inputs: _Inputs, *, per_pod: int) -> Driver:
         if family(name) == "adaptive":
             config = HistogramConfig(tail_percentile=_tail_percentile(name))
             keepalive = HybridHistogram(fixed_keepalive=spec.zero_duration, config=config)
+        elif name == PRIOR:
+            if inputs.prior is None:
+                raise ValueError(
+                    f"{PRIOR} needs the trace's prior: simulate_chunk(..., prior=prior_for(trace))"
+                )
+            keepalive = HybridHistogram(
+                fixed_keepalive=spec.zero_duration, prior=inputs.prior, owner=inputs.owner
+            )
         return DecideDriver(spec=spec, view=inputs.prometheus, tick=inputs.settings.tick, keepalive=keepalive)
     if name == "knative":
         kpa = KnativeKPA(container_concurrency=float(per_pod))
@@ -219,11 +239,15 @@ def simulate_function(
     end: float,
     every_tick: bool = False,
     keep_changes: bool = False,
+    prior: IdlePrior | None = None,
+    owner: int = -1,
 ) -> dict[str, FunctionResult]:
-    """Replay one function through each policy; the arrivals are the same for all of them."""
+    """Replay one function through each policy; the arrivals are the same for all of them.
+
+    `prior` and `owner` (the function's index in it) serve `adaptive-prior`."""
     arrivals = spread_arrivals(fn.counts, seed=settings.seed, key=fn.key)
     arrivals = arrivals[arrivals < end]
-    inputs = _Inputs(fn, arrivals, end, settings)
+    inputs = _Inputs(fn, arrivals, end, settings, prior, owner)
     per_pod = concurrency(target=project_spec("openfaas").target, duration=fn.duration)
     results: dict[str, FunctionResult] = {}
     for name in policies:
@@ -255,14 +279,29 @@ def simulate_chunk(
     settings: SimSettings,
     end: float,
     keep_key: str | None = None,
+    prior: IdlePrior | None = None,
 ) -> list[tuple[int, dict[str, FunctionResult]]]:
-    """Simulate a batch of (index, function) pairs: the unit of work of a worker process."""
+    """Simulate a batch of (index, function) pairs: the unit of work of a worker process.
+
+    `prior`: the whole trace's (`prior_for`), for `adaptive-prior`; each function is its index there.
+    """
     return [
         (
             index,
             simulate_function(
-                fn, policies=policies, settings=settings, end=end, keep_changes=fn.key == keep_key
+                fn,
+                policies=policies,
+                settings=settings,
+                end=end,
+                keep_changes=fn.key == keep_key,
+                prior=prior,
+                owner=index,
             ),
         )
         for index, fn in functions
     ]
+
+
+def prior_for(functions: list[TraceFunction]) -> IdlePrior:
+    """The cross-function prior of a trace's functions, function i being owner i (as in `simulate`)."""
+    return IdlePrior.from_minute_counts([fn.counts for fn in functions])

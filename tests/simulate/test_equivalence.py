@@ -17,6 +17,7 @@ import pytest
 
 from autoscaler.simulate.drivers import DecideDriver
 from autoscaler.simulate.engine import Outcome, run
+from autoscaler.simulate.policies import prior_for
 from autoscaler.simulate.trace import TraceFunction, read_trace, spread_arrivals
 from autoscaler.simulate.views import prometheus_view
 from autoscaler.spec import (
@@ -36,6 +37,7 @@ from autoscaler.spec import (
 )
 from policies.adaptive import HybridHistogram
 from policies.model import KeepAlive
+from policies.prior import IdlePrior
 
 TRACES = Path("/work/shared/traces")
 HOURS = 6.0  # a quarter of the day: every timer fires many times, and the tick-by-tick replay is quick
@@ -78,14 +80,26 @@ def functions() -> list[TraceFunction]:
     return [*picks, busiest]
 
 
-def replay(fn: TraceFunction, labels: dict[str, str], *, every_tick: bool) -> Outcome:
+@cache
+def day_prior() -> tuple[IdlePrior, dict[str, int]]:
+    """The 1,000-function day's cross-function prior, and each function's index in it."""
+    day = read_trace(TRACES / "azure2019-1000").functions
+    return prior_for(day), {fn.key: index for index, fn in enumerate(day)}
+
+
+def replay(fn: TraceFunction, labels: dict[str, str], *, every_tick: bool, prior: bool = False) -> Outcome:
     spec = parse_labels(labels)
     end = HOURS * 3600.0
     arrivals = spread_arrivals(fn.counts, seed=0, key=fn.key)
     arrivals = arrivals[arrivals < end]
     view = prometheus_view(arrivals, duration=fn.duration, end=end, scrape_interval=15.0, rate_window=60.0)
     keepalive = None
-    if spec.keepalive is KeepAlive.ADAPTIVE:
+    if spec.keepalive is KeepAlive.ADAPTIVE and prior:
+        shared, owners = day_prior()
+        keepalive = HybridHistogram(
+            fixed_keepalive=spec.zero_duration, prior=shared, owner=owners.get(fn.key, -1)
+        )
+    elif spec.keepalive is KeepAlive.ADAPTIVE:
         keepalive = HybridHistogram(fixed_keepalive=spec.zero_duration)
     driver = DecideDriver(spec=spec, view=view, tick=2.0, keepalive=keepalive)
     return run(
@@ -109,6 +123,16 @@ def test_the_event_driven_replay_of_real_functions_matches_a_tick_by_tick_replay
         assert fast.pods == slow.pods, (name, fn.key)
         skipped += slow.evaluations - fast.evaluations
     assert skipped > 0
+
+
+@pytest.mark.slow
+def test_the_adaptive_keep_alive_started_from_the_cross_function_prior_replays_alike_both_ways() -> None:
+    labels, differs = LABELS["adaptive"], False
+    for fn in functions():
+        fast = replay(fn, labels, every_tick=False, prior=True)
+        assert fast.changes == replay(fn, labels, every_tick=True, prior=True).changes, fn.key
+        differs |= fast.changes != replay(fn, labels, every_tick=False).changes
+    assert differs  # the prior changed some decisions
 
 
 @pytest.mark.slow
