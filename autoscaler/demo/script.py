@@ -1,8 +1,10 @@
-"""The demo's scripted load: a cold start, a burst, an idle period back to zero, then a summary.
+"""The demo's scripted load: a cold start, a burst, asynchronous calls, an idle period back to zero.
 
 Every request goes through the proxy over loopback with aiohttp, exactly as a caller's would, and is
 counted by what came back: a 2xx is served, anything else (or no answer) is lost. The summary is
-the demo's verdict: a cold start must be a delay, never an error, so "requests lost" must be 0.
+the demo's verdict: a cold start must be a delay, never an error, so "requests lost" must be 0. When
+the stack has a queue (an embedded nats-server), a step posts calls to `/async-function/`: each must
+be accepted (202) and then invoked by the queue-worker, or the summary says how many were not.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ BURST_RPS = 40.0
 BURST_SECONDS = 6.0
 TRICKLE_RPS = 2.0
 COLD_REQUESTS = 5
+ASYNC_CALLS = 20
+ASYNC_LIMIT = 20.0  # seconds for the queue-worker to invoke the asynchronous calls
 IDLE_LIMIT = 25.0  # seconds to wait for the idle period to settle before summing up anyway
 
 
@@ -34,6 +38,8 @@ class Tally:
     served: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     slowest_cold: float = 0.0
+    async_accepted: int | None = None  # None: the stack has no queue
+    async_invoked: int = 0
 
     @property
     def lost(self) -> int:
@@ -61,6 +67,11 @@ class Summary:
         ]
         for reason, count in sorted(self.tally.failures.items()):
             out.append(f"    {count} x {reason}")
+        if self.tally.async_accepted is not None:
+            out.append(
+                f"  async calls:     {self.tally.async_accepted} accepted (202), "
+                f"{self.tally.async_invoked} invoked by the queue-worker"
+            )
         for name, peak in self.peaks.items():
             out.append(f"  {name}: peak {peak} replica(s), {self.final.get(name, 0)} at the end")
         out.append(f"  took {self.seconds:.1f}s")
@@ -104,6 +115,32 @@ class Script:
             calls.append(asyncio.create_task(self._call(session, name)))
         await asyncio.gather(*calls)
 
+    async def _async_calls(self, session: aiohttp.ClientSession, name: str) -> None:
+        """POST ASYNC_CALLS calls to /async-function/; wait until the queue-worker has invoked them."""
+        worker = self._stack.worker
+        assert worker is not None
+        before = worker.completed
+        accepted = 0
+        for index in range(ASYNC_CALLS):
+            try:
+                async with session.post(
+                    f"{self._stack.url}/async-function/{name}", data=f"async call {index}".encode()
+                ) as response:
+                    await response.read()
+                    if response.status == 202:
+                        accepted += 1
+                    else:
+                        self.tally.failures[f"async HTTP {response.status} from {name}"] += 1
+            except (aiohttp.ClientError, TimeoutError) as e:
+                self.tally.failures[f"{type(e).__name__} queueing a call to {name}"] += 1
+        self.tally.async_accepted = accepted
+        deadline = time.monotonic() + ASYNC_LIMIT
+        while time.monotonic() < deadline:
+            if worker.completed - before >= accepted:
+                break
+            await asyncio.sleep(0.1)
+        self.tally.async_invoked = worker.completed - before
+
     async def _settle(self) -> None:
         """Wait until every function is back at its resting replicas (zero for zero=true)."""
         deadline = time.monotonic() + IDLE_LIMIT
@@ -125,19 +162,29 @@ class Script:
         connector = aiohttp.TCPConnector(limit=200)
         timeout = aiohttp.ClientTimeout(total=self._stack.settings.hold_timeout + 10)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            steps = 4 if self._stack.worker is not None else 3
             if self._cold is not None:
                 self._view.phase(
-                    f"1/3 cold start: {COLD_REQUESTS} requests to {self._cold}, which has 0 replicas"
+                    f"1/{steps} cold start: {COLD_REQUESTS} requests to {self._cold}, which has 0 replicas"
                 )
                 await asyncio.gather(
                     *(self._call(session, self._cold, cold=True) for _ in range(COLD_REQUESTS))
                 )
-            self._view.phase(f"2/3 burst: {BURST_RPS:.0f} req/s to {self._warm} for {BURST_SECONDS:.0f}s")
+            self._view.phase(
+                f"2/{steps} burst: {BURST_RPS:.0f} req/s to {self._warm} for {BURST_SECONDS:.0f}s"
+            )
             burst = [self._steady(session, self._warm, rps=BURST_RPS, seconds=BURST_SECONDS)]
             if self._cold is not None:
                 burst.append(self._steady(session, self._cold, rps=TRICKLE_RPS, seconds=BURST_SECONDS))
             await asyncio.gather(*burst)
-        self._view.phase("3/3 idle: no traffic; scaling back down, and to zero where allowed")
+            if self._stack.worker is not None:
+                target = self._cold or self._warm
+                self._view.phase(
+                    f"3/{steps} async: {ASYNC_CALLS} calls to /async-function/{target}, queued on "
+                    "JetStream and invoked by the queue-worker"
+                )
+                await self._async_calls(session, target)
+        self._view.phase(f"{steps}/{steps} idle: no traffic; scaling back down, and to zero where allowed")
         await self._settle()
         provider = self._stack.provider
         self._view.refresh()

@@ -2,8 +2,13 @@
 
 `autoscaler demo` runs this stack under a scripted load, `autoscaler demo --serve` runs it until
 Ctrl-C. Load comes straight from the proxy's counters (no Prometheus to install) unless a Prometheus
-URL is given, and shutdown goes in the order that loses nothing: stop deciding, drain the proxy, then
-drain the replicas.
+URL is given, and shutdown goes in the order that loses nothing: stop deciding, drain the queue-worker,
+drain the proxy, then drain the replicas.
+
+With `embedded_nats` and a nats-server binary on the machine, the stack also runs an embedded
+nats-server (`demo._nats`), the proxy accepts `/async-function/` calls onto JetStream and an
+in-process queue-worker invokes them through the proxy, as in a cluster; without the binary the stack
+runs without asynchronous calls and `queue_note` says how to get them.
 """
 
 from __future__ import annotations
@@ -16,14 +21,22 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from autoscaler.config import ControllerSettings, MetricsSettings, ProxySettings
+from autoscaler.config import (
+    ControllerSettings,
+    MetricsSettings,
+    ProxySettings,
+    QueueSettings,
+    QueueWorkerSettings,
+)
 from autoscaler.controller import Controller
+from autoscaler.demo._nats import INSTALL_HINT, EmbeddedNats, find_binary
 from autoscaler.functionsfile import FunctionsFile
 from autoscaler.inprocess import ProxyLoadReader
 from autoscaler.interfaces import FunctionRef, LoadReader
 from autoscaler.metrics import PrometheusReader
 from autoscaler.providers.local import LocalProvider
 from autoscaler.proxy import Proxy
+from autoscaler.queue import AsyncAcceptor, QueueWorker
 from autoscaler.spec import ZERO, ZERO_DURATION, format_duration, parse_labels
 
 log = logging.getLogger("autoscaler.demo")
@@ -40,6 +53,7 @@ class StackSettings:
     rate_window: float = 3.0  # seconds of the in-process rps window
     hold_timeout: float = 30.0
     drain_grace: float = 5.0
+    embedded_nats: bool = False  # asynchronous calls on an embedded nats-server, when the binary is found
 
 
 def shorten_zero_durations(functions: FunctionsFile, *, seconds: float) -> tuple[FunctionsFile, list[str]]:
@@ -64,6 +78,25 @@ class LocalStack:
         self.settings = settings
         self.registry = CollectorRegistry()
         self.provider = LocalProvider(functions=functions)
+        self.nats: EmbeddedNats | None = None
+        self.acceptor: AsyncAcceptor | None = None
+        self.worker: QueueWorker | None = None
+        self.queue: QueueSettings | None = None
+        self.queue_note = "asynchronous calls: off"
+        if settings.embedded_nats:
+            binary = find_binary()
+            if binary is None:
+                self.queue_note = f"asynchronous calls: off ({INSTALL_HINT})"
+            else:
+                self.nats = EmbeddedNats(binary=binary)
+                self.queue = QueueSettings(nats_url=self.nats.url, publish_timeout=5.0)
+                self.acceptor = AsyncAcceptor(
+                    settings=self.queue,
+                    provider=self.provider,
+                    default_namespace=functions.namespace,
+                    registry=self.registry,
+                )
+                self.queue_note = f"asynchronous calls: /async-function/ on JetStream at {self.nats.url}"
         self.proxy = Proxy(
             settings=ProxySettings(
                 host="127.0.0.1",
@@ -76,6 +109,7 @@ class LocalStack:
             provider=self.provider,
             registry=self.registry,
             on_wake=self._poke,
+            async_acceptor=self.acceptor,
         )
         self.reader: LoadReader
         if settings.prometheus_url:
@@ -109,6 +143,7 @@ class LocalStack:
     async def start(self, *, ready_timeout: float = 30.0) -> None:
         """Start replicas and the proxy; return once every function with replicas has a ready one."""
         await self.proxy.start()  # first: a port in use fails fast, before any replica starts
+        await self._start_queue()
         await self.provider.start()
         self.provider.subscribe(self._poke)
         waiting = [
@@ -123,6 +158,31 @@ class LocalStack:
                     ready_timeout,
                 )
         self._loop_task = asyncio.create_task(self._run_loop(), name="control loop")
+
+    async def _start_queue(self) -> None:
+        """nats-server, then the acceptor's connection, then a worker invoking through the proxy."""
+        if self.nats is None or self.acceptor is None or self.queue is None:
+            return
+        try:
+            await self.nats.start()
+        except (RuntimeError, OSError) as e:
+            # The proxy answers /async-function/ with 503 and says why; synchronous calls are unaffected.
+            log.warning("%s; asynchronous calls are unavailable", e)
+            self.queue_note = f"asynchronous calls: off ({e})"
+            return
+        await self.acceptor.start(wait=5.0)
+        self.worker = QueueWorker(
+            queue=self.queue,
+            settings=QueueWorkerSettings(
+                proxy_url=self.url,
+                discover_interval=0.2,
+                max_inflight=5,
+                retry_min_wait=1.0,
+                retry_max_wait=5.0,
+            ),
+            registry=self.registry,
+        )
+        await self.worker.start()
 
     async def _run_loop(self) -> None:
         try:
@@ -143,6 +203,11 @@ class LocalStack:
             with contextlib.suppress(Exception):
                 await self._loop_task
             self._loop_task = None
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            with contextlib.suppress(Exception):
+                await worker.drain(grace=self.settings.drain_grace)
+            await worker.close()
         with contextlib.suppress(Exception):
             await self.proxy.drain(grace=self.settings.drain_grace)
         try:
@@ -151,3 +216,7 @@ class LocalStack:
             await self.proxy.stop()
             await self.controller.close()
             await self.reader.close()
+            if self.acceptor is not None:
+                await self.acceptor.close()
+            if self.nats is not None:
+                await self.nats.stop()
