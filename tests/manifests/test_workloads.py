@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
-from autoscaler.cli import _parser, settings_overrides
+from autoscaler.cli import _parser
 from autoscaler.config import ControllerSettings, ProviderSettings, ProxySettings, build
 from tests.manifests.conftest import Obj, only, pod_specs
+
+
+def settings_overrides(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    """The flags of `model` the manifest gives (None: not given), as the CLI hands them to the settings."""
+    given = vars(args)
+    return {name: given[name] for name in model.model_fields if given.get(name) is not None}
 
 
 def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -69,7 +77,7 @@ def test_the_controller_runs_two_replicas_with_leader_election_on_a_lease_it_may
     deployment = only(base, "Deployment", "autoscaler-controller")
     assert deployment["spec"]["replicas"] == 2
     args = _args(base, "autoscaler-controller")
-    assert args.handler == "autoscaler.commands.run:run"
+    assert args.command == "run"
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in container.get("env", [])}
     assert env["AUTOSCALER_LEASE_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
