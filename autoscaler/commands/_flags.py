@@ -1,4 +1,4 @@
-"""Flags every command parses the same way: one flag per setting, and one Go-duration flag.
+"""What every command does the same way: one flag per setting, one Go-duration flag, one event loop.
 
 A setting's flag is generated from its pydantic field (name, help text, environment variable and
 default), so flag, variable and documentation cannot drift apart; `settings` builds the model from
@@ -10,7 +10,8 @@ and the value, said the same way by every command.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -21,18 +22,39 @@ from autoscaler.spec import parse_duration
 DURATION_HINT = "use a Go duration such as 90s, 500ms or 15m"
 
 
+def command(
+    subparsers: Any, name: str, *, help: str, description: str, handler: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    """A command's parser on the CLI's subparsers, run by `handler`."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help, description=description)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
 def add_settings_flags(
     parser: argparse.ArgumentParser,
-    model: type[BaseModel],
-    *,
+    *models: type[BaseModel],
     skip: tuple[str, ...] = (),
     only: tuple[str, ...] | None = None,
     group: Any = None,
     prefix: str = "",
 ) -> None:
-    """One flag per field of `model` (or of its fields in `only`): `--field-name`, env var and default
-    in its help, after `prefix`. `group` is the argument group for them (default: one named after
-    the model)."""
+    """One flag per field of each model (or of its fields in `only`): `--field-name`, env var and
+    default in its help, after `prefix`. `group` is the argument group for them (default: one per
+    model, named after it)."""
+    for model in models:
+        _add_model(parser, model, skip=skip, only=only, group=group, prefix=prefix)
+
+
+def _add_model(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    *,
+    skip: tuple[str, ...],
+    only: tuple[str, ...] | None,
+    group: Any,
+    prefix: str,
+) -> None:
     if group is None:
         group = parser.add_argument_group(model.__name__.removesuffix("Settings").lower() + " settings")
     for name, field in model.model_fields.items():
@@ -60,6 +82,15 @@ def settings_overrides(args: argparse.Namespace, model: type[BaseModel]) -> dict
 def settings(args: argparse.Namespace, model: type[BaseModel]) -> Any:
     """`model` from the flags given, the environment and the defaults; ConfigError naming a bad one."""
     return build(model, settings_overrides(args, model))  # type: ignore[arg-type]
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run a long-running command's coroutine on uvloop (a dependency on Linux), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 class GoDuration(argparse.Action):

@@ -12,7 +12,7 @@ import argparse
 import logging
 from typing import Any
 
-from autoscaler.commands._flags import PositiveGoDuration, add_settings_flags, settings
+from autoscaler.commands._flags import PositiveGoDuration, add_settings_flags, command, settings
 from autoscaler.config import ControllerSettings, MetricsSettings, ProxySettings, check_environment
 from autoscaler.errors import ConfigError
 
@@ -24,13 +24,15 @@ SERVE_PORT = 8080
 
 def add_parser(subparsers: Any) -> None:
     """Register `autoscaler demo` on the CLI's subparsers."""
-    parser = subparsers.add_parser(
+    parser = command(
+        subparsers,
         "demo",
         help="see it work in one command: local functions, proxy and loop, under a scripted load",
         description="Without arguments: run two example functions as local processes behind the wake-up "
         "proxy and the control loop, drive a cold start, a burst and an idle period back to zero, print "
         "a summary and exit. With --serve: keep running so you can curl "
         "http://127.0.0.1:PORT/function/NAME until Ctrl-C.",
+        handler=run,
     )
     add = parser.add_argument
     add("--serve", action="store_true", help="keep running (no scripted load) until Ctrl-C")
@@ -60,7 +62,6 @@ def add_parser(subparsers: Any) -> None:
     add("--verbose", action="store_true", help="show the add-on's and the functions' logs")
     # A Prometheus that scrapes the proxy's --admin-port /metrics, instead of the proxy's own counters.
     add_settings_flags(parser, MetricsSettings, only=("prometheus_url",), prefix="with --serve: ")
-    parser.set_defaults(handler=run)
 
 
 def _zero_duration(args: argparse.Namespace) -> float | None:

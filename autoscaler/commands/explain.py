@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from autoscaler.commands._flags import GoDuration, add_settings_flags, settings
+from autoscaler.commands._flags import GoDuration, add_settings_flags, command, settings
 from autoscaler.config import MetricsSettings, ProviderSettings
 from autoscaler.errors import ConfigError, SpecError
 from autoscaler.spec import format_duration, knob_notes, parse_labels, unsupported
@@ -164,11 +164,13 @@ async def _explain_live(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_parser(subparsers: Any) -> None:
     """Register `autoscaler explain` on the CLI's subparsers."""
-    parser = subparsers.add_parser(
+    parser = command(
+        subparsers,
         "explain",
         help="say what the loop would decide for given labels and load (offline), or for a live function",
         description="Offline: --label KEY=VALUE ... --load X --replicas N. Live: explain NAME[.NAMESPACE] "
         "reads the function from the cluster and its load from Prometheus.",
+        handler=run,
     )
     add = parser.add_argument
     add("function", nargs="?", help="NAME[.NAMESPACE] of a live function (needs a cluster)")
@@ -182,9 +184,7 @@ def add_parser(subparsers: Any) -> None:
         help="time since the last started invocation, Go duration (offline)",
     )
     add("--json", action="store_true", help="print one JSON object")
-    add_settings_flags(parser, MetricsSettings)
-    add_settings_flags(parser, ProviderSettings)
-    parser.set_defaults(handler=run)
+    add_settings_flags(parser, MetricsSettings, ProviderSettings)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,10 +9,9 @@ loop through the function's activity annotation, which the loop's own watch sees
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
-from autoscaler.commands._flags import add_settings_flags, settings
+from autoscaler.commands._flags import add_settings_flags, command, run_loop, settings
 from autoscaler.config import ProviderSettings, ProxySettings, QueueSettings
 
 # Seconds the proxy waits for NATS at start-up before serving (async calls are 503 until it is up).
@@ -55,23 +54,19 @@ async def serve(
 
 def add_parser(subparsers: Any) -> None:
     """Register `autoscaler proxy` on the CLI's subparsers."""
-    parser = subparsers.add_parser(
+    parser = command(
+        subparsers,
         "proxy",
         help="run the wake-up proxy in front of the functions",
         description="Serve /function/NAME[.NAMESPACE]/...; hold requests for functions at zero replicas, "
         "wake them and forward once a replica is ready.",
+        handler=run,
     )
-    for model in (ProxySettings, ProviderSettings, QueueSettings):
-        add_settings_flags(parser, model)
-    parser.set_defaults(handler=run)
+    add_settings_flags(parser, ProxySettings, ProviderSettings, QueueSettings)
 
 
 def run(args: argparse.Namespace) -> int:
     proxy: ProxySettings = settings(args, ProxySettings)
     providers: ProviderSettings = settings(args, ProviderSettings)
     queue: QueueSettings = settings(args, QueueSettings)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(serve(settings=proxy, providers=providers, queue=queue))
-    return uvloop.run(serve(settings=proxy, providers=providers, queue=queue))
+    return run_loop(serve(settings=proxy, providers=providers, queue=queue))

@@ -13,7 +13,7 @@ import re
 import signal
 from typing import Any
 
-from autoscaler.commands._flags import add_settings_flags, settings
+from autoscaler.commands._flags import add_settings_flags, command, run_loop, settings
 from autoscaler.config import QueueSettings, QueueWorkerSettings
 from autoscaler.errors import ConfigError
 from autoscaler.interfaces import FunctionRef
@@ -66,26 +66,27 @@ async def serve(*, queue: QueueSettings, settings: QueueWorkerSettings) -> int:
 
 def add_parser(subparsers: Any) -> None:
     """Register `autoscaler queue-worker` and `autoscaler queue-replay` on the CLI's subparsers."""
-    worker = subparsers.add_parser(
+    worker = command(
+        subparsers,
         "queue-worker",
         help="invoke the asynchronous calls queued on NATS JetStream, through the proxy",
         description="Pull each function's queued calls (one durable consumer per function), invoke them "
         "through the proxy's /function/ route, retry with back-off, post callbacks, dead-letter the rest.",
+        handler=run,
     )
-    add_settings_flags(worker, QueueSettings)
-    add_settings_flags(worker, QueueWorkerSettings)
-    worker.set_defaults(handler=run)
-    replay = subparsers.add_parser(
+    add_settings_flags(worker, QueueSettings, QueueWorkerSettings)
+    replay = command(
+        subparsers,
         "queue-replay",
         help="send dead-lettered asynchronous calls back to the queue",
         description="Move the calls in the dead-letter stream (QUEUE-dead) of one function, or of all, back "
         "to the queue, with their original X-Call-Id; each is deleted from the dead letters once re-queued.",
+        handler=run_replay,
     )
     replay.add_argument("function", nargs="?", help="NAME[.NAMESPACE] (default: every function)")
     replay.add_argument("--namespace", default="openfaas-fn", help="namespace when FUNCTION has none")
     replay.add_argument("--limit", type=int, default=None, help="replay at most this many")
     add_settings_flags(replay, QueueSettings)
-    replay.set_defaults(handler=run_replay)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,11 +94,7 @@ def run(args: argparse.Namespace) -> int:
     worker: QueueWorkerSettings = settings(args, QueueWorkerSettings)
     if queue.nats_url is None:
         raise ConfigError("--nats-url (env AUTOSCALER_NATS_URL) is required, e.g. nats://nats.openfaas:4222")
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(serve(queue=queue, settings=worker))
-    return uvloop.run(serve(queue=queue, settings=worker))
+    return run_loop(serve(queue=queue, settings=worker))
 
 
 async def replay(*, queue: QueueSettings, function: FunctionRef | None, limit: int | None) -> int:

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from autoscaler import keepalive
 from autoscaler.admin import AdminServer
-from autoscaler.commands._flags import add_settings_flags, settings
+from autoscaler.commands._flags import add_settings_flags, command, settings
 from autoscaler.config import ControllerSettings, MetricsSettings, ProviderSettings
 from autoscaler.controller import Controller
 from autoscaler.errors import ConfigError, SpecError
@@ -185,15 +185,15 @@ def _adaptive(labels: Mapping[str, str]) -> bool:
 
 def add_parser(subparsers: Any) -> None:
     """Register `autoscaler run` on the CLI's subparsers."""
-    parser = subparsers.add_parser(
+    parser = command(
+        subparsers,
         "run",
         help="run the control loop against a Kubernetes cluster",
         description="Tick every --interval: read load from Prometheus, decide from each function's labels, "
         "patch the Deployments' scale subresource (only what changed), write an Event per change.",
+        handler=run,
     )
-    for model in (ControllerSettings, MetricsSettings, ProviderSettings):
-        add_settings_flags(parser, model)
-    parser.set_defaults(handler=run)
+    add_settings_flags(parser, ControllerSettings, MetricsSettings, ProviderSettings)
 
 
 def run(args: argparse.Namespace) -> int:

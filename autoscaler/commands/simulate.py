@@ -17,7 +17,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from autoscaler.commands._flags import GoDuration, PositiveGoDuration, add_settings_flags, settings
+from autoscaler.commands._flags import GoDuration, PositiveGoDuration, add_settings_flags, command, settings
 from autoscaler.config import MetricsSettings
 from autoscaler.errors import ConfigError
 from autoscaler.simulate import DEFAULT_TRACE, Simulation, assumptions, simulate
@@ -34,11 +34,13 @@ def _policy(text: str) -> str:
 
 def add_parser(subparsers: Any) -> None:
     """Register `simulate` on the `autoscaler` command's subparsers."""
-    parser = subparsers.add_parser(
+    parser = command(
+        subparsers,
         "simulate",
         help="replay a production trace through the policies and compare cold starts and idle memory",
         description="Replay an Azure Functions 2019 trace (invocations.csv, durations.csv, memory.csv) on a "
         "virtual clock through each policy and report cold starts, waits, replica-seconds and wasted memory.",
+        handler=run,
     )
     parser.add_argument(
         "--trace", type=Path, default=None, help="trace directory (default: the sample shipped inside)"
@@ -75,7 +77,6 @@ def add_parser(subparsers: Any) -> None:
         help="replay this much of the trace through every policy before counting anything (default 0)",
     )
     add("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default: up to 2)")
-    parser.set_defaults(handler=run)
 
 
 def _add_history(parser: argparse.ArgumentParser) -> None:
