@@ -15,7 +15,8 @@ YAML file in the spirit of OpenFaaS's `stack.yml`:
 Each replica is `command` run as a process (split like a shell would, never through a shell, so
 signals reach it) with `PORT` set. In the command, `{python}` is the interpreter running the add-on
 and `{dir}` is the directory holding the functions file. Every validation error names the function
-and the field, and is raised as ConfigError (the CLI exits 2 on it).
+and the field, and is raised as ConfigError (the CLI exits 2 on it); so are a file that is not UTF-8
+and a key given twice in one mapping (YAML would keep the last function of a name, silently).
 """
 
 from __future__ import annotations
