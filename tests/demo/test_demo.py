@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.local.support import alive, children_of
 from tests.support.waiting import until
@@ -40,6 +41,7 @@ def number(pattern: str, text: str) -> int:
     return int(found.group(1))
 
 
+@pytest.mark.slow
 async def test_the_demo_runs_a_cold_start_a_burst_and_an_idle_period_and_loses_no_request() -> None:
     started = time.monotonic()
     demo = await autoscaler("demo")
@@ -65,6 +67,7 @@ async def test_the_demo_runs_a_cold_start_a_burst_and_an_idle_period_and_loses_n
     assert re.search(r"wordcount: replicas=0 desired=0 .*last change=ScaleToZero", text)
 
 
+@pytest.mark.slow
 async def test_serve_answers_callers_until_sigterm_and_leaves_no_process_behind() -> None:
     add_on = await autoscaler("demo", "--serve", "--port", "0")
     try:

@@ -51,6 +51,7 @@ def spawn(started: list[subprocess.Popen[bytes]], log: Path, *args: str) -> subp
     return process
 
 
+@pytest.mark.slow
 async def test_an_async_call_to_the_proxy_command_is_invoked_by_the_worker_command_and_called_back(
     nats_server: NatsServer,
     make_receiver: MakeReceiver,

@@ -87,6 +87,7 @@ async def drive(stack: Stack, make_receiver: MakeReceiver, make_worker: MakeWork
 
 @pytest.mark.nats
 class TestAThrottlingFunction:
+    @pytest.mark.slow
     async def test_gets_all_its_calls_with_far_fewer_429s_than_at_a_fixed_concurrency(
         self, stack: Stack, make_receiver: MakeReceiver, make_worker: MakeWorker
     ) -> None:

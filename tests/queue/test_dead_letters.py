@@ -39,6 +39,7 @@ async def dead_count(stack: Stack) -> int:
 
 
 class TestAReplayedDeadLetter:
+    @pytest.mark.slow
     async def test_is_invoked_again_with_its_call_id_and_leaves_the_dead_letters(
         self, stack: Stack, make_receiver: MakeReceiver, make_worker: MakeWorker
     ) -> None:
@@ -78,6 +79,7 @@ class TestAReplayedDeadLetter:
 
 
 class TestQueueReplay:
+    @pytest.mark.slow
     def test_with_nats_unreachable_exits_1_with_a_clear_line(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOSCALER_")}
         done = subprocess.run(

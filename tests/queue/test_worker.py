@@ -159,6 +159,7 @@ class TestRetries:
 
 
 class TestCallbacks:
+    @pytest.mark.slow
     async def test_a_refusing_callback_url_does_not_block_other_calls(
         self,
         stack: Stack,
@@ -305,6 +306,7 @@ class TestABatch:
 
 
 class TestALongCall:
+    @pytest.mark.slow
     async def test_outlasting_the_ack_wait_is_not_redelivered_while_it_runs(
         self,
         stack: Stack,

@@ -37,6 +37,7 @@ def worker_process(stack: Stack, log: Path, *extra: str) -> subprocess.Popen[byt
 
 
 class TestAKilledWorker:
+    @pytest.mark.slow
     async def test_its_call_is_redelivered_and_completed_by_a_new_worker(
         self, stack: Stack, make_receiver: MakeReceiver, make_worker: MakeWorker, tmp_path: Path
     ) -> None:
@@ -121,6 +122,7 @@ async def scrape(client: aiohttp.ClientSession, port: int) -> dict[str, float]:
 
 
 class TestTheAdminPort:
+    @pytest.mark.slow
     async def test_exports_pending_and_inflight_calls_under_openfaas_pro_names(
         self, stack: Stack, make_receiver: MakeReceiver, tmp_path: Path
     ) -> None:
@@ -167,6 +169,7 @@ class TestTheAdminPort:
                     worker.kill()
                     worker.wait(timeout=10)
 
+    @pytest.mark.slow
     async def test_is_not_ready_while_nats_is_down(self, stack: Stack, tmp_path: Path) -> None:
         port = free_port()
         stack.nats.stop()
@@ -196,6 +199,7 @@ class TestTheAdminPort:
 
 
 class TestAStoppedWorker:
+    @pytest.mark.slow
     async def test_finishes_its_running_call_on_sigterm_and_exits_0(
         self, stack: Stack, make_receiver: MakeReceiver, tmp_path: Path
     ) -> None:

@@ -69,6 +69,7 @@ class TestSweptPolicies:
         assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_the_sweep_on_the_shipped_sample_reports_both_curves_and_writes_them(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser(prog="autoscaler")
     simulate.add_parser(parser.add_subparsers(dest="command"))

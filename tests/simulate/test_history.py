@@ -84,6 +84,7 @@ class TestFlags:
         with pytest.raises(ConfigError, match="--sizes"):
             read_sizes(path, duration=0.1, memory_mb=128)
 
+    @pytest.mark.slow
     def test_an_unreachable_prometheus_exits_with_one_line(self) -> None:
         url = f"http://127.0.0.1:{free_port()}"
         done = subprocess.run(
