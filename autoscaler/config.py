@@ -95,9 +95,9 @@ class ProviderSettings(_Base):
         "followed as namespaces come and go",
     )
     api_qps: float = Field(
-        default=20.0, ge=0, description="writes per second to the Kubernetes API after the burst (0: no limit)"
+        default=20.0, ge=0, description="writes per second to the Kubernetes API past the burst (0: no limit)"
     )
-    api_burst: int = Field(default=30, ge=1, description="writes to the Kubernetes API at once before api_qps")
+    api_burst: int = Field(default=30, ge=1, description="writes to the Kubernetes API at once, then api_qps")
 
     @field_validator("namespaces", mode="before")
     @classmethod
