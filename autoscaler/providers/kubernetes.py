@@ -6,8 +6,9 @@ proxied request costs no API call, and `wait_ready()` wakes on the watch event, 
 Writes are few and small: a strategic merge patch (the client's default for a dict body; on these
 maps it is a plain JSON merge patch) of the `scale` subresource and of the last-active annotation
 (at most one write per function per `mark_active_interval`, by a few writer tasks: `_k8s_marks`),
-and core/v1 Events (aggregated like client-go's recorder: `_k8s_events`). Every call is retried and
-wrapped by `_k8s_calls`, so callers only ever see `autoscaler.errors`.
+and core/v1 Events (aggregated like client-go's recorder: `_k8s_events`). Every write first takes a
+token of the write budget (`_k8s_budget`: `api_qps`, `api_burst`), wake-ups first and Events last;
+every call is retried and wrapped by `_k8s_calls`, so callers only ever see `autoscaler.errors`.
 
 Namespaces are the configured ones plus, with `--namespaces-annotated KEY=VALUE`, every namespace
 carrying that annotation (OpenFaaS's multiple namespaces: `kubectl annotate namespace NAME
@@ -25,7 +26,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
@@ -34,6 +35,7 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 from autoscaler.config import ProviderSettings
 from autoscaler.errors import ConfigError, ProviderError
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionInfo, FunctionRef
+from autoscaler.providers._k8s_budget import Priority, WriteBudget, scale_priority
 from autoscaler.providers._k8s_cache import FunctionCache
 from autoscaler.providers._k8s_calls import RetryPolicy, call
 from autoscaler.providers._k8s_events import EVENT_SERIES_WINDOW, EventRecorder
@@ -63,6 +65,7 @@ API_CALLS: tuple[tuple[str, str, str], ...] = (
 _NEVER_FOLLOWED = frozenset({"kube-system"})
 
 ListCall = Callable[..., Awaitable[Any]]
+T = TypeVar("T")
 
 
 class KubernetesProvider:
@@ -78,6 +81,7 @@ class KubernetesProvider:
         start_timeout: float | None = 60.0,
         mark_active_interval: float = 5.0,
         component: str = "autoscaler",
+        budget: WriteBudget | None = None,
     ) -> None:
         if not settings.namespaces and not settings.namespaces_annotated:
             raise ConfigError(
@@ -95,16 +99,19 @@ class KubernetesProvider:
         self._start_timeout = start_timeout
         self._followed: set[str] = set(settings.namespaces)
         self._cache = FunctionCache(self._followed)
+        self.budget = budget or WriteBudget(qps=settings.api_qps, burst=settings.api_burst)
         self._marks = MarkWriter(
             write=self._write_mark, seen=self._cache.last_active, interval=mark_active_interval
         )
         timeout = settings.api_timeout
         self._events = EventRecorder(
-            create=lambda namespace, body: self._core.create_namespaced_event(
-                namespace, body, _request_timeout=timeout
+            create=lambda namespace, body: self._budgeted(
+                Priority.LAST,
+                lambda: self._core.create_namespaced_event(namespace, body, _request_timeout=timeout),
             ),
-            patch=lambda name, namespace, body: self._core.patch_namespaced_event(
-                name, namespace, body, _request_timeout=timeout
+            patch=lambda name, namespace, body: self._budgeted(
+                Priority.LAST,
+                lambda: self._core.patch_namespaced_event(name, namespace, body, _request_timeout=timeout),
             ),
             retry=self._retry,
             component=component,
@@ -192,6 +199,7 @@ class KubernetesProvider:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._marks.close()
+        await self.budget.close()
         if self._owns_client:
             await self.api_client.close()
 
@@ -339,13 +347,18 @@ class KubernetesProvider:
     async def scale(self, ref: FunctionRef, replicas: int) -> None:
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
             raise ProviderError(f"cannot scale {ref.key} to {replicas!r}: replicas must be an integer >= 0")
+        cached = self._cache.functions.get(ref.key)
+        priority = scale_priority(None if cached is None else cached.replicas, replicas)
         await call(
             f"scale {ref.key} to {replicas}",
-            lambda: self._apps.patch_namespaced_deployment_scale(
-                ref.name,
-                ref.namespace,
-                {"spec": {"replicas": replicas}},
-                _request_timeout=self.settings.api_timeout,
+            lambda: self._budgeted(
+                priority,
+                lambda: self._apps.patch_namespaced_deployment_scale(
+                    ref.name,
+                    ref.namespace,
+                    {"spec": {"replicas": replicas}},
+                    _request_timeout=self.settings.api_timeout,
+                ),
             ),
             # The patch carries no resourceVersion: the retry applies to the latest object.
             policy=self._retry,
@@ -357,13 +370,24 @@ class KubernetesProvider:
 
     async def _write_mark(self, ref: FunctionRef, when: float) -> None:
         body = {"metadata": {"annotations": {LAST_ACTIVE_ANNOTATION: format_last_active(when)}}}
+        # A function at zero is marked by the wake-up about to scale it: that mark cannot wait.
+        cached = self._cache.functions.get(ref.key)
+        priority = Priority.WAKE if cached is not None and cached.replicas == 0 else Priority.LAST
         await call(
             f"mark {ref.key} active",
-            lambda: self._apps.patch_namespaced_deployment(
-                ref.name, ref.namespace, body, _request_timeout=self.settings.api_timeout
+            lambda: self._budgeted(
+                priority,
+                lambda: self._apps.patch_namespaced_deployment(
+                    ref.name, ref.namespace, body, _request_timeout=self.settings.api_timeout
+                ),
             ),
             policy=self._retry,
         )
+
+    async def _budgeted(self, priority: Priority, write: Callable[[], Awaitable[T]]) -> T:
+        """One attempt of a write, once the write budget gives it a token (each retry takes another)."""
+        await self.budget.take(priority)
+        return await write()
 
     async def record_event(
         self, ref: FunctionRef, *, reason: str, message: str, warning: bool = False
