@@ -76,13 +76,13 @@ async def test_one_leader_patches_and_a_handover_mid_burst_continues_without_wro
     world: tuple[FakeApiServer, GatewayExporter, PrometheusServer, Path], tmp_path: Path
 ) -> None:
     api, exporter, prometheus, kubeconfig = world
-    controllers = [
-        await start_controller(
+    controllers = list(await asyncio.gather(*(  # started together, as two replicas of a Deployment are
+        start_controller(
             kubeconfig=kubeconfig, prometheus_url=prometheus.url, log=tmp_path / f"{name}.log",
             interval=0.5, rate_window=WINDOW, extra_args=ELECTION, name=name,
         )
         for name in ("first", "second")
-    ]  # fmt: skip
+    )))  # fmt: skip
     try:
         leader = await asyncio.wait_for(_first_leader(controllers), 15)
         follower = next(c for c in controllers if c is not leader)

@@ -68,7 +68,6 @@ async def running_cluster(factory: PrometheusFactory, tmp_path: Path) -> AsyncIt
             for name in (BURSTY, SLEEPY, STEADY):
                 exporter.set_function(f"{name}.openfaas-fn", rps=0.0, inflight=0)
             prometheus = factory.start(targets=[exporter.target], scrape_interval=0.5)
-            await prometheus.wait_for_rates({f"{BURSTY}.openfaas-fn": 0.0}, window=WINDOW)
             controller = await start_controller(
                 kubeconfig=kubeconfig,
                 prometheus_url=prometheus.url,
@@ -77,6 +76,8 @@ async def running_cluster(factory: PrometheusFactory, tmp_path: Path) -> AsyncIt
                 rate_window=WINDOW,
             )
             try:
+                # The controller started while Prometheus took its first scrapes (no data: nothing scaled).
+                await prometheus.wait_for_rates({f"{BURSTY}.openfaas-fn": 0.0}, window=WINDOW)
                 yield Cluster(api=api, exporter=exporter, prometheus=prometheus, log=controller.log)
             finally:
                 code = await controller.stop()

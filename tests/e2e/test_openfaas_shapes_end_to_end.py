@@ -77,7 +77,6 @@ async def loop(prometheus_factory: PrometheusFactory, tmp_path: Path) -> AsyncIt
             for key in ("dev-zero", "dev-min"):
                 exporter.set_function(f"{key}.{DEV}", rps=0.0, inflight=0)
             prometheus = prometheus_factory.start(targets=[exporter.target], scrape_interval=0.5)
-            await prometheus.wait_for_rates({"fn-zero.openfaas-fn": 0.0}, window=WINDOW)
             controller = await start_controller(
                 kubeconfig=kubeconfig,
                 prometheus_url=prometheus.url,
@@ -87,6 +86,8 @@ async def loop(prometheus_factory: PrometheusFactory, tmp_path: Path) -> AsyncIt
                 extra_args=("--namespaces-annotated", "openfaas=1"),
             )
             try:
+                # The controller started while Prometheus took its first scrapes (no data: nothing scaled).
+                await prometheus.wait_for_rates({"fn-zero.openfaas-fn": 0.0}, window=WINDOW)
                 yield Loop(api=api, exporter=exporter, controller=controller)
             finally:
                 code = await controller.stop()
