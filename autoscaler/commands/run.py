@@ -17,18 +17,15 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry
-
-from autoscaler import keepalive
-from autoscaler.admin import AdminServer
 from autoscaler.commands._flags import add_settings_flags, command, settings
 from autoscaler.config import ControllerSettings, MetricsSettings, ProviderSettings
-from autoscaler.controller import Controller
 from autoscaler.errors import ConfigError, SpecError
 from autoscaler.spec import parse_labels
 from policies.model import KeepAlive
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the running parts are imported when the command runs, not to build the parser
+    from autoscaler.admin import AdminServer
+    from autoscaler.controller import Controller
     from autoscaler.leader import LeaderElector
     from autoscaler.metrics import PrometheusReader
     from autoscaler.providers.kubernetes import KubernetesProvider
@@ -58,6 +55,8 @@ class _Health:
 
 
 async def _admin(controller: Controller, settings: ControllerSettings, health: _Health) -> AdminServer:
+    from autoscaler.admin import AdminServer
+
     admin = AdminServer(
         host=settings.admin_host,
         port=settings.admin_port,
@@ -104,6 +103,8 @@ async def _seed(
     reader: PrometheusReader, provider: KubernetesProvider, histories: dict[str, Any], end: float
 ) -> None:
     """Keep-alive histories of the adaptive functions from Prometheus, before the first tick."""
+    from autoscaler import keepalive
+
     adaptive = [key for key, info in provider.functions().items() if _adaptive(info.labels)]
     histories.update(await keepalive.read_histories(reader, keys=adaptive, now=end))
 
@@ -111,6 +112,10 @@ async def _seed(
 async def serve(
     *, controller_settings: ControllerSettings, metrics: MetricsSettings, providers: ProviderSettings
 ) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from autoscaler import keepalive
+    from autoscaler.controller import Controller
     from autoscaler.metrics import PrometheusReader
     from autoscaler.providers.kubernetes import KubernetesProvider
 
