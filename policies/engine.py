@@ -187,8 +187,12 @@ def decide(
             current, current, Reason.STATIC, f"min = max = {spec.min_replicas}: not autoscaled", False
         )
     value = None if load is None else load.value(spec.type)
-    burst = spec.burst_threshold > 0 and bursting(
-        spec=spec, state=state, value=value, current=current, now=now
+    # Burst mode scales a running function; at zero, waking is the business of activity and the proxy
+    # (a rate still counting the calls from before it went to zero must not wake it).
+    burst = (
+        spec.burst_threshold > 0
+        and current > 0
+        and bursting(spec=spec, state=state, value=value, current=current, now=now)
     )
     # Idleness needs evidence: the started counter and the in-flight gauge both read this tick
     # (invariant 1: missing metrics never scale to zero). Burst mode never scales down, to zero neither.

@@ -70,10 +70,13 @@ def delayed(*, spec: ScalingSpec, state: FunctionState, current: int, desired: i
 def bursting(
     *, spec: ScalingSpec, state: FunctionState, value: float | None, current: int, now: float
 ) -> bool:
-    """Record a burst trigger at `now` if this tick's load figure is one; True while in burst mode."""
+    """Record a burst trigger at `now` if this tick's figure is one; True while in burst mode.
+
+    For a running function (`current` >= 1): `decide` does not ask at zero.
+    """
     if spec.burst_threshold <= 0:
         return False
-    if value is not None and raw_replicas(spec=spec, load=value) >= spec.burst_threshold * max(current, 1):
+    if value is not None and raw_replicas(spec=spec, load=value) >= spec.burst_threshold * current:
         state.burst_at = now  # enter burst mode, or extend it while the figure stays over the threshold
     return state.burst_at is not None and now - state.burst_at < spec.burst_window
 

@@ -129,6 +129,12 @@ class TestBurstMode:
         gone = decide(spec=spec, load=quiet, current=9, state=state, now=40.0)
         assert (gone.desired, gone.reason) == (0, Reason.SCALE_TO_ZERO)
 
+    def test_a_rate_left_over_at_zero_does_not_wake_a_function_through_burst_mode(self) -> None:
+        spec, state = parse_labels({BURST_THRESHOLD: "200", ZERO: "true"}), FunctionState()
+        for now in (0.0, 2.0, 4.0):  # no new calls: the rate still counts the ones before zero
+            assert decide(spec=spec, load=rps(400.0, 5.0), current=0, state=state, now=now).desired == 0
+        assert state.burst_at is None
+
 
 class TestActivationThreshold:
     spec = parse_labels({ZERO: "true", ACTIVATION_THRESHOLD: "5"})
