@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ log = logging.getLogger("autoscaler.queue")
 
 FETCH_WAIT = 1.0  # seconds one pull waits for messages (bounds how long a stop takes to be noticed)
 RESUBSCRIBE_DELAY = 0.5
+CONSUMERS_EVERY = 30.0  # seconds between listings of the durable consumers (256 per request)
 
 
 @dataclass
@@ -145,6 +147,8 @@ class QueueWorker:
             codes=CALLBACK_CODES,
         )
         self.completed = 0  # calls acknowledged (done, final failure or dead-lettered)
+        self._consumed: set[str] = set()  # functions with a durable consumer, as last listed
+        self._listed = -math.inf  # monotonic time of that listing
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -212,7 +216,10 @@ class QueueWorker:
                                 self._consume(self._functions[ref.key]), name=f"consume {ref.key}"
                             )
                     # Nothing on the stream for them: 0 pending, a figure the loop can scale down on.
-                    idle = {ref.key for ref in await consumed(js, queue)} | self._functions.keys()
+                    if time.monotonic() - self._listed >= CONSUMERS_EVERY:
+                        self._consumed = {ref.key for ref in await consumed(js, queue)}
+                        self._listed = time.monotonic()
+                    idle = self._consumed | self._functions.keys()
                     for key in idle - seen:
                         self.metrics.pending.labels(key, queue).set(0)
                     problem = ""
