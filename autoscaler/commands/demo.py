@@ -13,7 +13,14 @@ import logging
 from typing import Any
 
 from autoscaler.commands._flags import PositiveGoDuration, add_settings_flags, command, settings
-from autoscaler.config import ControllerSettings, MetricsSettings, ProxySettings, check_environment
+from autoscaler.config import (
+    ControllerSettings,
+    MetricsSettings,
+    ProxySettings,
+    QueueSettings,
+    QueueWorkerSettings,
+    check_environment,
+)
 from autoscaler.errors import ConfigError
 
 # Seconds: the scripted demo's idle time before zero, and the built-in functions' under --serve.
@@ -83,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--port", port), ("--admin-port", args.admin_port)):
         if not 0 <= value <= 65535:
             raise ConfigError(f"{flag} {value} is not a port number (0..65535; 0 picks a free one)")
-    check_environment(ProxySettings, ControllerSettings, MetricsSettings)  # the stack builds them
+    # The stack builds these itself, reading the variables the flags do not set.
+    check_environment(ProxySettings, ControllerSettings, MetricsSettings, QueueSettings, QueueWorkerSettings)
     prometheus_url = None
     if args.serve:
         prometheus_url = settings(args, MetricsSettings).prometheus_url

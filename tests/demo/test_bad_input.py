@@ -45,6 +45,8 @@ def refused(done: subprocess.CompletedProcess[str]) -> str:
         ("AUTOSCALER_HOLD_TIMEOUT", "-1"),
         ("AUTOSCALER_INTERVAL", "often"),  # the loop's
         ("AUTOSCALER_QUERY_TIMEOUT", "soon"),  # the metrics'
+        ("AUTOSCALER_QUEUE_NAME", "no spaces"),  # the queue's and its worker's
+        ("AUTOSCALER_RETRY_CODES", "teapot"),
     ],
 )
 def test_a_bad_environment_variable_is_one_line_naming_it(variable: str, value: str) -> None:
