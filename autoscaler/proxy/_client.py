@@ -71,9 +71,9 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "_buf", "_chunk_left", "_drain_waiter", "_feed_waiter", "_head", "_interim_kept", "_method",
-        "_paused", "_state", "_write_paused", "body", "body_size", "closed", "connection", "content_length",
-        "counted", "done", "error", "got_bytes", "handed_over", "headers", "keep_alive", "last_used",
-        "origin", "proven", "reason", "status", "transport", "trial", "uses",
+        "_paused", "_state", "_upgrade", "_write_paused", "body", "body_size", "closed", "connection",
+        "content_length", "counted", "done", "error", "got_bytes", "handed_over", "headers", "keep_alive",
+        "last_used", "origin", "proven", "reason", "status", "transport", "trial", "uses",
     )  # fmt: skip
 
     def __init__(self, origin: Origin) -> None:
@@ -90,8 +90,9 @@ class Connection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reset("GET")
 
-    def _reset(self, method: str) -> None:
+    def _reset(self, method: str, upgrade: bool = False) -> None:
         self._method = method
+        self._upgrade = upgrade  # the request asked for an Upgrade: a 101 is its answer
         self._interim_kept = True  # no interim response, or only 100 Continue, came before the answer
         self._state = HEAD
         self._buf = bytearray()
@@ -153,10 +154,12 @@ class Connection(asyncio.Protocol):
 
     # -- one exchange ------------------------------------------------------------------------------
 
-    def send(self, method: str, head: bytes, body: bytes | None) -> asyncio.Future[None]:
+    def send(
+        self, method: str, head: bytes, body: bytes | None, *, upgrade: bool = False
+    ) -> asyncio.Future[None]:
         """Write the request; the returned future completes when the response head is parsed."""
         assert self.transport is not None
-        self._reset(method)
+        self._reset(method, upgrade)
         self.uses += 1
         loop = asyncio.get_running_loop()
         self._head = loop.create_future()
@@ -168,13 +171,13 @@ class Connection(asyncio.Protocol):
                 self.transport.write(body)
         return self._head
 
-    async def send_stream(self, method: str, head: bytes, body: StreamBody) -> None:
+    async def send_stream(self, method: str, head: bytes, body: StreamBody, *, upgrade: bool = False) -> None:
         """Write the head, then the body as it is read; return once the response head is parsed.
 
         If the replica answers (or the connection ends) before the whole body is sent, sending stops
         and the connection is not reused: the replica may not have read the rest.
         """
-        head_future = self.send(method, head, None)
+        head_future = self.send(method, head, None, upgrade=upgrade)
         assert self.transport is not None
         transport = self.transport
         chunked = body.length is None
@@ -256,6 +259,11 @@ class Connection(asyncio.Protocol):
         self._forget()
         if self.transport is not None:
             self.transport.close()
+
+    def detach(self) -> None:
+        """Another protocol takes the transport over (after a 101): this connection is over for the pool."""
+        self.closed = True
+        self._forget()
 
     def untrial(self) -> None:
         """Stop counting this connection among its origin's untried ones (once)."""
@@ -402,8 +410,8 @@ class Connection(asyncio.Protocol):
         return rest
 
     def _parse_head(self, raw: bytes) -> None:
-        head = parse_head(raw, self._method)
-        if head.status < 200:
+        head = parse_head(raw, self._method, upgrade=self._upgrade)
+        if head.status < 200 and head.status != 101:
             self._interim_kept = self._interim_kept and head.keep_alive
             return  # 100 Continue and other interim responses: the real one follows
         self.status = head.status

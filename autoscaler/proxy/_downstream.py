@@ -18,6 +18,9 @@ have:
   new ones replace the oldest idle ones, keeping a margin free for connections to the functions;
 - a malformed request gets aiohttp's 400 without a traceback in the log for each one.
 
+An upgraded connection (a WebSocket spliced to a function, `_tunnel`) keeps the send timeout; its
+half-close and write back-pressure are passed to the splice (`tunnel`) instead of closing it.
+
 `ProxyRequest` adds what a response of the proxy says about itself: `X-Autoscaler-Cold-Start`, the
 seconds a request was held through a cold start (KEDA's HTTP add-on marks cold starts the same way).
 
@@ -34,7 +37,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -57,6 +60,14 @@ LINGER = 2.0
 _OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE})
 COLD_START_HEADER = "X-Autoscaler-Cold-Start"
 _COLD_START = web.RequestKey("autoscaler.cold_start", float)  # seconds the request was held
+
+
+class TunnelEnd(Protocol):
+    """What an upgraded client connection tells the splice (`_tunnel`) besides the bytes it reads."""
+
+    def client_writable(self, writable: bool) -> None: ...
+
+    def client_eof(self) -> None: ...
 
 
 class ProxyRequest(web.BaseRequest):
@@ -99,6 +110,7 @@ class ClientConnection(RequestHandler):
 
     __slots__ = (
         "_body_at", "_discarding", "_head_bytes", "_head_since", "_limits", "_payload", "_stalled_since",
+        "tunnel",
     )  # fmt: skip
 
     def __init__(self, manager: ClientServer, **kwargs: Any) -> None:
@@ -110,6 +122,7 @@ class ClientConnection(RequestHandler):
         self._stalled_since: float | None = None  # loop time writing paused (the client reads nothing)
         self._discarding = False  # refused: what still comes is dropped until the close
         self._body_at = 0.0  # loop time the last piece of the current request's body came
+        self.tunnel: TunnelEnd | None = None  # an upgraded connection spliced to a function's (`_tunnel`)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -163,10 +176,21 @@ class ClientConnection(RequestHandler):
     def pause_writing(self) -> None:
         super().pause_writing()
         self._stalled_since = self._loop.time()
+        if self.tunnel is not None:
+            self.tunnel.client_writable(False)
 
     def resume_writing(self) -> None:
         super().resume_writing()
         self._stalled_since = None
+        if self.tunnel is not None:
+            self.tunnel.client_writable(True)
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio's: True keeps it open
+        """The client half-closed: an upgraded connection passes it on and stays open for the answer."""
+        if self.tunnel is not None:
+            self.tunnel.client_eof()
+            return True
+        return None
 
     @property
     def idle(self) -> bool:

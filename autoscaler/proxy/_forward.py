@@ -7,7 +7,9 @@ reverse-proxy rules (RFC 9110 section 7.6.1: drop hop-by-hop headers and those n
 unless the client is the gateway in front); bodies are passed as bytes, never decompressed or re-encoded.
 Small responses with a known length are read whole (one write downstream); anything larger or of
 unknown length is streamed chunk by chunk. The same forwarder carries requests passed through to the
-real provider (`what` names the upstream in errors: a function by default, or the provider).
+real provider (`what` names the upstream in errors: a function by default, or the provider). A
+request for a protocol switch (WebSocket) keeps its `Connection: upgrade` and `Upgrade` headers, and
+a 101 answer is spliced to the client (`_tunnel`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from autoscaler.proxy._client import Connection, StreamBody
 from autoscaler.proxy._deadlines import Deadlines
 from autoscaler.proxy._http1 import ClientError, ConnectError
 from autoscaler.proxy._pool import Pool
+from autoscaler.proxy._tunnel import splice, upgrade_of
 from autoscaler.tasks import Background
 
 log = logging.getLogger("autoscaler.proxy")
@@ -95,6 +98,9 @@ def request_headers(request: web.BaseRequest, *, trusted: bool = False) -> list[
         out.append(("X-Forwarded-Host", host))
     if not (trusted and "X-Forwarded-Proto" in src):
         out.append(("X-Forwarded-Proto", request.scheme))
+    upgrade = upgrade_of(request)
+    if upgrade is not None:  # hop-by-hop, but the switch is relayed: the function is asked for it
+        out += (("Connection", "upgrade"), ("Upgrade", upgrade))
     return out
 
 
@@ -153,15 +159,19 @@ class Forwarder:
         body: bytes | StreamBody | None,
         key: str,
         what: str | None = None,
+        upgrade: bool = False,
     ) -> Connection:
-        """Send the request to `endpoint` and return once the function's response headers are in."""
+        """Send the request to `endpoint` and return once the function's response headers are in.
+
+        With `upgrade` (the headers ask for a protocol switch) the answer may be a 101 (see `relay`).
+        """
         what = what or f"function {key}"
         if not self._started:
             raise UpstreamError(503, "the proxy is not started or already stopped")
         task = self._deadlines.arm(self._upstream_timeout)
         try:
             return await self._pool.request(
-                endpoint=endpoint, method=method, path=path, headers=headers, body=body
+                endpoint=endpoint, method=method, path=path, headers=headers, body=body, upgrade=upgrade
             )
         except asyncio.CancelledError:
             if self._deadlines.disarm(task):
@@ -188,6 +198,10 @@ class Forwarder:
         """Pass the function's status, headers and body back to the client."""
         what = what or f"function {key}"
         headers = response_headers(upstream.headers, connection=upstream.connection)
+        if upstream.status == 101:
+            return await splice(
+                request, upstream, headers, pool=self._pool, idle_timeout=self._upstream_timeout
+            )
         length = upstream.content_length
         if length is not None and length <= SMALL_BODY:
             if upstream.done:  # the whole body came with the head: nothing to wait for

@@ -64,11 +64,13 @@ class Head:
     length: int | None = None
 
 
-def parse_head(head: bytes, method: str) -> Head:
+def parse_head(head: bytes, method: str, *, upgrade: bool = False) -> Head:
     """Parse a response head (without its final blank line) to a request of `method`.
 
     An interim response (1xx other than 101) is returned as it is, with no framing: the final one
-    follows. Raises ClientError for anything malformed or a switch of protocols.
+    follows. A 101 Switching Protocols to a request that asked for an `Upgrade` ends the HTTP
+    exchange: what follows is the new protocol's, read until the connection closes and never reused
+    (see `_tunnel`). Raises ClientError for anything malformed or a switch nobody asked for.
     """
     lines = head.decode(_ENC, "surrogateescape").split("\r\n")
     status, reason, http11 = _status_line(lines[0])
@@ -76,7 +78,11 @@ def parse_head(head: bytes, method: str) -> Head:
     joined = ", ".join(connection)
     if 100 <= status < 200:
         if status == 101:
-            raise ClientError("the function switched protocols, which the proxy does not relay")
+            if not upgrade:
+                raise ClientError(
+                    "the function switched protocols, which the proxy does not relay unless asked (Upgrade)"
+                )
+            return Head(status, reason, headers, ", ".join(connection), False, state=UNTIL_EOF)
         if transfer or any(value != "0" for value in lengths):
             raise ClientError(f"an interim {status} response announced a body")
         # Only 100 Continue is part of an ordinary exchange; after any other interim response

@@ -22,6 +22,7 @@ from autoscaler.proxy._client import Connection
 from autoscaler.proxy._forward import Forwarder, UpstreamConnectError, UpstreamError, request_headers
 from autoscaler.proxy._hold import FunctionState
 from autoscaler.proxy._slots import Slots
+from autoscaler.proxy._tunnel import upgrade_of
 from policies.backoff import Backoff
 
 RETRY = Backoff(first=0.02, maximum=0.25)
@@ -111,6 +112,7 @@ class Opener:
         error: UpstreamError | None = None
         throttled = False
         retry_after = 0.0
+        upgrade = upgrade_of(request) is not None  # WebSocket: a 101 may answer (`_tunnel`)
         for _ in endpoints:
             slot: str | None = None
             if limit is not None:
@@ -124,7 +126,7 @@ class Opener:
             try:
                 upstream = await self._forwarder.open(
                     method=request.method, endpoint=endpoint, path=path, headers=headers, body=body,
-                    key=ref.key,
+                    key=ref.key, upgrade=upgrade,
                 )  # fmt: skip
             except UpstreamConnectError as e:
                 error = e  # another replica may answer

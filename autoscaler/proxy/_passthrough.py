@@ -3,7 +3,8 @@
 The gateway sends its provider `/system/...`, `/healthz` and the rest; with `--provider-url` the proxy
 passes them to faas-netes as they came (the raw target, checked by `_routing.passthrough_target` so
 that no normalisation can turn one into a function route), bodies streamed both ways: they may be
-large and are never held, so they take nothing from the function bodies' buffers.
+large and are never held, so they take nothing from the function bodies' buffers. A WebSocket (or
+other `Upgrade`) request is spliced to the provider after its 101, as function calls are (`_tunnel`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from autoscaler.proxy._admin import error_response
 from autoscaler.proxy._client import StreamBody
 from autoscaler.proxy._forward import Forwarder, UpstreamError, request_headers
 from autoscaler.proxy._routing import RouteError, passthrough_target
+from autoscaler.proxy._tunnel import upgrade_of
 
 
 async def pass_through(
@@ -35,6 +37,7 @@ async def pass_through(
         upstream = await forwarder.open(
             method=request.method, endpoint=origin, path=base + target,
             headers=request_headers(request, trusted=True), body=body, key="provider", what=what,
+            upgrade=upgrade_of(request) is not None,  # a WebSocket to the provider is spliced too
         )  # fmt: skip
         return await forwarder.relay(request, upstream, key="provider", what=what)
     except UpstreamError as e:

@@ -121,8 +121,12 @@ class Pool:
         path: str,
         headers: list[tuple[str, str]],
         body: bytes | StreamBody | None,
+        upgrade: bool = False,
     ) -> Connection:
         """Send the request; return the connection once the response head is in (release it after).
+
+        With `upgrade` (the headers ask for one) a 101 answer is accepted: the connection then
+        carries another protocol and is never reused (`_tunnel` closes it before releasing it).
 
         A request on a fresh connection that the replica never accepted is sent again on another one
         (it never arrived). A stale kept-alive connection is retried once for idempotent methods, never
@@ -153,7 +157,7 @@ class Pool:
                     first = True
                     continue
             try:
-                return await self._exchange(conn, method, head, body)
+                return await self._exchange(conn, method, head, body, upgrade)
             except NotAccepted:
                 self.release(conn)
                 self._overwhelmed(origin)
@@ -168,13 +172,13 @@ class Pool:
                 raise
 
     async def _exchange(
-        self, conn: Connection, method: str, head: bytes, body: bytes | StreamBody | None
+        self, conn: Connection, method: str, head: bytes, body: bytes | StreamBody | None, upgrade: bool
     ) -> Connection:
         """Send on `conn` and wait for the response head; raises what the exchange failed with."""
         if isinstance(body, StreamBody):
-            await conn.send_stream(method, head, body)
+            await conn.send_stream(method, head, body, upgrade=upgrade)
         else:
-            answered = conn.send(method, head, body)
+            answered = conn.send(method, head, body, upgrade=upgrade)
             if not conn.proven:
                 asyncio.get_running_loop().call_later(self._accept_check, self._check, conn)
             await answered
@@ -202,6 +206,12 @@ class Pool:
         else:
             conn.close()
             self._pump(origin)
+
+    def detach(self, conn: Connection) -> None:
+        """An upgraded connection leaves its pool for good: it no longer counts against the limit."""
+        conn.detach()
+        conn.origin.in_use -= 1
+        self._pump(conn.origin)
 
     # -- connections to requests -------------------------------------------------------------------
 
