@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,6 +100,18 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def nginx_rss_at_start(prefix: Path, function_port: int, nofile: int, connections: int) -> int:
+    """RSS (KiB, master plus worker) of nginx as proxy just started with `connections` slots."""
+    port = free_port()
+    conf = NGINX_PROXY_CONF.format(
+        prefix=prefix, port=port, function_port=function_port, nofile=nofile, connections=connections
+    )
+    with nginx(prefix, "proxy-small", conf.replace("proxy.pid", "proxy-small.pid"), cpu=PROXY_CPU) as ngx:
+        wait_port(port)
+        time.sleep(0.5)
+        return tree_rss_kib(ngx.pid)
+
+
 # -- the proxy under test, in its own process -----------------------------------------------------
 
 
@@ -107,6 +120,8 @@ async def serve_proxy(args: argparse.Namespace) -> int:
     from autoscaler.proxy import Proxy, serve_forever
     from tests.support.fakeprovider import FakeProvider
 
+    if args.trace_python:
+        tracemalloc.start(1)
     provider = FakeProvider(ready_delay=3600)  # the cold function wakes only on "release"
     await provider.add("hello", url=args.function_url)
     cold = await provider.add("cold", warm=False, url=args.function_url)
@@ -120,9 +135,14 @@ async def serve_proxy(args: argparse.Namespace) -> int:
     await proxy.start()
     loop = asyncio.get_running_loop()
 
+    marks: list[object] = []
+
     def command(line: str) -> None:
         if line == "release":
             provider.ready_now(cold)
+            return
+        if line in ("mark", "top"):
+            print(json.dumps(python_heap(marks, line)), flush=True)
             return
         stats = proxy.invocation_stats().get(cold.key)
         print(json.dumps({"held": 0 if stats is None else stats.held}), flush=True)
@@ -136,13 +156,33 @@ async def serve_proxy(args: argparse.Namespace) -> int:
     return await serve_forever(proxy, grace=5)
 
 
+def python_heap(marks: list[object], what: str) -> dict[str, object]:
+    """`mark`: remember the Python heap now; `top`: what was allocated since, by line (tracemalloc)."""
+    if not tracemalloc.is_tracing():
+        return {"tracing": False}
+    snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    if what == "mark":
+        marks[:] = [snapshot]
+        return {"tracing": True}
+    diff = snapshot.compare_to(marks[0], "lineno")  # type: ignore[arg-type]
+    grown = sum(stat.size_diff for stat in diff)
+    top = [
+        [stat.size_diff, stat.count_diff, f"{stat.traceback[0].filename}:{stat.traceback[0].lineno}"]
+        for stat in diff[:12]
+    ]
+    return {"tracing": True, "grown": grown, "top": top}
+
+
 class ProxyChild:
     def __init__(self, function_url: str, caps: dict[str, float]) -> None:
         port, admin = free_port(), free_port()
         argv = [sys.executable, __file__, "--serve-proxy", "--function-url", function_url,
                 "--port", str(port), "--admin-port", str(admin)]  # fmt: skip
         for name, value in caps.items():
-            argv += [f"--{name.replace('_', '-')}", str(value)]
+            if value is True:
+                argv.append(f"--{name.replace('_', '-')}")
+            elif value is not False:
+                argv += [f"--{name.replace('_', '-')}", str(value)]
         self.process = subprocess.Popen(
             pinned(PROXY_CPU, argv), cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -156,6 +196,10 @@ class ProxyChild:
         assert self.process.stdin is not None
         self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
+
+    def heap(self, what: str) -> dict[str, object]:
+        self.send(what)
+        return json.loads(self._line())
 
     def held(self) -> int:
         self.send("stats")
@@ -205,12 +249,26 @@ async def close_all(writers: list[asyncio.StreamWriter]) -> None:
     await asyncio.sleep(0.5)
 
 
-async def idle_phase(pid_rss: Callable[[], int], port: int, count: int) -> tuple[int, int]:
-    """RSS (KiB) before and with `count` idle connections open (after they settle)."""
+async def idle_phase(
+    pid_rss: Callable[[], int], port: int, count: int, *, child: ProxyChild | None = None
+) -> tuple[int, int]:
+    """RSS (KiB) before and with `count` idle connections open (after they settle).
+
+    With `child` traced (`--trace-python`), also prints where its Python heap grew meanwhile.
+    """
+    traced = child is not None and child.heap("mark").get("tracing")
     before = pid_rss()
     writers = await open_idle(port, count)
     await asyncio.sleep(2.0)
     with_connections = pid_rss()
+    if traced:
+        assert child is not None
+        report = child.heap("top")
+        grown = int(report["grown"])  # type: ignore[call-overload]
+        print(f"    python heap of our proxy grew {grown / 1024:.0f} KiB, "
+              f"{grown / 1024 / count:.2f} KiB per connection (tracemalloc); top lines:")  # fmt: skip
+        for size, number, where in report["top"]:  # type: ignore[attr-defined]
+            print(f"    {size / 1024 / count:7.3f} KiB/conn {number / count:6.2f} blocks/conn  {where}")
     await close_all(writers)
     return before, with_connections
 
@@ -262,6 +320,10 @@ def main() -> int:
     parser.add_argument("--idle-connections", type=int, default=10_000)
     parser.add_argument("--held", type=int, default=1000)
     parser.add_argument("--body-mib", type=int, default=1)
+    parser.add_argument(
+        "--trace-python", action="store_true",
+        help="tracemalloc in the proxy: where its Python heap grows in (b) (slows it; RSS figures rise)",
+    )  # fmt: skip
     parser.add_argument("--serve-proxy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--function-url", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -293,6 +355,7 @@ def main() -> int:
     }
     print(f"load average at start: {load()}")
     print("proxy caps: " + ", ".join(f"--{k.replace('_', '-')} {v:.0f}" for k, v in caps.items()))
+    caps["trace_python"] = args.trace_python
 
     import uvloop
 
@@ -305,6 +368,9 @@ def main() -> int:
             prefix=prefix, port=ngx_port, function_port=fn_port, nofile=nofile,
             connections=args.idle_connections + 1000,
         )  # fmt: skip
+        # nginx allocates its connection array for all worker_connections at start; measured to count it in
+        slots = args.idle_connections + 1000
+        small_rss = nginx_rss_at_start(prefix, fn_port, nofile, 1024)  # its connection array, smaller
         with (
             nginx(prefix, "function", fn_conf, cpu=LOAD_CPU),
             nginx(prefix, "proxy", px_conf, cpu=PROXY_CPU) as ngx,
@@ -322,7 +388,7 @@ def main() -> int:
                     idle_phase(lambda: tree_rss_kib(ngx.pid), ngx_port, args.idle_connections)
                 )
                 ours_before, ours_with = uvloop.run(
-                    idle_phase(lambda: rss_kib(pid), child.port, args.idle_connections)
+                    idle_phase(lambda: rss_kib(pid), child.port, args.idle_connections, child=child)
                 )
                 print(f"load average after (b): {load()}")
             finally:
@@ -349,6 +415,11 @@ def main() -> int:
           f"{ngx_per:6.2f} KiB per connection")  # fmt: skip
     ratio = ours_per / ngx_per if ngx_per > 0 else float("nan")
     print(f"    ratio per connection ours/nginx = {ratio:.1f}x")
+    slot = (ngx_before - small_rss) / (slots - 1024)
+    print(f"    nginx's connection array, allocated at start: {small_rss / 1024:.1f} MiB with 1024 "
+          f"worker_connections, {ngx_before / 1024:.1f} with {slots}: {slot:.2f} KiB a slot")  # fmt: skip
+    print(f"    counting it in: nginx {ngx_per + slot:.2f} KiB per connection, "
+          f"ratio ours/nginx = {ours_per / (ngx_per + slot):.1f}x")  # fmt: skip
     print(f"(c) {h} held requests of {args.body_mib} MiB bodies for a function at zero:")
     print(f"    our proxy      {held_before / 1024:7.1f} -> {held_with / 1024:7.1f} MiB   "
           f"{held_per:8.1f} KiB per held request")  # fmt: skip
