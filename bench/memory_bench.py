@@ -277,6 +277,7 @@ async def held_phase(child: ProxyChild, count: int, body_mib: int) -> tuple[int,
     """(RSS before, RSS with every request held and its body read, answered 200, release -> last ms)."""
     body = b"x" * (body_mib * MIB)
     head = b"POST /function/cold/ HTTP/1.1\r\nHost: bench\r\nContent-Length: %d\r\n\r\n" % len(body)
+    traced = child.heap("mark").get("tracing")
     before = rss_kib(child.process.pid)
     connections = []
     for start in range(0, count, 200):
@@ -298,6 +299,13 @@ async def held_phase(child: ProxyChild, count: int, body_mib: int) -> tuple[int,
         if abs(now - last) > 1024:
             last, stable_since = now, time.monotonic()
     held_rss = rss_kib(child.process.pid)
+    if traced:
+        report = child.heap("top")
+        grown = int(report["grown"])  # type: ignore[call-overload]
+        print(f"    python heap of our proxy grew {grown / MIB:.1f} MiB, "
+              f"{grown / 1024 / count:.1f} KiB per held request (tracemalloc); top lines:")  # fmt: skip
+        for size, number, where in report["top"]:  # type: ignore[attr-defined]
+            print(f"    {size / 1024 / count:9.2f} KiB/req {number / count:6.2f} blocks/req  {where}")
     if child.held() < count:
         print(f"  warning: only {child.held()} of {count} requests were held")
     released = time.monotonic()
