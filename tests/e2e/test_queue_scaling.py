@@ -137,9 +137,22 @@ class AsyncStack:
     worker: ServiceProcess
     callbacks: Callbacks
     ids: dict[str, int]  # X-Call-Id -> the index of the call, as accepted
+    worker_args: list[str] = field(default_factory=list)
+    logs: Path = Path()
+    workers: int = 1  # queue-workers started so far
 
     def invoked(self) -> set[str]:
         return {dict(r.headers).get("X-Call-Id", "") for r in self.upstream.received}
+
+    def called_back(self) -> int:
+        return len(self.callbacks.received)
+
+    async def kill_worker(self) -> None:
+        """SIGKILL the queue-worker mid-run (a node lost) and start a fresh one in its place."""
+        self.worker.process.kill()
+        await self.worker.process.wait()
+        self.workers += 1
+        self.worker = await spawn_worker(self.worker_args, log=self.logs / f"worker-{self.workers}.log")
 
     def backlog_decisions(self) -> list[str]:
         """Scale-ups to the maximum made on the backlog (the proxy's own wake-up asks for one replica)."""
@@ -175,6 +188,13 @@ async def queue_calls(
     return ids
 
 
+async def spawn_worker(args: list[str], *, log: Path) -> ServiceProcess:
+    worker, _ = await spawn(
+        "queue-worker", args, log=log, ready=r"queue-worker consuming .* \(admin port \d+\)"
+    )
+    return worker
+
+
 @contextlib.asynccontextmanager
 async def async_stack(
     *,
@@ -184,6 +204,7 @@ async def async_stack(
     calls: int,
     max_inflight: int,
     path: str = "/echo",
+    worker_flags: tuple[str, ...] = (),
 ) -> AsyncIterator[AsyncStack]:
     """The function at zero, `calls` calls queued, the loop watching; then the worker is started.
 
@@ -241,18 +262,20 @@ async def async_stack(
             rate_window="5s",
         )
         cleanup.push_async_callback(stop, controller)
-        worker, _ = await spawn(
-            "queue-worker",
-            [
-                "queue-worker", "--nats-url", nats_url, "--proxy-url", f"http://127.0.0.1:{port}",
-                "--admin-host", "127.0.0.1", "--admin-port", str(worker_admin),
-                "--discover-interval", "0.2", "--max-inflight", str(max_inflight), "--shutdown-grace", "2",
-            ],
-            log=tmp_path / "worker.log",
-            ready=r"queue-worker consuming .* \(admin port \d+\)",
-        )  # fmt: skip
-        cleanup.push_async_callback(stop, worker)
-        yield AsyncStack(api, upstream, controller, worker, callbacks, ids)
+        worker_args = [
+            "queue-worker", "--nats-url", nats_url, "--proxy-url", f"http://127.0.0.1:{port}",
+            "--admin-host", "127.0.0.1", "--admin-port", str(worker_admin),
+            "--discover-interval", "0.2", "--max-inflight", str(max_inflight), "--shutdown-grace", "2",
+            *worker_flags,
+        ]  # fmt: skip
+        worker = await spawn_worker(worker_args, log=tmp_path / "worker.log")
+        stack = AsyncStack(api, upstream, controller, worker, callbacks, ids, worker_args, tmp_path)
+
+        async def stop_worker() -> None:
+            await stop(stack.worker)  # the one running at the end, after any kill
+
+        cleanup.push_async_callback(stop_worker)
+        yield stack
         pods.check()
 
 
@@ -307,3 +330,39 @@ async def test_ten_thousand_calls_at_zero_are_each_invoked_and_called_back_once_
     ) as stack:  # fmt: skip
         await replicas(stack.api, MAX, within=20, log=stack.controller)  # the backlog's share: the maximum
         await drained_then_zero(stack, calls=calls, within=240)
+
+
+@pytest.mark.nats
+async def test_a_worker_killed_and_nats_server_restarted_mid_run_lose_no_call(
+    prometheus_factory: PrometheusFactory,
+    nats_server: NatsServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    calls, inflight = 2_000, 5
+    async with async_stack(
+        prometheus_factory=prometheus_factory, nats_url=nats_server.url, tmp_path=tmp_path, calls=calls,
+        max_inflight=inflight, worker_flags=("--ack-wait", "2"),
+    ) as stack:  # fmt: skip
+        await until(lambda: stack.called_back() >= calls // 4, within=60, what="a quarter done")
+        await stack.kill_worker()
+        killed_at = stack.called_back()
+        await until(lambda: stack.called_back() >= calls // 2, within=60, what="half done")
+        await asyncio.to_thread(nats_server.stop)  # file storage: the stream survives the restart
+        restarted_at = stack.called_back()
+        await asyncio.to_thread(nats_server.start)
+        await until(
+            lambda: stack.called_back() == calls,
+            within=120,
+            what=lambda: f"every call called back ({stack.called_back()})\n{stack.worker.tail()}",
+            poll=0.1,
+        )
+    assert killed_at < restarted_at < calls, "both interruptions came mid-run"
+    assert set(stack.callbacks.received) == set(stack.ids)  # nothing lost
+    for call_id, bodies in stack.callbacks.received.items():
+        # At least once: a call running when its worker died or its ack was lost runs again, visibly
+        # (the same X-Call-Id); every delivery carries the answer to that call's own body.
+        for body in bodies:
+            want = hashlib.sha256(f"call {stack.ids[call_id]}".encode()).hexdigest()
+            assert json.loads(body)["body_sha256"] == want
+    again = sum(len(bodies) - 1 for bodies in stack.callbacks.received.values())
+    assert again <= 4 * inflight, f"{again} calls delivered twice: more than the two interruptions explain"
