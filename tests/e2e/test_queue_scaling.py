@@ -6,8 +6,9 @@ test feeds the loop a backlog of an exact size through the queue-worker's own me
 own; the others run the whole asynchronous path (`AsyncStack`): a real nats-server with JetStream,
 `autoscaler proxy --nats-url` accepting `/async-function/` calls, `autoscaler queue-worker` invoking
 them through the proxy, a real callback receiver, and Prometheus scraping proxy and worker, so the
-backlog the loop scales on is the one JetStream holds. Knobs are short (scrape 0.5 s, tick 0.5 s,
-zero-duration 3 s) so each test takes seconds; the 10,000-call run takes about a minute.
+backlog the loop scales on is the one JetStream holds; one run SIGKILLs the worker and restarts
+nats-server mid-run and loses nothing. Knobs are short (scrape 0.5 s, tick 0.5 s, zero-duration 3 s,
+ack wait 2 s) so each test takes seconds; the 10,000-call run takes about a minute.
 """
 
 from __future__ import annotations
