@@ -74,14 +74,21 @@ def _add_model(
             group.add_argument(flag, dest=name, default=None, metavar=name.split("_")[-1].upper(), help=text)
 
 
-def settings_overrides(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
-    """The flags of `model` the user actually gave (None means: take the env var or the default)."""
-    return {name: getattr(args, name) for name in model.model_fields if getattr(args, name, None) is not None}
+def settings_overrides(
+    args: argparse.Namespace, model: type[BaseModel], *, only: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The flags of `model` the user actually gave (None means: take the env var or the default).
+
+    `only`: the fields that were added as flags (as given to `add_settings_flags`), so that a
+    command's own option of the same name is not taken for the setting.
+    """
+    names = model.model_fields if only is None else only
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
-def settings(args: argparse.Namespace, model: type[BaseModel]) -> Any:
+def settings(args: argparse.Namespace, model: type[BaseModel], *, only: Sequence[str] | None = None) -> Any:
     """`model` from the flags given, the environment and the defaults; ConfigError naming a bad one."""
-    return build(model, settings_overrides(args, model))  # type: ignore[arg-type]
+    return build(model, settings_overrides(args, model, only=only))  # type: ignore[arg-type]
 
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:

@@ -24,6 +24,10 @@ from autoscaler.simulate import DEFAULT_TRACE, Simulation, assumptions, simulate
 from autoscaler.simulate.policies import POLICY_NAMES, SWEEP, SimSettings, check_policy
 from autoscaler.simulate.trace import Trace, TraceFunction, read_trace
 
+# The loop's settings a history replay shares (the rest of its options are the simulator's own: a
+# `--rate-window` here is the simulated loop's, not the env var AUTOSCALER_RATE_WINDOW).
+_LOOP_SETTINGS = ("query_started",)
+
 
 def _policy(text: str) -> str:
     try:
@@ -98,7 +102,7 @@ def _add_history(parser: argparse.ArgumentParser) -> None:
     history.add_argument(
         "--namespace", dest="namespaces", action="append", default=[], help="only this namespace (repeat)"
     )
-    add_settings_flags(parser, MetricsSettings, only=("query_started",), group=history)
+    add_settings_flags(parser, MetricsSettings, only=_LOOP_SETTINGS, group=history)
     history.add_argument(
         "--duration",
         action=PositiveGoDuration,
@@ -131,7 +135,7 @@ def _trace(args: argparse.Namespace) -> tuple[Trace, dict[str, Any]]:
         read_sizes,
     )
 
-    query = settings(args, MetricsSettings).query_started
+    query = settings(args, MetricsSettings, only=_LOOP_SETTINGS).query_started
     end = parse_until(args.until, now=time.time())
     start = end - parse_span(args.since, flag="--since")
     sizes = Sizes(duration=args.duration, memory_mb=args.memory_mb)
