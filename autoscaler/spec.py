@@ -36,24 +36,6 @@ BURST_THRESHOLD = PROJECT_PREFIX + "burst-threshold"
 BURST_WINDOW = PROJECT_PREFIX + "burst-window"
 ACTIVATION_THRESHOLD = PROJECT_PREFIX + "activation-threshold"
 
-KNOWN_LABELS = (
-    MIN,
-    MAX,
-    TARGET,
-    TYPE,
-    PROPORTION,
-    ZERO,
-    ZERO_DURATION,
-    DOWN_WINDOW,
-    KEEPALIVE,
-    SCALE_UP_RATE,
-    SCALE_DOWN_RATE,
-    ACTIVATION_SCALE,
-    SCALE_DOWN_DELAY,
-    BURST_THRESHOLD,
-    BURST_WINDOW,
-    ACTIVATION_THRESHOLD,
-)
 MAX_DELAY = 3600.0  # Knative: 0s <= scale-down-delay <= 1h
 BURST_PERCENT = (110.0, 1000.0)  # Knative: panic-threshold-percentage from 110 to 1000
 BURST_WINDOWS = (6.0, 3600.0)  # Knative: stable window from 6s to 1h

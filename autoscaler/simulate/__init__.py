@@ -21,9 +21,11 @@ from typing import Any
 from autoscaler.simulate.account import SERVICE_MODEL
 from autoscaler.simulate.policies import (
     POLICY_NAMES,
+    PRIOR,
     FunctionResult,
     SimSettings,
     describe,
+    prior_for,
     simulate_chunk,
 )
 from autoscaler.simulate.report import PolicyResult, summarize
@@ -100,6 +102,8 @@ def simulate(
         "settings": settings,
         "end": trace.seconds,
         "keep_key": keep_key,
+        # adaptive-prior learns from the other functions, never ahead of the moment it decides at.
+        "prior": prior_for(trace.functions) if PRIOR in policies else None,
     }
     if jobs <= 1:
         for chunk in chunks:

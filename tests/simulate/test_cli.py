@@ -89,6 +89,18 @@ def test_chosen_policies_and_cold_start_are_honoured(tmp_path: Path) -> None:
     assert all(row["p99_wait_s"] <= 5.0 for row in doc["results"])
 
 
+def test_the_cross_function_prior_policy_runs_from_the_command_line_in_worker_processes(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "report.json"
+    argv = ("--trace", str(_trace(tmp_path)), "--policy", "adaptive-prior", "--policy", "adaptive")
+    assert simulate.run(_args(*argv, "--json", str(out), "--jobs", "2")) == 0
+    doc = json.loads(out.read_text())
+    assert [row["policy"] for row in doc["results"]] == ["adaptive-prior", "adaptive"]
+    assert all(0 < row["cold_start_pct"] <= 100 for row in doc["results"])
+    assert "idle times" in doc["assumptions"]["policies"]["adaptive-prior"]
+
+
 def test_the_plot_is_a_png_with_a_function_timeline(tmp_path: Path) -> None:
     png = tmp_path / "out" / "plot.png"
     simulate.run(
