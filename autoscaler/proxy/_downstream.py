@@ -133,7 +133,7 @@ class ClientConnection(RequestHandler):
             return
         if self._head_since is None:
             payload = self._payload
-            if self._upgraded or (payload is not None and not payload.is_eof()):
+            if self._upgraded or self.tunnel is not None or (payload is not None and not payload.is_eof()):
                 self._body_at = self._loop.time()
                 super().data_received(data)  # the body of the current request
                 return

@@ -18,9 +18,9 @@ for `idle_timeout` seconds (the upstream timeout) is closed, so a function that 
 goes silent holds nothing for ever; a client that stops reading is cut by the send timeout of
 `_downstream`.
 
-Only the protocols aiohttp's server parser switches for (`websocket`, `tcp`) are relayed: after any
-other `Upgrade` the server would go on parsing the client's bytes as HTTP, so for those the headers
-are dropped as before and the function answers without switching.
+Only `websocket` is relayed, the one protocol both of aiohttp's server parsers (C and Python) switch
+for: after any other `Upgrade` the server would go on parsing the client's bytes as HTTP, so for
+those the headers are dropped as before and the function answers without switching.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from autoscaler.proxy._client import Connection
 from autoscaler.proxy._downstream import ClientConnection
 from autoscaler.proxy._pool import Pool
 
-# The Upgrade values aiohttp's server stops parsing HTTP after (aiohttp.http_parser).
-UPGRADABLE = frozenset({"websocket", "tcp"})
+# The Upgrade values aiohttp's server stops parsing HTTP after (ALLOWED_UPGRADES, _http_parser.pyx).
+UPGRADABLE = frozenset({"websocket"})
 
 
 def upgrade_of(request: web.BaseRequest) -> str | None:

@@ -215,3 +215,15 @@ async def test_an_open_websocket_takes_no_pooled_connection_from_ordinary_calls_
                 assert (r.status, await r.text()) == (200, "no switch here")
         await ws.send_str("still open")
         assert (await ws.receive_str(timeout=5)) == "echo: still open"
+
+
+async def test_a_tunnel_with_traffic_outlives_the_upstream_timeout(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession, function: WsFunction
+) -> None:
+    await provider.add("chat", url=function.url)
+    proxy = await make_proxy(upstream_timeout=1.0)
+    async with client.ws_connect(base(proxy) + "/function/chat/ws", autoping=False) as ws:
+        for index in range(6):  # 2.4 s in all, never 1 s without a byte
+            await ws.send_str(f"tick {index}")
+            assert (await ws.receive_str(timeout=5)) == f"echo: tick {index}"
+            await asyncio.sleep(0.4)
