@@ -33,6 +33,9 @@ DEFAULT_QUERIES = {
     # gateway/metrics/exporter.go); so does our proxy. A fresh series proves the source is up and
     # scraped and knows the function, which turns "absent from the counters" into "no calls".
     "source": "max by (function_name) (gateway_service_count)",
+    # OpenFaaS Pro's queue-worker metric, which ours exports too: calls not yet acknowledged (waiting,
+    # being invoked, waiting for a retry). `max`, because every worker replica reports the whole stream.
+    "pending": "max by (function_name) (queue_worker_pending_messages)",
 }
 
 
@@ -71,8 +74,13 @@ class MetricsSettings(_Base):
     query_source: str = Field(
         default=DEFAULT_QUERIES["source"],
         description="PromQL giving a fresh series by function_name for every function the metric source "
-        "knows (proof it is up): such a function absent from the rps, in-flight and started queries had "
-        "no calls; empty: absence is never read as idleness",
+        "knows (proof it is up), folded into the started query so it costs none of its own: such a "
+        "function absent from the rps, in-flight and started answers had no calls; empty: absence is "
+        "never read as idleness",
+    )
+    query_pending: str = Field(
+        default=DEFAULT_QUERIES["pending"],
+        description="PromQL for pending asynchronous calls by function_name (what type=queue scales on)",
     )
     stale_after: float = Field(
         default=60.0, gt=0, description="seconds after which a sample counts as stale (missing)"

@@ -58,9 +58,6 @@ FIELDS: Mapping[str, str] = {
     "started_total": "query_started",
     "pending": "query_pending",
 }
-# The pending query until the settings carry their own `query_pending` (OpenFaaS Pro's metric; `max`
-# because every queue-worker replica reports the same stream-wide count).
-DEFAULT_PENDING = "max by (function_name) (queue_worker_pending_messages)"
 # Load fields whose absence from a successful answer reads as 0 for a function the source knows (CPU
 # is measured elsewhere, by the kubelet, so the source's word says nothing about it; pending carries
 # its own proof, see `pending_query`).
@@ -91,7 +88,7 @@ class PrometheusReader:
         self._own_session = session is None
         self._clock = clock
         window = settings.rate_window
-        raw = {name: str(getattr(settings, key, DEFAULT_PENDING)) for name, key in FIELDS.items()}
+        raw = {name: str(getattr(settings, key)) for name, key in FIELDS.items()}
         source = settings.query_source.strip()
         self.proves = bool(source)  # whether absence can ever be read as 0
         if source:

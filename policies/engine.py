@@ -20,7 +20,7 @@ from typing import Protocol
 
 from policies.knobs import bursting, delayed, rate_limited
 from policies.knobs import timers as knob_timers
-from policies.model import Decision, KeepAlive, Load, Reason, ScalingSpec
+from policies.model import Decision, KeepAlive, Load, Reason, ScaleType, ScalingSpec
 from policies.replicas import desired_replicas, raw_replicas
 from policies.stabilize import stabilized
 
@@ -212,8 +212,9 @@ def decide(
 def _formula(spec: ScalingSpec, value: float) -> str:
     per_replica = spec.target * spec.target_proportion
     need = raw_replicas(spec=spec, load=value)
+    what = f"{value:.4g} pending calls" if spec.type is ScaleType.QUEUE else f"{spec.type} load {value:.4g}"
     return (
-        f"{spec.type} load {value:.4g} / (target {spec.target:g} x {spec.target_proportion:g}) "
+        f"{what} / (target {spec.target:g} x {spec.target_proportion:g}) "
         f"= {value / per_replica:.4g} -> {need}, within [{max(spec.min_replicas, 1)}, {spec.max_replicas}]"
     )
 
@@ -260,6 +261,8 @@ def _wake(*, spec: ScalingSpec, state: FunctionState, value: float) -> Decision:
     wanted = desired_replicas(spec=spec, load=value)
     woken = max(wanted, spec.wake_replicas)
     extra = f" (activation-scale {spec.activation_scale})" if woken > wanted else ""
+    if spec.type is ScaleType.QUEUE:
+        extra += " for its backlog"
     return Decision(0, woken, Reason.WAKE, f"{formula}: wake to {woken}{extra}")
 
 

@@ -98,7 +98,8 @@ async def test_a_backlog_at_zero_wakes_the_function_to_its_share_and_it_sleeps_o
                 worker.set_pending(KEY, 12)  # ceil(12 / 5) = 3
                 await replicas(api, 3, within=LAG + 2, log=controller)
                 [(_, woken)] = [e for e in scale_events(api) if e[0] == "Wake"]
-                assert woken.startswith("Scaled from 0 to 3 replicas: queue load 12 / (target 5 x 1)")
+                assert woken.startswith("Scaled from 0 to 3 replicas: 12 pending calls / (target 5 x 1)")
+                assert woken.endswith("wake to 3 for its backlog")
 
                 worker.set_pending(KEY, 60)  # ceil(60 / 5) = 12, held at the maximum
                 await replicas(api, MAX, within=LAG + 2, log=controller)
@@ -158,7 +159,7 @@ class AsyncStack:
     def backlog_decisions(self) -> list[str]:
         """Scale-ups to the maximum made on the backlog (the proxy's own wake-up asks for one replica)."""
         ups = [m for r, m in scale_events(self.api) if r in ("Wake", "ScaleUp") and f"to {MAX} " in m]
-        return [m for m in ups if "queue load" in m]
+        return [m for m in ups if "pending calls" in m]
 
 
 async def spawn(name: str, args: list[str], *, log: Path, ready: str) -> tuple[ServiceProcess, list[str]]:
