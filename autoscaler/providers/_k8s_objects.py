@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 from kubernetes_asyncio.client import CoreV1Event, V1EventSource, V1ObjectMeta, V1ObjectReference
 
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionInfo, FunctionRef
+from autoscaler.providers._k8s_shared import Shared
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +142,11 @@ def format_last_active(when: float) -> str:
     return f"{when:.3f}"
 
 
-def function_info(obj: Obj) -> FunctionInfo | None:
-    """The cache entry for a Deployment, or None when it is not a function."""
+def function_info(obj: Obj, shared: Shared | None = None) -> FunctionInfo | None:
+    """The cache entry for a Deployment, or None when it is not a function.
+
+    With `shared`, the entry's strings and common maps are the cache's one copy (`_k8s_shared`).
+    """
     meta = obj.get("metadata") or {}
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     template = ((spec.get("template") or {}).get("metadata")) or {}
@@ -157,6 +162,13 @@ def function_info(obj: Obj) -> FunctionInfo | None:
     for key in _DROPPED_ANNOTATIONS:
         annotations.pop(key, None)
     replicas = spec.get("replicas")
+    if shared is not None:
+        ref = FunctionRef(name=ref.name, namespace=sys.intern(ref.namespace))
+        labels, sources, annotations = (
+            shared.strings(labels),
+            shared.map(sources),
+            shared.map(annotations),
+        )
     return FunctionInfo(
         ref=ref,
         labels=labels,

@@ -12,6 +12,7 @@ crashes, with a log line.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +32,24 @@ ListCall = Callable[[], Awaitable[tuple[list[Obj], str]]]
 # A stream that ends this fast without a single event is a failure (e.g. a proxy closing it), not
 # the server's timeout: back off instead of reconnecting in a hot loop.
 _MIN_HEALTHY_STREAM = 1.0
+
+
+async def read_list(response: aiohttp.ClientResponse) -> tuple[list[Obj], str]:
+    """(items, resourceVersion) of a list call made with `_preload_content=False`.
+
+    The JSON goes straight to plain dicts: the client's own decoding would first build a model
+    object per item (V1Deployment and all its parts) only to turn it back into a dict, which at
+    50,000 Deployments is most of a first listing's time and memory.
+    """
+    async with response:
+        body = await response.read()
+        if not 200 <= response.status <= 299:
+            error = ApiException(status=response.status, reason=response.reason)
+            error.body, error.headers = body, response.headers
+            raise error
+    data = json.loads(body)
+    version = str((data.get("metadata") or {}).get("resourceVersion") or "")
+    return list(data.get("items") or []), version
 
 
 class Reflector:

@@ -41,7 +41,7 @@ from autoscaler.providers._k8s_calls import RetryPolicy, call
 from autoscaler.providers._k8s_events import EVENT_SERIES_WINDOW, EventRecorder
 from autoscaler.providers._k8s_marks import MarkWriter
 from autoscaler.providers._k8s_objects import SERVICE_NAME_LABEL, Obj, format_last_active
-from autoscaler.providers._k8s_watch import Reflector
+from autoscaler.providers._k8s_watch import Reflector, read_list
 from autoscaler.tasks import restarting
 
 __all__ = ["API_CALLS", "EVENT_SERIES_WINDOW", "KubernetesProvider"]
@@ -146,6 +146,10 @@ class KubernetesProvider:
                 f"no Kubernetes API configuration: not running in a cluster and {where} is unusable ({e}); "
                 "run inside a pod with a service account or pass --kubeconfig PATH"
             ) from e
+        # Every followed namespace holds two watch connections open for good, and the client's default
+        # pool (100 connections) would leave writes and the watches of namespaces past 50 waiting for
+        # a watch to reach its timeout: no limit here (the write budget bounds writes, not a pool).
+        configuration.connection_pool_maxsize = 0  # aiohttp: 0 is no limit
         provider = cls(settings=settings, api_client=k8s.ApiClient(configuration), **options)
         provider._owns_client = True
         return provider
@@ -218,10 +222,10 @@ class KubernetesProvider:
         """A list-then-watch of `watch_func(*args, **kwargs)` feeding `on_sync` and `on_event`."""
 
         async def list_all() -> tuple[list[Obj], str]:
-            result = await watch_func(*args, _request_timeout=self.settings.api_timeout, **kwargs)
-            data = self.api_client.sanitize_for_serialization(result)
-            version = str((data.get("metadata") or {}).get("resourceVersion") or "")
-            return list(data.get("items") or []), version
+            response = await watch_func(
+                *args, _request_timeout=self.settings.api_timeout, _preload_content=False, **kwargs
+            )
+            return await read_list(response)
 
         return Reflector(
             what=what,
