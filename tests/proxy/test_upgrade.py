@@ -221,9 +221,28 @@ async def test_a_tunnel_with_traffic_outlives_the_upstream_timeout(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession, function: WsFunction
 ) -> None:
     await provider.add("chat", url=function.url)
-    proxy = await make_proxy(upstream_timeout=1.0)
+    proxy = await make_proxy(upstream_timeout=0.5)
     async with client.ws_connect(base(proxy) + "/function/chat/ws", autoping=False) as ws:
-        for index in range(6):  # 2.4 s in all, never 1 s without a byte
+        for index in range(6):  # 1.2 s in all, never 0.5 s without a byte
             await ws.send_str(f"tick {index}")
             assert (await ws.receive_str(timeout=5)) == f"echo: tick {index}"
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(0.2)
+
+
+async def test_stopping_the_proxy_closes_an_open_websocket_after_the_drain_grace(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession, function: WsFunction
+) -> None:
+    ref = await provider.add("chat", url=function.url)
+    proxy = await make_proxy()
+    async with client.ws_connect(base(proxy) + "/function/chat/ws") as ws:
+        await ws.send_str("open")
+        assert (await ws.receive_str(timeout=5)) == "echo: open"
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await proxy.drain(grace=0.3)
+        assert proxy.busy(ref.key)  # the grace is over; the socket is still open until the stop
+        await proxy.stop()
+        message = await ws.receive(timeout=5)
+        assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+        assert loop.time() - began < 4
+    await until(lambda: function.open_sockets == 0, within=5, what="the function's socket to close")
