@@ -23,7 +23,7 @@ fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 
 echo "== ruff";          python3 -m ruff check autoscaler policies tests bench
-echo "== mypy --strict"; python3 -m mypy
+echo "== mypy --strict"; python3 -m mypy  # autoscaler, policies and tests (pyproject.toml)
 echo "== import layers"; lint-imports
 # Two workers (the machine has 2 cores; most tests wait on real processes); a file's tests stay on one
 # worker, so a module-scoped Prometheus starts once. Bytecode is written (some environments turn that

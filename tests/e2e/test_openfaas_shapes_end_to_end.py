@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -103,9 +104,11 @@ async def test_functions_of_both_openfaas_shapes_are_scaled_by_their_pod_templat
     assert loop.api.replicas("fn-steady") == 1
     assert (loop.api.replicas("fn-min"), loop.api.replicas("crd-min")) == (2, 3)
     for name in ("fn-zero", "crd-zero"):
-        [event] = await loop.api.wait_events(
-            lambda e, n=name: e["involvedObject"]["name"] == n and e["reason"] == "ScaleToZero", what=name
-        )
+
+        def to_zero(e: dict[str, Any], n: str = name) -> bool:
+            return bool(e["involvedObject"]["name"] == n and e["reason"] == "ScaleToZero")
+
+        [event] = await loop.api.wait_events(to_zero, what=name)
         assert "Scaled from 1 to 0" in event["message"]
     assert loop.api.replicas("dev-zero", namespace=DEV) == 1  # its namespace is not annotated
 

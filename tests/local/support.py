@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from autoscaler.functionsfile import FunctionsFile, parse
 from autoscaler.interfaces import FunctionRef
 from autoscaler.providers.local import ReplicaTiming
 
+MakeProvider = Callable[..., Any]  # the `make_provider` fixture: `await make_provider(env=...)`
 FIXTURE = Path(__file__).parent / "fixture_function.py"
 REF = FunctionRef(name="echo", namespace="openfaas-fn")
 

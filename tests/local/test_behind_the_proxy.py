@@ -31,7 +31,9 @@ async def stack() -> AsyncIterator[tuple[LocalProvider, Proxy]]:
     await proxy.stop()
 
 
-async def test_requests_to_a_function_at_zero_are_held_until_its_replica_is_ready(stack) -> None:
+async def test_requests_to_a_function_at_zero_are_held_until_its_replica_is_ready(
+    stack: tuple[LocalProvider, Proxy],
+) -> None:
     provider, proxy = stack
     url = f"http://127.0.0.1:{proxy.port}/function/echo/pid"
     async with aiohttp.ClientSession() as session:
@@ -47,7 +49,9 @@ async def test_requests_to_a_function_at_zero_are_held_until_its_replica_is_read
     assert proxy.invocation_stats()[REF.key].completed_total == 4
 
 
-async def test_scaling_down_under_load_through_the_proxy_loses_no_request(stack) -> None:
+async def test_scaling_down_under_load_through_the_proxy_loses_no_request(
+    stack: tuple[LocalProvider, Proxy],
+) -> None:
     provider, proxy = stack
     await provider.scale(REF, 3)
     await until(lambda: len(provider.endpoints(REF)) == 3, within=10, what="3 ready replicas")
@@ -67,5 +71,7 @@ async def test_scaling_down_under_load_through_the_proxy_loses_no_request(stack)
         await asyncio.gather(*load)
     assert statuses == [200] * 120
     snapshot = await reader.read()
-    assert snapshot.loads[REF.key].rps > 0  # the reader sees the same traffic the proxy served
+    rps = snapshot.loads[REF.key].rps
+    assert rps is not None
+    assert rps > 0  # the reader sees the same traffic the proxy served
     await until(lambda: len(provider.replicas(REF)) == 1, within=5, what="two replicas to drain")

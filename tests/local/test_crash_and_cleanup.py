@@ -13,7 +13,7 @@ import aiohttp
 
 from tests.support.waiting import until
 
-from .support import FIXTURE, REF, alive, children_of
+from .support import FIXTURE, REF, MakeProvider, alive, children_of
 
 
 async def crash(url: str) -> None:
@@ -22,7 +22,7 @@ async def crash(url: str) -> None:
             await session.get(url + "/crash")
 
 
-async def test_a_crashed_replica_is_restarted_with_growing_backoff(make_provider) -> None:
+async def test_a_crashed_replica_is_restarted_with_growing_backoff(make_provider: MakeProvider) -> None:
     provider = await make_provider()
     assert await provider.wait_ready(REF, timeout=10)
     first_pid = provider.replicas(REF)[0].pid
@@ -45,14 +45,16 @@ async def test_a_crashed_replica_is_restarted_with_growing_backoff(make_provider
     assert all(e.warning and "exited with code 3" in e.message for e in crashes)
 
 
-async def test_a_command_that_cannot_start_is_retried_and_the_event_says_why(make_provider) -> None:
+async def test_a_command_that_cannot_start_is_retried_and_the_event_says_why(
+    make_provider: MakeProvider,
+) -> None:
     provider = await make_provider(command="/nonexistent/function-binary")
     await until(lambda: len(provider.events()) >= 2, within=5, what="two failed starts")
     assert "cannot start '/nonexistent/function-binary'" in provider.events()[0].message
     assert provider.endpoints(REF) == []
 
 
-async def test_closing_the_provider_leaves_no_process_behind(make_provider) -> None:
+async def test_closing_the_provider_leaves_no_process_behind(make_provider: MakeProvider) -> None:
     provider = await make_provider(replicas=2, env={"CHILD": "1"})
     await until(lambda: len(provider.endpoints(REF)) == 2, within=10, what="2 ready replicas")
     pids = [view.pid for view in provider.replicas(REF)]

@@ -17,7 +17,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_a_function_is_its_command_with_the_interpreter_and_file_directory_filled_in(tmp_path) -> None:
+def test_a_function_is_its_command_with_the_interpreter_and_file_directory_filled_in(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         """
@@ -39,7 +39,7 @@ functions:
     assert fn.initial_replicas == 2  # the min label, as a Deployment would start
 
 
-def test_replicas_override_the_initial_count_and_health_defaults_to_root(tmp_path) -> None:
+def test_replicas_override_the_initial_count_and_health_defaults_to_root(tmp_path: Path) -> None:
     path = write(tmp_path, "namespace: dev\nfunctions:\n  sleepy: {command: ./run, replicas: 0}\n")
     file = load(path)
     assert file.namespace == "dev"
@@ -75,7 +75,7 @@ def test_replicas_override_the_initial_count_and_health_defaults_to_root(tmp_pat
         ),
     ],
 )
-def test_an_invalid_function_is_reported_by_name_and_field(tmp_path, body: str, expected: str) -> None:
+def test_an_invalid_function_is_reported_by_name_and_field(tmp_path: Path, body: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         load(write(tmp_path, "functions:\n" + body + "\n"))
 
@@ -88,12 +88,12 @@ def test_an_invalid_function_is_reported_by_name_and_field(tmp_path, body: str, 
         ("functions: [", r"not valid YAML"),
     ],
 )
-def test_a_malformed_file_says_what_shape_is_expected(tmp_path, text: str, expected: str) -> None:
+def test_a_malformed_file_says_what_shape_is_expected(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         load(write(tmp_path, text))
 
 
-def test_a_missing_file_is_a_config_error_naming_the_path(tmp_path) -> None:
+def test_a_missing_file_is_a_config_error_naming_the_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cannot read functions file .*nope\.yml"):
         load(tmp_path / "nope.yml")
 

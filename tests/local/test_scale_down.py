@@ -10,10 +10,10 @@ import aiohttp
 from autoscaler.providers.local import ReplicaTiming
 from tests.support.waiting import until
 
-from .support import REF, alive
+from .support import REF, MakeProvider, alive
 
 
-async def test_a_request_in_flight_during_a_scale_to_zero_completes(make_provider) -> None:
+async def test_a_request_in_flight_during_a_scale_to_zero_completes(make_provider: MakeProvider) -> None:
     provider = await make_provider()
     assert await provider.wait_ready(REF, timeout=10)
     [url] = provider.endpoints(REF)
@@ -35,7 +35,7 @@ async def test_a_request_in_flight_during_a_scale_to_zero_completes(make_provide
     assert provider.get(REF).ready_replicas == 0
 
 
-async def test_scaling_down_under_load_loses_no_request(make_provider) -> None:
+async def test_scaling_down_under_load_loses_no_request(make_provider: MakeProvider) -> None:
     provider = await make_provider(replicas=3)
     await until(lambda: len(provider.endpoints(REF)) == 3, within=10, what="3 ready replicas")
     statuses: list[int] = []
@@ -56,7 +56,9 @@ async def test_scaling_down_under_load_loses_no_request(make_provider) -> None:
     assert provider.replicas(REF)[0].name == "echo-0"  # the newest go first
 
 
-async def test_a_replica_that_ignores_sigterm_is_killed_after_the_grace_period(make_provider) -> None:
+async def test_a_replica_that_ignores_sigterm_is_killed_after_the_grace_period(
+    make_provider: MakeProvider,
+) -> None:
     stubborn = ReplicaTiming(grace=0.5, drain_delay=0.0)
     provider = await make_provider(timing=stubborn, env={"IGNORE_TERM": "1"})
     assert await provider.wait_ready(REF, timeout=10)
@@ -67,7 +69,7 @@ async def test_a_replica_that_ignores_sigterm_is_killed_after_the_grace_period(m
     assert 0.5 <= time.monotonic() - started < 3.0
 
 
-async def test_scaling_up_again_during_a_drain_starts_fresh_replicas(make_provider) -> None:
+async def test_scaling_up_again_during_a_drain_starts_fresh_replicas(make_provider: MakeProvider) -> None:
     provider = await make_provider()
     assert await provider.wait_ready(REF, timeout=10)
     [old] = provider.endpoints(REF)

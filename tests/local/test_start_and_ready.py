@@ -12,10 +12,12 @@ from autoscaler.errors import NotFoundError
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionRef
 from tests.support.waiting import until
 
-from .support import REF
+from .support import REF, MakeProvider
 
 
-async def test_a_replica_is_ready_only_once_its_health_path_answers_below_500(make_provider) -> None:
+async def test_a_replica_is_ready_only_once_its_health_path_answers_below_500(
+    make_provider: MakeProvider,
+) -> None:
     started = time.monotonic()
     provider = await make_provider(env={"READY_AFTER": "0.8"})
     await until(lambda: any(r.pid for r in provider.replicas(REF)), within=5, what="a spawned replica")
@@ -31,7 +33,9 @@ async def test_a_replica_is_ready_only_once_its_health_path_answers_below_500(ma
     assert (info.replicas, info.ready_replicas) == (1, 1)
 
 
-async def test_every_replica_runs_its_own_process_on_its_own_loopback_port(make_provider) -> None:
+async def test_every_replica_runs_its_own_process_on_its_own_loopback_port(
+    make_provider: MakeProvider,
+) -> None:
     provider = await make_provider(replicas=3)
     await until(lambda: len(provider.endpoints(REF)) == 3, within=10, what="3 ready replicas")
     urls = provider.endpoints(REF)
@@ -45,7 +49,7 @@ async def test_every_replica_runs_its_own_process_on_its_own_loopback_port(make_
     assert pids == {view.pid for view in provider.replicas(REF)}
 
 
-async def test_waiting_for_a_function_at_zero_times_out_with_false(make_provider) -> None:
+async def test_waiting_for_a_function_at_zero_times_out_with_false(make_provider: MakeProvider) -> None:
     provider = await make_provider(replicas=0)
     started = time.monotonic()
     assert await provider.wait_ready(REF, timeout=0.3) is False
@@ -53,7 +57,7 @@ async def test_waiting_for_a_function_at_zero_times_out_with_false(make_provider
     assert provider.functions()[REF.key].replicas == 0
 
 
-async def test_a_waiter_wakes_as_soon_as_a_scaled_up_replica_is_ready(make_provider) -> None:
+async def test_a_waiter_wakes_as_soon_as_a_scaled_up_replica_is_ready(make_provider: MakeProvider) -> None:
     provider = await make_provider(replicas=0)
     changes: list[FunctionRef] = []
     provider.subscribe(changes.append)
@@ -63,14 +67,18 @@ async def test_a_waiter_wakes_as_soon_as_a_scaled_up_replica_is_ready(make_provi
     assert REF in changes
 
 
-async def test_replica_output_is_logged_under_the_replica_name(make_provider, caplog) -> None:
+async def test_replica_output_is_logged_under_the_replica_name(
+    make_provider: MakeProvider, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="autoscaler.functions")
     provider = await make_provider()
     assert await provider.wait_ready(REF, timeout=10)
     await until(lambda: "[echo-0] listening on" in caplog.text, within=5, what="the replica's first line")
 
 
-async def test_an_unknown_function_cannot_be_scaled_and_the_error_lists_the_known_ones(make_provider) -> None:
+async def test_an_unknown_function_cannot_be_scaled_and_the_error_lists_the_known_ones(
+    make_provider: MakeProvider,
+) -> None:
     provider = await make_provider(replicas=0)
     with pytest.raises(NotFoundError, match=r"nope\.openfaas-fn .*known: echo\.openfaas-fn"):
         await provider.scale(FunctionRef("nope", "openfaas-fn"), 1)
@@ -78,7 +86,7 @@ async def test_an_unknown_function_cannot_be_scaled_and_the_error_lists_the_know
     assert provider.endpoints(FunctionRef("nope", "openfaas-fn")) == []
 
 
-async def test_activity_and_events_are_kept_for_the_loop_and_the_demo(make_provider) -> None:
+async def test_activity_and_events_are_kept_for_the_loop_and_the_demo(make_provider: MakeProvider) -> None:
     provider = await make_provider(replicas=0)
     await provider.mark_active(REF, 1000.0)
     await provider.mark_active(REF, 900.0)  # an older report never moves the time back

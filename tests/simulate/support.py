@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 MINUTES = 1440
@@ -11,7 +11,7 @@ MINUTES = 1440
 
 def write_trace(
     directory: Path,
-    functions: dict[str, Sequence[tuple[int, int]]],
+    functions: Mapping[str, Sequence[tuple[int, int]]],
     *,
     duration_ms: float | dict[str, float] = 100.0,
     memory_mb: float = 512.0,

@@ -10,13 +10,15 @@ import pytest
 from autoscaler.simulate.account import account
 from autoscaler.simulate.engine import Outcome
 from autoscaler.simulate.policies import SimSettings, simulate_function
-from autoscaler.simulate.trace import read_trace, spread_arrivals
+from autoscaler.simulate.trace import TraceFunction, read_trace, spread_arrivals
 from tests.simulate.support import write_trace
 
 LAG = 2 + 15 + 2  # a tick, a scrape interval and a tick: the most the loop can lag behind a call
 
 
-def _one(tmp_path: Path, calls: list[tuple[int, int]], *, duration_ms: float = 100.0, minutes: int = 120):
+def _one(
+    tmp_path: Path, calls: list[tuple[int, int]], *, duration_ms: float = 100.0, minutes: int = 120
+) -> tuple[TraceFunction, float]:
     trace = read_trace(write_trace(tmp_path / "t", {"f": calls}, duration_ms=duration_ms, minutes=minutes))
     return trace.functions[0], trace.seconds
 

@@ -136,7 +136,7 @@ def _history(seed: int = 0) -> dict[str, np.ndarray]:
 
 def _openmetrics(calls: dict[str, np.ndarray], *, first: float, resets: set[str]) -> str:
     """The started counters at one sample a minute; for `resets`, the counter restarts halfway."""
-    lines = []
+    lines: list[str] = []
     for key, counts in calls.items():
         totals = np.concatenate([[0], np.cumsum(counts)]).astype(float)
         if key in resets:

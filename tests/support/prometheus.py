@@ -31,8 +31,9 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.support.child import ChildServer, free_port, require
+from tests.support.child import ChildServer, require
 from tests.support.child import find_binary as find
+from tests.support.child import free_port as free_port  # re-exported: tests import it from here
 
 INSTALL_HINT = "the prometheus binary is missing: install it with apt-get install -y prometheus"
 
