@@ -144,6 +144,13 @@ class ProxySettings(_Base):
     host: str = Field(default="0.0.0.0", description="address the proxy binds")
     port: int = Field(default=8080, ge=0, le=65535, description="port for /function/NAME routes")
     admin_port: int = Field(default=8082, ge=0, le=65535, description="port for /healthz, /readyz, /metrics")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="worker processes serving --port together (SO_REUSEPORT), each holding its own cold "
+        "requests; the admin port sums their metrics. 1: one process, no supervisor",
+    )
     default_namespace: str = Field(default="openfaas-fn", description="namespace when a route has none")
     hold_timeout: float = Field(
         default=60.0, gt=0, description="seconds a request may wait for a cold start (504)"
