@@ -353,8 +353,11 @@ class Listener(socket.socket):
         self._failed = False
 
 
-def listen(server: ClientServer, host: str, port: int) -> Listener:
+def listen(server: ClientServer, host: str, port: int, *, reuse_port: bool = False) -> Listener:
     """A bound listening socket for `server` (the site calls listen() with its backlog).
+
+    `reuse_port`: SO_REUSEPORT, so that the workers of `--workers N` each bind the same port and the
+    kernel spreads new connections over them.
 
     A name with several addresses (`localhost`: ::1 and 127.0.0.1) binds its IPv4 one; `::` binds
     both families (Linux's dual-stack default).
@@ -364,6 +367,8 @@ def listen(server: ClientServer, host: str, port: int) -> Listener:
     sock = Listener(family, server)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.setblocking(False)
     except BaseException:

@@ -169,7 +169,9 @@ class Proxy:
             # of 1 s and more), as the functions' small queues overflow behind us.
             self._site = await self._listen(
                 lambda: web.SockSite(
-                    runner, listen(server, settings.host, settings.port), backlog=LISTEN_BACKLOG
+                    runner,
+                    listen(server, settings.host, settings.port, reuse_port=settings.workers > 1),
+                    backlog=LISTEN_BACKLOG,
                 ),
                 "--port",
                 settings.port,
