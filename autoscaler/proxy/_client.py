@@ -73,11 +73,12 @@ class Connection(asyncio.Protocol):
         "_buf", "_chunk_left", "_drain_waiter", "_feed_waiter", "_head", "_interim_kept", "_method",
         "_paused", "_state", "_upgrade", "_write_paused", "body", "body_size", "closed", "connection",
         "content_length", "counted", "done", "error", "got_bytes", "handed_over", "headers", "keep_alive",
-        "last_used", "origin", "proven", "reason", "status", "transport", "trial", "uses",
+        "last_used", "loop", "origin", "proven", "reason", "status", "transport", "trial", "uses",
     )  # fmt: skip
 
     def __init__(self, origin: Origin) -> None:
         self.origin = origin
+        self.loop = origin.loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.uses = 0
@@ -161,8 +162,7 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self._reset(method, upgrade)
         self.uses += 1
-        loop = asyncio.get_running_loop()
-        self._head = loop.create_future()
+        self._head = self.loop.create_future()
         if body is not None and len(body) <= 16 * 1024:
             self.transport.write(head + body)
         else:
@@ -193,7 +193,7 @@ class Connection(asyncio.Protocol):
                 break
             transport.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
             while self._write_paused and not self.closed and not head_future.done():
-                waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
+                waiter = self._drain_waiter = self.loop.create_future()
                 try:
                     await waiter
                 finally:
@@ -237,7 +237,7 @@ class Connection(asyncio.Protocol):
     async def _wait(self) -> None:
         if self.error is not None:
             raise self.error
-        waiter = self._feed_waiter = asyncio.get_running_loop().create_future()
+        waiter = self._feed_waiter = self.loop.create_future()
         try:
             await waiter
         finally:

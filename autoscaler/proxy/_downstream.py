@@ -59,7 +59,6 @@ LINGER = 2.0
 
 _OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE})
 COLD_START_HEADER = "X-Autoscaler-Cold-Start"
-_COLD_START = web.RequestKey("autoscaler.cold_start", float)  # seconds the request was held
 
 
 class TunnelEnd(Protocol):
@@ -73,11 +72,13 @@ class TunnelEnd(Protocol):
 class ProxyRequest(web.BaseRequest):
     """aiohttp's request; a response to a request held through a cold start says how long it waited."""
 
+    _held: float | None = None  # an attribute, not a request key: no KeyError raised per request
+
     def held_for(self, seconds: float) -> None:
-        self[_COLD_START] = seconds
+        self._held = seconds
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
-        held = self.get(_COLD_START)
+        held = self._held
         if held is not None:
             response.headers[COLD_START_HEADER] = f"{held:.3f}"
 

@@ -165,7 +165,6 @@ class Forwarder:
 
         With `upgrade` (the headers ask for a protocol switch) the answer may be a 101 (see `relay`).
         """
-        what = what or f"function {key}"
         if not self._started:
             raise UpstreamError(503, "the proxy is not started or already stopped")
         task = self._deadlines.arm(self._upstream_timeout)
@@ -175,12 +174,14 @@ class Forwarder:
             )
         except asyncio.CancelledError:
             if self._deadlines.disarm(task):
-                raise self._timed_out(what) from None
+                raise self._timed_out(what or f"function {key}") from None
             raise
         except ConnectError as e:
-            raise UpstreamConnectError(502, f"{what} is unreachable at {endpoint}: {e}") from e
+            raise UpstreamConnectError(
+                502, f"{what or f'function {key}'} is unreachable at {endpoint}: {e}"
+            ) from e
         except ClientError as e:
-            raise UpstreamError(502, f"{what} failed before answering: {e}") from e
+            raise UpstreamError(502, f"{what or f'function {key}'} failed before answering: {e}") from e
         finally:
             self._deadlines.disarm(task)
 
@@ -196,7 +197,6 @@ class Forwarder:
         self, request: web.BaseRequest, upstream: Connection, *, key: str, what: str | None = None
     ) -> web.StreamResponse:
         """Pass the function's status, headers and body back to the client."""
-        what = what or f"function {key}"
         headers = response_headers(upstream.headers, connection=upstream.connection)
         if upstream.status == 101:
             return await splice(
@@ -208,9 +208,9 @@ class Forwarder:
                 body = upstream.take_body()
                 self._pool.release(upstream)
             else:
-                body = await self._read_small(upstream, what=what)
+                body = await self._read_small(upstream, what=what or f"function {key}")
             return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
-        return await self._stream(request, upstream, headers, what=what)
+        return await self._stream(request, upstream, headers, what=what or f"function {key}")
 
     async def _read_small(self, upstream: Connection, *, what: str) -> bytes:
         task = self._deadlines.arm(self._upstream_timeout)

@@ -67,7 +67,6 @@ class Opener:
         """The upstream request with the endpoint whose slot it holds (when limited); UpstreamError."""
         ref = state.ref
         headers = request_headers(request, trusted=self._settings.provider_url is not None)  # gateway
-        loop = asyncio.get_running_loop()
         waits = 0
         while True:
             if endpoints is None:
@@ -87,7 +86,7 @@ class Opener:
                     retry_until = max(retry_until, deadline)
             else:
                 error = UpstreamError(503, f"function {ref.key} has no ready endpoint; retry later")
-            if loop.time() + delay > retry_until:
+            if asyncio.get_running_loop().time() + delay > retry_until:  # not per request: a retry
                 raise error or UpstreamError(502, f"function {ref.key} kept answering 429")
             await asyncio.sleep(delay)
             waits += 1
@@ -108,7 +107,6 @@ class Opener:
     ) -> tuple[Connection, str | None] | _Miss:
         """Try each replica at most once; the last 429 is returned when no time is left to wait."""
         ref = state.ref
-        loop = asyncio.get_running_loop()
         error: UpstreamError | None = None
         throttled = False
         retry_after = 0.0
@@ -141,7 +139,7 @@ class Opener:
                 return upstream, slot
             throttled = True
             retry_after = max(retry_after, _retry_after(upstream))
-            if loop.time() + max(delay, retry_after) > deadline:
+            if asyncio.get_running_loop().time() + max(delay, retry_after) > deadline:
                 return upstream, slot  # no time left to wait as long as it asks: its 429
             self._forwarder.discard(upstream)  # another replica may have room
         return _Miss(error, throttled, retry_after)

@@ -52,11 +52,11 @@ class Origin:
     """
 
     __slots__ = (
-        "dialing", "handshake", "host", "host_header", "idle", "in_use", "label", "port", "proven", "ssl",
-        "threshold", "untried", "waiters", "window",
+        "dialing", "handshake", "host", "host_header", "idle", "in_use", "label", "loop", "port", "proven",
+        "ssl", "threshold", "untried", "waiters", "window",
     )  # fmt: skip
 
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, loop: asyncio.AbstractEventLoop) -> None:
         if url.scheme not in ("http", "https") or not url.host:
             raise ClientError(f"endpoint {url} is not an http:// or https:// URL with a host")
         self.host: str = url.host
@@ -65,6 +65,8 @@ class Origin:
         default = 443 if self.ssl else 80
         self.host_header = self.host if self.port == default else f"{self.host}:{self.port}"
         self.label = str(url.origin())
+        # Kept here: Python 3.11's asyncio.get_running_loop() makes a getpid() system call per call.
+        self.loop = loop
         self.idle: list[Connection] = []
         self.in_use = 0  # connections handed out to requests
         self.dialing = 0  # connections being opened
@@ -136,7 +138,7 @@ class Pool:
         """
         origin = self._origins.get(endpoint)
         if origin is None:
-            origin = self._origins[endpoint] = Origin(URL(endpoint))
+            origin = self._origins[endpoint] = Origin(URL(endpoint), asyncio.get_running_loop())
             origin.window = float(min(INITIAL_WINDOW, self._limit))
         head = _request_head(method, path, origin.host_header, headers, body)
         resent = False
@@ -180,7 +182,7 @@ class Pool:
         else:
             answered = conn.send(method, head, body, upgrade=upgrade)
             if not conn.proven:
-                asyncio.get_running_loop().call_later(self._accept_check, self._check, conn)
+                conn.origin.loop.call_later(self._accept_check, self._check, conn)
             await answered
         if not conn.proven:
             self._proved(conn)
@@ -230,7 +232,7 @@ class Pool:
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 origin.in_use += 1
                 return conn
-        waiter: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Connection] = origin.loop.create_future()
         if first:
             origin.waiters.appendleft(waiter)
         else:
@@ -259,7 +261,7 @@ class Pool:
                 conn.handed_over = conn.uses > 0  # sent on before the loop reads its socket again
                 waiter.set_result(conn)
                 return
-        conn.park(asyncio.get_running_loop().time())
+        conn.park(origin.loop.time())
         origin.idle.append(conn)
 
     def _pump(self, origin: Origin) -> None:
@@ -272,7 +274,7 @@ class Pool:
         ):
             origin.untried += 1  # the dial's place among the untried passes to its connection
             origin.dialing += 1
-            task = asyncio.get_running_loop().create_task(self._dial(origin))
+            task = origin.loop.create_task(self._dial(origin))
             self._dials.add(task)
             task.add_done_callback(self._dials.discard)
 

@@ -136,12 +136,15 @@ class Proxy:
         self._draining = False
         self._inflight = 0
         self._idle = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Bind the data and admin ports (port 0 picks a free one) and start serving."""
         settings = self._settings
+        # Kept for the data path: Python 3.11's asyncio.get_running_loop() makes a getpid() call.
+        self._loop = asyncio.get_running_loop()
         await self._forwarder.start()
         self._provider.subscribe(self._changed)
         self._server = server = ClientServer(
@@ -283,7 +286,8 @@ class Proxy:
         if state is None:
             state = self._states[ref.key] = FunctionState(ref)
         stats = state.stats
-        loop_time = asyncio.get_running_loop().time
+        assert self._loop is not None  # requests come only after start()
+        loop_time = self._loop.time
         arrived = loop_time()
         stats.started += 1
         stats.inflight += 1
@@ -367,7 +371,8 @@ class Proxy:
         limit: int | None,
     ) -> web.StreamResponse:
         """Hold the request (when `endpoints` is None) or not, open it upstream, relay the answer."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None
         hold_timeout = self._settings.hold_timeout
         deadline = arrived + hold_timeout
         held = endpoints is None
