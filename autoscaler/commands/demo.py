@@ -2,7 +2,9 @@
 
 It turns flags into the functions to run (the built-in examples or a functions file, with their
 zero-durations shortened for the scripted demo) and the stack's settings, then hands over to
-`autoscaler.demo.run_stack`. Everything a user can get wrong (a flag, a functions file, an
+`autoscaler.demo.run_stack`. Asynchronous calls are on whenever a nats-server binary is found (an
+embedded server, see `autoscaler.demo._nats`); the built-in functions then gain `batch`, scaled on its
+backlog (`type=queue`). Everything a user can get wrong (a flag, a functions file, an
 `AUTOSCALER_*` variable the stack's settings read) is refused here, before anything starts.
 """
 
@@ -37,8 +39,9 @@ def add_parser(subparsers: Any) -> None:
         help="see it work in one command: local functions, proxy and loop, under a scripted load",
         description="Without arguments: run two example functions as local processes behind the wake-up "
         "proxy and the control loop, drive a cold start, a burst and an idle period back to zero, print "
-        "a summary and exit. With --serve: keep running so you can curl "
-        "http://127.0.0.1:PORT/function/NAME until Ctrl-C.",
+        "a summary and exit. When a nats-server binary is found, asynchronous calls run on an embedded "
+        "one, and a third function, batch, is scaled on its backlog of them. With --serve: keep running "
+        "so you can curl http://127.0.0.1:PORT/function/NAME until Ctrl-C.",
         handler=run,
     )
     add = parser.add_argument
@@ -101,8 +104,11 @@ def run(args: argparse.Namespace) -> int:
         )
     functions = load(args.functions) if args.functions else load_builtin()
     from autoscaler.demo import run_stack  # the whole stack: imported once the input is known good
-    from autoscaler.demo.stack import StackSettings, shorten_zero_durations
+    from autoscaler.demo._nats import find_binary
+    from autoscaler.demo.stack import StackSettings, shorten_zero_durations, with_queue_example
 
+    if not args.functions and find_binary() is not None:
+        functions = with_queue_example(functions)
     seconds = _zero_duration(args)
     notes: list[str] = []
     if seconds is not None:
@@ -114,5 +120,6 @@ def run(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         prometheus_url=prometheus_url,
         rate_window=3.0 if not args.serve else 10.0,
+        embedded_nats=True,
     )
     return run_stack(functions=functions, notes=notes, settings=stack, serve=args.serve)

@@ -3,8 +3,9 @@
 With no arguments it starts two example functions as local processes (one always warm, one that
 scales to zero), the wake-up proxy and the control loop on loopback, drives a short scripted load,
 shows what the loop does, prints a summary and exits by itself. With `--serve` it keeps the same
-stack running so you can call the functions yourself until Ctrl-C. Its command line is
-`autoscaler.commands.demo`.
+stack running so you can call the functions yourself until Ctrl-C. With an embedded nats-server it
+also takes asynchronous calls (`stack.queue_note` says whether, or how to get them). Its command line
+is `autoscaler.commands.demo`.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ async def _refresh(view: View) -> None:
 async def _scripted(stack: LocalStack, view: View, notes: list[str]) -> int:
     for note in notes:
         view.say(note)
+    if stack.worker is None and stack.settings.embedded_nats:
+        view.say(f"{stack.queue_note}; the async step is skipped")
     summary = await Script(stack=stack, view=view).run()
     view.refresh()
     view.close()
@@ -107,6 +110,9 @@ async def _serve(stack: LocalStack, view: View, notes: list[str]) -> int:
     view.say(f"load from {source}; metrics at http://127.0.0.1:{stack.proxy.admin_port}/metrics")
     for ref in stack.refs:
         view.say(f"serving {ref.name}: curl {stack.url}/function/{ref.name}")
+    view.say(stack.queue_note)
+    if stack.worker is not None:
+        view.say(f"queue a call: curl -d hi {stack.url}/async-function/NAME (202; the queue-worker calls it)")
     view.say("Ctrl-C to stop")
     await asyncio.Event().wait()  # until a signal cancels this task
     return 0

@@ -4,7 +4,8 @@ Every request goes through the proxy over loopback with aiohttp, exactly as a ca
 counted by what came back: a 2xx is served, anything else (or no answer) is lost. The summary is
 the demo's verdict: a cold start must be a delay, never an error, so "requests lost" must be 0. When
 the stack has a queue (an embedded nats-server), a step posts calls to `/async-function/`: each must
-be accepted (202) and then invoked by the queue-worker, or the summary says how many were not.
+be accepted (202) and then invoked by the queue-worker, or the summary says how many were not. They
+go to a `type=queue` function when there is one, which the loop then scales on its backlog.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from autoscaler.demo.stack import LocalStack
 from autoscaler.demo.view import View
 from autoscaler.interfaces import FunctionRef
 from autoscaler.spec import ZERO, parse_labels
+from policies.model import ScaleType
 
 BURST_RPS = 40.0
 BURST_SECONDS = 6.0
 TRICKLE_RPS = 2.0
 COLD_REQUESTS = 5
-ASYNC_CALLS = 20
+ASYNC_CALLS = 30
 ASYNC_LIMIT = 20.0  # seconds for the queue-worker to invoke the asynchronous calls
 IDLE_LIMIT = 25.0  # seconds to wait for the idle period to settle before summing up anyway
 
@@ -89,6 +91,8 @@ class Script:
         cold = [fn for fn in stack.functions.functions if fn.labels.get(ZERO, "").lower() == "true"]
         self._warm = warm[0].name if warm else stack.functions.functions[0].name
         self._cold = cold[0].name if cold else None
+        queued = [fn for fn in stack.functions.functions if parse_labels(fn.labels).type is ScaleType.QUEUE]
+        self._queued = queued[0].name if queued else None
 
     async def _call(self, session: aiohttp.ClientSession, name: str, *, cold: bool = False) -> None:
         self.tally.sent += 1
@@ -178,10 +182,11 @@ class Script:
                 burst.append(self._steady(session, self._cold, rps=TRICKLE_RPS, seconds=BURST_SECONDS))
             await asyncio.gather(*burst)
             if self._stack.worker is not None:
-                target = self._cold or self._warm
+                target = self._queued or self._cold or self._warm
+                scaled = " (type=queue: scaled on its backlog)" if self._queued else ""
                 self._view.phase(
-                    f"3/{steps} async: {ASYNC_CALLS} calls to /async-function/{target}, queued on "
-                    "JetStream and invoked by the queue-worker"
+                    f"3/{steps} async: {ASYNC_CALLS} calls to /async-function/{target}{scaled}, queued "
+                    "on JetStream and invoked by the queue-worker"
                 )
                 await self._async_calls(session, target)
         self._view.phase(f"{steps}/{steps} idle: no traffic; scaling back down, and to zero where allowed")

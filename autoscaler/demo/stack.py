@@ -8,7 +8,9 @@ drain the proxy, then drain the replicas.
 With `embedded_nats` and a nats-server binary on the machine, the stack also runs an embedded
 nats-server (`demo._nats`), the proxy accepts `/async-function/` calls onto JetStream and an
 in-process queue-worker invokes them through the proxy, as in a cluster; without the binary the stack
-runs without asynchronous calls and `queue_note` says how to get them.
+runs without asynchronous calls and `queue_note` says how to get them. The queue-worker's backlog per
+function is the loop's `pending` figure, so a `type=queue` function (`with_queue_example` adds one)
+is woken and scaled by its backlog as with Prometheus in a cluster.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -30,14 +34,24 @@ from autoscaler.config import (
 )
 from autoscaler.controller import Controller
 from autoscaler.demo._nats import INSTALL_HINT, EmbeddedNats, find_binary
-from autoscaler.functionsfile import FunctionsFile
+from autoscaler.functionsfile import BUILTIN_FILE, FunctionsFile, LocalFunction
 from autoscaler.inprocess import ProxyLoadReader
 from autoscaler.interfaces import FunctionRef, LoadReader
 from autoscaler.metrics import PrometheusReader
 from autoscaler.providers.local import LocalProvider
 from autoscaler.proxy import Proxy
 from autoscaler.queue import AsyncAcceptor, QueueWorker
-from autoscaler.spec import ZERO, ZERO_DURATION, format_duration, parse_labels
+from autoscaler.spec import (
+    MAX,
+    MAX_INFLIGHT,
+    MIN,
+    TARGET,
+    TYPE,
+    ZERO,
+    ZERO_DURATION,
+    format_duration,
+    parse_labels,
+)
 
 log = logging.getLogger("autoscaler.demo")
 
@@ -70,6 +84,34 @@ def shorten_zero_durations(functions: FunctionsFile, *, seconds: float) -> tuple
     return dataclasses.replace(functions, functions=tuple(changed)), notes
 
 
+QUEUE_EXAMPLE = "batch"
+
+
+def with_queue_example(functions: FunctionsFile) -> FunctionsFile:
+    """`functions` plus `batch`: at zero until called, scaled on its backlog of asynchronous calls.
+
+    `type=queue` with a target of 5 pending calls per replica, up to 4 replicas, each taking one call
+    at a time (250 ms): a backlog of tens of calls wants every replica, and more replicas drain it faster.
+    """
+    batch = LocalFunction(
+        name=QUEUE_EXAMPLE,
+        argv=(sys.executable, str(BUILTIN_FILE.parent / "functions" / "hello.py")),
+        labels={
+            MIN: "1",
+            MAX: "4",
+            TYPE: "queue",
+            TARGET: "5",
+            ZERO: "true",
+            ZERO_DURATION: "5m",
+            MAX_INFLIGHT: "1",
+        },
+        environment={"GREETING": "Done", "WORK_MS": "250"},
+        health_path="/",
+        initial_replicas=0,
+    )
+    return dataclasses.replace(functions, functions=(*functions.functions, batch))
+
+
 class LocalStack:
     """Provider + proxy + loop on loopback, started and stopped as one."""
 
@@ -86,7 +128,7 @@ class LocalStack:
         if settings.embedded_nats:
             binary = find_binary()
             if binary is None:
-                self.queue_note = f"asynchronous calls: off ({INSTALL_HINT})"
+                self.queue_note = f"asynchronous calls: off, no nats-server found: {INSTALL_HINT}"
             else:
                 self.nats = EmbeddedNats(binary=binary)
                 self.queue = QueueSettings(nats_url=self.nats.url, publish_timeout=5.0)
@@ -121,6 +163,7 @@ class LocalStack:
                 stats=self.proxy.invocation_stats,
                 window=settings.rate_window,
                 known=lambda: self.provider.functions().keys(),
+                pending=self._pending if self.queue is not None else None,
             )
         self.controller = Controller(
             provider=self.provider,
@@ -135,6 +178,19 @@ class LocalStack:
 
     def _poke(self, ref: FunctionRef) -> None:
         self.controller.poke(ref)
+
+    def _pending(self) -> Mapping[str, float] | None:
+        """The queue-worker's backlog per function; None (no data) while it is not consuming."""
+        worker, queue = self.worker, self.queue
+        if worker is None or queue is None or not worker.ready():
+            return None
+        counts: dict[str, float] = {}
+        for metric in worker.metrics.pending.collect():
+            for sample in metric.samples:
+                if sample.labels.get("queue_name") == queue.queue_name:
+                    key = sample.labels["function_name"]
+                    counts[key] = counts.get(key, 0.0) + sample.value
+        return counts
 
     @property
     def url(self) -> str:

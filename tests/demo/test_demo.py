@@ -1,4 +1,9 @@
-"""`autoscaler demo` as a user runs it: one command, a summary with nothing lost, and a clean exit."""
+"""`autoscaler demo` as a user runs it: one command, a summary with nothing lost, and a clean exit.
+
+With a nats-server binary on the machine the demo also runs asynchronous calls on an embedded one
+(a third child process, and a third function, `batch`, scaled on its backlog); without one it says
+the async step is skipped and how to get it.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from autoscaler.demo._nats import find_binary
 from tests.local.support import alive, children_of
 from tests.support.waiting import until
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+QUEUE = find_binary() is not None  # what the demo itself looks for
+
+
+def command_name(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
 
 
 async def autoscaler(*args: str) -> asyncio.subprocess.Process:
@@ -57,7 +69,7 @@ async def test_the_demo_runs_a_cold_start_a_burst_and_an_idle_period_and_loses_n
     assert "\x1b[" not in text  # stdout is not a terminal: plain lines, no live table
     assert "wordcount: zero-duration shortened from 5m to 3s for the demo" in text
     assert re.search(r"requests lost:\s+0\n", text)
-    assert re.search(r"cold starts:\s+1 ", text)
+    assert re.search(rf"cold starts:\s+{2 if QUEUE else 1} ", text)  # batch starts from zero too
     held, sent, served = (number(rf"requests {what}:\s+(\d+)", text) for what in ("held", "sent", "served"))
     assert held >= 5  # the cold start's requests waited for the replica, then were forwarded
     assert served == sent > 200
@@ -65,6 +77,12 @@ async def test_the_demo_runs_a_cold_start_a_burst_and_an_idle_period_and_loses_n
     assert peak >= 2  # the burst scaled it up, the idle period brought it back to min
     assert "wordcount: peak 1 replica(s), 0 at the end" in text  # and the idle one went to zero
     assert re.search(r"wordcount: replicas=0 desired=0 .*last change=ScaleToZero", text)
+    if QUEUE:
+        assert re.search(r"async calls:\s+30 accepted \(202\), 30 invoked by the queue-worker", text)
+        assert number(r"batch: peak (\d+) replica\(s\), 0 at the end", text) >= 2  # scaled on its backlog
+    else:
+        assert "no nats-server found: install nats-server (apt-get install nats-server)" in text
+        assert "the async step is skipped" in text
 
 
 @pytest.mark.slow
@@ -85,11 +103,13 @@ async def test_serve_answers_callers_until_sigterm_and_leaves_no_process_behind(
             async with session.post(f"{url}/function/wordcount", data=b"a b a") as response:  # a cold start
                 assert response.status == 200
                 assert (await response.json())["words"] == 3
-        replicas = children_of(add_on.pid)
+        children = children_of(add_on.pid)
+        replicas = [pid for pid in children if command_name(pid) != "nats-server"]
         assert len(replicas) == 2
+        assert len(children) == len(replicas) + QUEUE  # and the embedded nats-server, when there is one
         add_on.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(add_on.wait(), timeout=20) == 0
-        await until(lambda: not any(alive(pid) for pid in replicas), within=5, what="no replica left")
+        await until(lambda: not any(alive(pid) for pid in children), within=5, what="no child left")
     finally:
         if add_on.returncode is None:
             add_on.kill()

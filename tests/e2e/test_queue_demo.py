@@ -4,32 +4,48 @@
 local functions, the proxy and the loop; the scripted load gains an async step whose calls must each
 be accepted (202) and invoked by the in-process queue-worker; closing the stack stops the server and
 deletes its store. Without the binary the stack runs without asynchronous calls and says how to get
-them.
+them. In this local mode (no Prometheus) the queue-worker's backlog is the loop's pending figure, so a
+`type=queue` function is woken and scaled on it, then goes back to zero once it is drained.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
+import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from autoscaler.demo import _nats
 from autoscaler.demo.script import ASYNC_CALLS, Script
-from autoscaler.demo.stack import LocalStack, StackSettings, shorten_zero_durations
+from autoscaler.demo.stack import (
+    QUEUE_EXAMPLE,
+    LocalStack,
+    StackSettings,
+    shorten_zero_durations,
+    with_queue_example,
+)
 from autoscaler.demo.view import View
-from autoscaler.functionsfile import load_builtin
+from autoscaler.functionsfile import FunctionsFile, load_builtin
 from tests.support.nats import require_binary
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
+
+
+async def refreshing(view: View) -> None:
+    while True:
+        view.refresh()
+        await asyncio.sleep(0.25)
 
 
 async def test_the_scripted_demo_queues_its_async_calls_on_the_embedded_server_and_invokes_them_all(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("NATS_SERVER_BIN", require_binary())
-    functions, _ = shorten_zero_durations(load_builtin(), seconds=3.0)
+    functions, _ = shorten_zero_durations(with_queue_example(load_builtin()), seconds=3.0)
     stack = LocalStack(functions=functions, settings=StackSettings(embedded_nats=True))
     out = io.StringIO()
     try:
@@ -38,13 +54,19 @@ async def test_the_scripted_demo_queues_its_async_calls_on_the_embedded_server_a
         store = stack.nats.directory
         assert stack.queue_note.startswith("asynchronous calls: /async-function/ on JetStream at nats://")
         view = View(stack=stack, out=out)
-        summary = await Script(stack=stack, view=view).run()
+        ticker = asyncio.create_task(refreshing(view))  # as `autoscaler demo` does: the view keeps the peaks
+        try:
+            summary = await Script(stack=stack, view=view).run()
+        finally:
+            ticker.cancel()
     finally:
         await stack.close()
     text = "\n".join(summary.lines())
     assert re.search(rf"async calls:\s+{ASYNC_CALLS} accepted \(202\), {ASYNC_CALLS} invoked", text), text
     assert summary.tally.lost == 0
-    assert "3/4 async" in out.getvalue()
+    assert f"3/4 async: {ASYNC_CALLS} calls to /async-function/{QUEUE_EXAMPLE} (type=queue" in out.getvalue()
+    assert summary.peaks[QUEUE_EXAMPLE] >= 2  # scaled on its backlog
+    assert summary.final[QUEUE_EXAMPLE] == 0
     assert store is not None
     assert not store.exists()  # the temporary store went with the server
 
@@ -57,3 +79,45 @@ async def test_without_a_nats_server_binary_the_stack_runs_without_asynchronous_
     stack = LocalStack(functions=load_builtin(), settings=StackSettings(embedded_nats=True))
     assert stack.acceptor is None
     assert _nats.INSTALL_HINT in stack.queue_note
+
+
+async def test_in_local_mode_a_queue_function_at_zero_is_woken_and_scaled_by_its_backlog_then_drained_to_zero(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NATS_SERVER_BIN", require_binary())
+    only = FunctionsFile(namespace="openfaas-fn", functions=(), source="test")
+    functions, _ = shorten_zero_durations(with_queue_example(only), seconds=1.0)
+    stack = LocalStack(functions=functions, settings=StackSettings(embedded_nats=True, rate_window=1.0))
+    (ref,) = stack.refs
+    calls = 30  # 250 ms each, one at a time per replica: a backlog that wants all 4 replicas
+    peak, drained_at = 0, None
+    try:
+        await stack.start()
+        assert stack.worker is not None
+        info = stack.provider.get(ref)
+        assert info is not None
+        assert info.replicas == 0
+        async with aiohttp.ClientSession() as session:
+            for index in range(calls):
+                async with session.post(
+                    f"{stack.url}/async-function/{ref.name}", data=b"%d" % index
+                ) as answer:
+                    assert answer.status == 202
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            info = stack.provider.get(ref)
+            assert info is not None
+            peak = max(peak, info.ready_replicas)
+            if drained_at is None and stack.worker.completed >= calls:
+                drained_at = time.monotonic()
+            if drained_at is not None and info.replicas == 0 and info.ready_replicas == 0:
+                break
+            await asyncio.sleep(0.1)
+        reasons = [(e.reason, e.message) for e in stack.provider.events() if e.function == ref.key]
+    finally:
+        await stack.close()
+    assert drained_at is not None, f"the worker invoked {stack.worker and stack.worker.completed} of {calls}"
+    assert peak == 4, reasons  # the backlog asked for every replica (30 / (5 x 0.9) -> 7, at most 4)
+    assert any(reason == "ScaleUp" and "pending calls" in message for reason, message in reasons), reasons
+    assert reasons[-1][0] == "ScaleToZero", reasons  # drained, idle for its zero-duration: back to zero
+    assert time.monotonic() - drained_at < 10
