@@ -35,6 +35,7 @@ _TEXT = "text/plain; charset=utf-8"
 SHARED_PREFIX = "gateway_service_"
 # Families whose values only grow: a dead worker's last counts are kept so that the sums never drop.
 _GROWING = frozenset({"counter", "histogram", "summary"})
+_CREATED = "_created"  # prometheus_client's sample of when a counter or histogram series began
 
 Snapshot = list[dict[str, Any]]
 
@@ -101,7 +102,8 @@ def growing(snap: Snapshot) -> Snapshot:
 
 
 def merge(snaps: Iterable[Snapshot]) -> Snapshot:
-    """One snapshot: each sample summed over `snaps`, the shared families from the first that has any.
+    """One snapshot: each sample summed over `snaps`, the shared families from the first that has any
+    (and a series' `_created` time, the earliest).
 
     Families keep the order they first appear in; a Go family's series are sorted by label values,
     as Go's registry writes them (a series keeps its samples' order: buckets, sum, count).
@@ -118,7 +120,12 @@ def merge(snaps: Iterable[Snapshot]) -> Snapshot:
                 continue
             for name, labels, value in family["samples"]:
                 sample = (name, tuple(sorted(labels.items())))
-                summed[sample] = summed.get(sample, 0.0) + value
+                if sample not in summed:
+                    summed[sample] = value
+                elif name.endswith(_CREATED):  # when a series began: the earliest worker's, not a sum
+                    summed[sample] = min(summed[sample], value)
+                else:
+                    summed[sample] += value
     out: Snapshot = []
     for key, head in heads.items():
         samples: list[list[Any]] = [[n, dict(labels), v] for (n, labels), v in values[key].items()]

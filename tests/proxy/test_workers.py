@@ -135,7 +135,7 @@ async def test_two_workers_both_serve_and_the_admin_port_sums_their_counts_once(
 
 
 async def test_a_cold_burst_over_both_workers_wakes_the_function_to_one_replica_once(tmp_path: Path) -> None:
-    async with asyncio.timeout(TEST_SECONDS), workers_of(tmp_path, replicas=0, ready_delay=1.0) as proxy:
+    async with asyncio.timeout(TEST_SECONDS), workers_of(tmp_path, replicas=0, ready_delay=1.5) as proxy:
         statuses = await proxy.calls(60)
 
         assert statuses == [200] * 60, proxy.process.tail()
