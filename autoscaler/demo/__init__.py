@@ -18,7 +18,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from autoscaler.demo.script import Script
-from autoscaler.demo.stack import LocalStack, StackSettings
+from autoscaler.demo.stack import QUEUE_EXAMPLE, LocalStack, StackSettings
 from autoscaler.demo.view import View
 from autoscaler.errors import ConfigError
 from autoscaler.functionsfile import FunctionsFile
@@ -112,7 +112,9 @@ async def _serve(stack: LocalStack, view: View, notes: list[str]) -> int:
         view.say(f"serving {ref.name}: curl {stack.url}/function/{ref.name}")
     view.say(stack.queue_note)
     if stack.worker is not None:
-        view.say(f"queue a call: curl -d hi {stack.url}/async-function/NAME (202; the queue-worker calls it)")
+        names = [ref.name for ref in stack.refs]
+        name = QUEUE_EXAMPLE if QUEUE_EXAMPLE in names else names[0]
+        view.say(f"queue a call: curl -d hi {stack.url}/async-function/{name} (202; the worker calls it)")
     view.say("Ctrl-C to stop")
     await asyncio.Event().wait()  # until a signal cancels this task
     return 0
