@@ -14,6 +14,7 @@ from autoscaler.errors import ConfigError
 from autoscaler.interfaces import FunctionRef
 from autoscaler.providers.kubernetes import API_CALLS, KubernetesProvider
 from tests.support.apiserver import FakeApiServer
+from tests.support.waiting import until
 
 from .support import fn_labels
 
@@ -46,6 +47,29 @@ async def test_create_connects_through_a_kubeconfig_file(api: FakeApiServer, tmp
     try:
         await provider.start()
         assert list(provider.functions()) == ["echo.openfaas-fn"]
+    finally:
+        await provider.close()
+
+
+async def test_a_provider_from_a_kubeconfig_follows_more_namespaces_than_the_clients_default_pool(
+    api: FakeApiServer, tmp_path: Path
+) -> None:
+    # Two watches per namespace stay open: 60 namespaces hold 120 connections, past the client's
+    # default pool of 100, and the listings and writes must still get through.
+    namespaces = [f"team-{i:02d}" for i in range(60)]
+    for namespace in namespaces:
+        api.add_deployment("echo", namespace=namespace, labels=fn_labels("echo"))
+    settings = ProviderSettings(
+        kubeconfig=str(api.write_kubeconfig(tmp_path / "config")), namespaces=namespaces
+    )
+
+    provider = await KubernetesProvider.create(settings=settings, start_timeout=20.0)
+    try:
+        await provider.start()
+        await until(lambda: api.open_watches >= 120, within=10.0, what="120 watches")
+        await provider.scale(FunctionRef(name="echo", namespace="team-59"), 3)
+        assert len(provider.functions()) == 60
+        assert api.replicas("echo", namespace="team-59") == 3
     finally:
         await provider.close()
 
