@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,3 +209,19 @@ async def test_workers_below_one_is_a_usage_error_naming_the_flag(tmp_path: Path
     code = await asyncio.wait_for(process.process.wait(), 20)
     assert code == 2
     assert "--workers" in process.text()
+
+
+async def test_a_data_port_another_program_holds_is_a_usage_error_before_any_worker_starts(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:  # no SO_REUSEPORT: the workers could not share it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["proxy", "--workers", "2", "--host", "127.0.0.1", "--port", str(port), "--admin-port", "0"]
+        process = await ServiceProcess.spawn("proxy", args=args, log=tmp_path / "proxy.log")
+        code = await asyncio.wait_for(process.process.wait(), 20)
+    assert code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in process.text()
+    assert "choose another --port" in process.text()
+    assert "proxy listening" not in process.text()  # nothing served on any port
