@@ -89,6 +89,7 @@ class Connection(asyncio.Protocol):
         self.handed_over = False  # released straight to a waiting request (see `_pool`)
         self._write_paused = False  # the transport's write buffer is above its high-water mark
         self._drain_waiter: asyncio.Future[None] | None = None
+        self._buf = bytearray()  # a line-oriented state's bytes so far (kept, cleared per exchange)
         self._reset("GET")
 
     def _reset(self, method: str, upgrade: bool = False) -> None:
@@ -96,7 +97,7 @@ class Connection(asyncio.Protocol):
         self._upgrade = upgrade  # the request asked for an Upgrade: a 101 is its answer
         self._interim_kept = True  # no interim response, or only 100 Continue, came before the answer
         self._state = HEAD
-        self._buf = bytearray()
+        self._buf.clear()
         self._head: asyncio.Future[None] | None = None
         self._feed_waiter: asyncio.Future[None] | None = None
         self._paused = False
@@ -372,6 +373,12 @@ class Connection(asyncio.Protocol):
         """Line-oriented states (the head, chunk sizes, chunk ends, trailers): the bytes after the line."""
         state = self._state
         buf = self._buf
+        if state == HEAD and not buf:
+            # The usual case: the whole head (often with its body) in one read, parsed without a copy.
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                self._parse_head(data[:end])
+                return data[end + 4 :]
         buf += data
         if state == HEAD:
             end = buf.find(b"\r\n\r\n")

@@ -14,6 +14,7 @@ closed instead (one more connection for such a response, never a wrong answer).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from typing import Final
 
 # A response head larger than this is refused (aiohttp's client allows 8 KiB lines and 8 KiB fields).
@@ -141,14 +142,15 @@ def _fields(lines: list[str]) -> tuple[list[tuple[str, str]], list[str], list[st
     """The header fields after the status line, and the values of each framing header among them."""
     headers: list[tuple[str, str]] = []
     framing: tuple[list[str], list[str], list[str]] = ([], [], [])
-    for index in range(1, len(lines)):
-        raw = lines[index]
+    append = headers.append
+    framing_of = _FRAMING.get
+    for raw in islice(lines, 1, None):
         name, colon, value = raw.partition(":")
         if not colon or not name or name != name.strip() or " " in name:
             raise ClientError(f"invalid header line {raw[:80]!r}")
         value = value.strip()
-        headers.append((name, value))
-        which = _FRAMING.get(name.lower())
+        append((name, value))
+        which = framing_of(name.lower())
         if which is not None:
             framing[which].append(value)
     return headers, framing[0], framing[1], framing[2]

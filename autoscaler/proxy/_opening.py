@@ -71,20 +71,21 @@ class Opener:
         while True:
             if endpoints is None:
                 endpoints = self._provider.endpoints(ref)
-            delay = RETRY.delay(waits + 1)
             if endpoints:
                 got = await self._round(
                     request, state, path, body, headers, endpoints, limit=limit, deadline=deadline,
-                    delay=delay,
+                    waits=waits,
                 )  # fmt: skip
                 if not isinstance(got, _Miss):
                     return got
+                delay = RETRY.delay(waits + 1)  # only once a round has missed: not per request
                 error = got.error
                 if got.throttled:  # every replica is full: back off and try again
                     error = None
                     delay = max(delay, got.retry_after)
                     retry_until = max(retry_until, deadline)
             else:
+                delay = RETRY.delay(waits + 1)
                 error = UpstreamError(503, f"function {ref.key} has no ready endpoint; retry later")
             if asyncio.get_running_loop().time() + delay > retry_until:  # not per request: a retry
                 raise error or UpstreamError(502, f"function {ref.key} kept answering 429")
@@ -103,7 +104,7 @@ class Opener:
         *,
         limit: int | None,
         deadline: float,
-        delay: float,
+        waits: int,
     ) -> tuple[Connection, str | None] | _Miss:
         """Try each replica at most once; the last 429 is returned when no time is left to wait."""
         ref = state.ref
@@ -139,7 +140,7 @@ class Opener:
                 return upstream, slot
             throttled = True
             retry_after = max(retry_after, _retry_after(upstream))
-            if asyncio.get_running_loop().time() + max(delay, retry_after) > deadline:
+            if asyncio.get_running_loop().time() + max(RETRY.delay(waits + 1), retry_after) > deadline:
                 return upstream, slot  # no time left to wait as long as it asks: its 429
             self._forwarder.discard(upstream)  # another replica may have room
         return _Miss(error, throttled, retry_after)
