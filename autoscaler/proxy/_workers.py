@@ -200,7 +200,11 @@ class Supervisor:
             await asyncio.sleep(delay)
             if self._draining:
                 return
-            await self._spawn(worker)
+            try:
+                await self._spawn(worker)
+            except OSError as e:  # e.g. out of descriptors: the dead process's wait returns at once
+                log.error("worker %d could not be started again: %s", worker.index, e)
+                continue
             worker.restarts += 1
             assert worker.process is not None
             log.info(
