@@ -128,7 +128,7 @@ class TimedReader:
 
 async def measure(args: argparse.Namespace, prometheus: PrometheusServer) -> None:
     keys = function_keys(args.functions, args.namespaces)
-    settings = MetricsSettings(prometheus_url=prometheus.url, rate_window=RATE_WINDOW, query_timeout=10.0)
+    settings = MetricsSettings(prometheus_url=prometheus.url, rate_window=RATE_WINDOW, query_timeout=60.0)
     provider = bench_provider(keys)
     async with PrometheusReader(settings=settings) as reader:
         timed = TimedReader(reader)
