@@ -171,8 +171,6 @@ class ProxySettings(_Base):
     upstream_idle_timeout: float = Field(
         default=15.0, gt=0, description="seconds an unused kept-alive upstream connection stays open"
     )
-    # The controller waits ZERO_GRACE (30 s) after the last activity before any scale to zero; marks
-    # at most half that apart keep a busy function's last-active time inside it (invariant 2).
     provider_url: str | None = Field(
         default=None,
         description="behind an OpenFaaS gateway: the real provider (faas-netes) that every path other "
@@ -183,6 +181,8 @@ class ProxySettings(_Base):
         description="export invocation metrics under the gateway's names (gateway_function_*); turn off "
         "behind an OpenFaaS gateway, which exports them itself, to get autoscaler_proxy_* names instead",
     )
+    # The controller waits ZERO_GRACE (30 s) after the last activity before any scale to zero; marks
+    # at most half that apart keep a busy function's last-active time inside it (invariant 2).
     mark_interval: float = Field(
         default=5.0,
         gt=0,
