@@ -16,7 +16,7 @@ from typing import Any
 class Deadlines:
     """Per-task deadlines with one sweeping task; a deadline fires up to `resolution` seconds late."""
 
-    __slots__ = ("_due", "_expired", "resolution")
+    __slots__ = ("_due", "_expired", "_loop", "resolution")
 
     def __init__(self, *, resolution: float) -> None:
         if resolution <= 0:
@@ -24,10 +24,13 @@ class Deadlines:
         self.resolution = resolution
         self._due: dict[asyncio.Task[Any], float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
+        # Known once `run` starts: current_task(loop) then skips get_running_loop(), which costs a
+        # getpid() system call per request on Python 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def arm(self, seconds: float) -> asyncio.Task[Any]:
         """Give the current task `seconds` to reach the matching `disarm`."""
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)
         if task is None:
             raise RuntimeError("Deadlines.arm() must be called from inside a task")
         self._due[task] = task.get_loop().time() + seconds
@@ -44,12 +47,15 @@ class Deadlines:
 
     async def run(self) -> None:
         """Sweep forever (run it as a background task; cancel it to stop)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(self.resolution)
-            now = loop.time()
-            late = [task for task, due in self._due.items() if due <= now]
-            for task in late:
-                del self._due[task]
-                self._expired.add(task)
-                task.cancel()
+        loop = self._loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await asyncio.sleep(self.resolution)
+                now = loop.time()
+                late = [task for task, due in self._due.items() if due <= now]
+                for task in late:
+                    del self._due[task]
+                    self._expired.add(task)
+                    task.cancel()
+        finally:
+            self._loop = None
