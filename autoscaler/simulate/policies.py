@@ -43,6 +43,13 @@ POLICY_NAMES = ("adaptive", "fixed-10m", "openfaas", "knative", "keda-hpa")
 # The adaptive keep-alive starting from the other functions' idle times (policies.prior) while a
 # function has too few of its own; it needs the whole trace's prior (`prior_for`, `simulate_chunk`).
 PRIOR = "adaptive-prior"
+# The adaptive keep-alive priced by the function's memory (`HistogramConfig.cold_start_price`): with
+# `adaptive-share<P>` a cold start is worth P GB-s shared by the minutes with calls seen so far, with
+# `adaptive-gbs<P>` P GB-s whatever the calls;
+# `adaptive-priced` is `adaptive-share100000` (docs/simulate.md: the price nearest x0.5 of fixed-10m's
+# p75-function cold starts on the first 300 functions of the 1,000-function day).
+PRICED = "adaptive-priced"
+PRICED_DEFAULT = 100_000.0
 DESCRIPTIONS = {
     "adaptive": "policies.engine.decide + policies.adaptive.HybridHistogram (labels "
     + ", ".join(f"{k}={v}" for k, v in PROJECT_LABELS["adaptive"].items())
@@ -100,14 +107,17 @@ SWEEP = (
 )
 _FIXED = re.compile(r"fixed-(\d+)m")
 _ADAPTIVE = re.compile(r"adaptive-p(\d+)")
+_PRICED = re.compile(r"adaptive-(gbs|share)(\d+)|adaptive-priced")
 
 
 def check_policy(name: str) -> str:
     """`name` when the simulator knows it, else ValueError saying what it knows.
 
     Besides the named policies: `fixed-<N>m` (keep warm N minutes after the last call, 1 <= N <= 1440)
-    and `adaptive-p<P>` (the adaptive keep-alive keeping warm to the P-th percentile of the idle
-    times, 5 < P <= 100; `adaptive` is `adaptive-p75`).
+    `adaptive-p<P>` (the adaptive keep-alive keeping warm to the P-th percentile of the idle
+    times, 5 < P <= 100; `adaptive` is `adaptive-p75`), and `adaptive-share<P>` / `adaptive-gbs<P>`
+    (the adaptive keep-alive priced by memory: a cold start worth P GB-s, shared by the minutes with
+    calls seen so far or not; `adaptive-priced` is `adaptive-share100000`).
     """
     fixed, adaptive = _FIXED.fullmatch(name), _ADAPTIVE.fullmatch(name)
     if (
@@ -115,11 +125,13 @@ def check_policy(name: str) -> str:
         or name == PRIOR
         or (fixed is not None and 1 <= int(fixed.group(1)) <= 1440)
         or (adaptive is not None and HistogramConfig().head_percentile < int(adaptive.group(1)) <= 100)
+        or _PRICED.fullmatch(name) is not None
     ):
         return name
     raise ValueError(
-        f"unknown policy {name!r}: choose from {', '.join(POLICY_NAMES)}, fixed-<N>m (N minutes, 1 to "
-        "1440) or adaptive-p<P> (P the idle-time percentile kept warm, 6 to 100)"
+        f"unknown policy {name!r}: choose from {', '.join(POLICY_NAMES)}, {PRIOR}, {PRICED}, fixed-<N>m "
+        "(N minutes, 1 to 1440), adaptive-p<P> (P the idle-time percentile kept warm, 6 to 100) or "
+        "adaptive-share<P> / adaptive-gbs<P> (a cold start worth P GB-s of idle memory)"
     )
 
 
@@ -127,7 +139,7 @@ def family(name: str) -> str:
     """`fixed`, `adaptive` or the policy itself: the curve a policy's point belongs to."""
     if _FIXED.fullmatch(name):
         return "fixed"
-    if name == "adaptive" or _ADAPTIVE.fullmatch(name):
+    if name == "adaptive" or _ADAPTIVE.fullmatch(name) or _PRICED.fullmatch(name):
         return "adaptive"
     return name
 
@@ -136,6 +148,16 @@ def describe(name: str) -> str:
     """What a policy is, for the JSON report's assumptions."""
     if name in DESCRIPTIONS:
         return DESCRIPTIONS[name]
+    priced = _PRICED.fullmatch(name)
+    if priced is not None:
+        price = float(priced.group(2) or PRICED_DEFAULT)
+        per = "the minutes with calls seen so far" if priced.group(1) != "gbs" else "nothing"
+        return (
+            f"{DESCRIPTIONS['adaptive']} priced by the function's memory: a cold start is worth {price:g} "
+            f"GB-s of idle memory shared by {per}; the keep-alive that costs least over the idle times seen, "
+            "and while the histogram cannot decide (once the function is back after an empty minute) "
+            "warm for price / memory, within the fixed window and the 4 h range"
+        )
     if _FIXED.fullmatch(name):
         labels = _labels(name)
         return (
@@ -153,7 +175,7 @@ def _labels(name: str) -> dict[str, str]:
     fixed = _FIXED.fullmatch(name)
     if fixed is not None:
         return {ZERO: "true", ZERO_DURATION: f"{int(fixed.group(1))}m"}
-    if _ADAPTIVE.fullmatch(name) or name == PRIOR:
+    if _ADAPTIVE.fullmatch(name) or _PRICED.fullmatch(name) or name == PRIOR:
         return PROJECT_LABELS["adaptive"]
     return PROJECT_LABELS[name]
 
@@ -211,8 +233,17 @@ def make_driver(name: str, inputs: _Inputs, *, per_pod: int) -> Driver:
         spec = project_spec(name)
         keepalive = None
         if family(name) == "adaptive":
-            config = HistogramConfig(tail_percentile=_tail_percentile(name))
-            keepalive = HybridHistogram(fixed_keepalive=spec.zero_duration, config=config)
+            priced = _PRICED.fullmatch(name)
+            if priced is not None:
+                config = HistogramConfig(
+                    cold_start_price=float(priced.group(2) or PRICED_DEFAULT),
+                    price_per_call=priced.group(1) != "gbs",
+                )
+            else:
+                config = HistogramConfig(tail_percentile=_tail_percentile(name))
+            keepalive = HybridHistogram(
+                fixed_keepalive=spec.zero_duration, config=config, memory_gb=inputs.fn.memory_mb / 1024.0
+            )
         elif name == PRIOR:
             if inputs.prior is None:
                 raise ValueError(

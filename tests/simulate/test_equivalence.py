@@ -35,11 +35,12 @@ from autoscaler.spec import (
     ZERO_DURATION,
     parse_labels,
 )
-from policies.adaptive import HybridHistogram
+from policies.adaptive import HistogramConfig, HybridHistogram
 from policies.model import KeepAlive
 from policies.prior import IdlePrior
 
 TRACES = Path("/work/shared/traces")
+PRICE = 100_000.0  # GB-s per cold start (per call seen, with price_per_call): the simulator's adaptive
 HOURS = 6.0  # a quarter of the day: every timer fires many times, and the tick-by-tick replay is quick
 
 ZERO_10M = {ZERO: "true", ZERO_DURATION: "10m"}
@@ -87,7 +88,14 @@ def day_prior() -> tuple[IdlePrior, dict[str, int]]:
     return prior_for(day), {fn.key: index for index, fn in enumerate(day)}
 
 
-def replay(fn: TraceFunction, labels: dict[str, str], *, every_tick: bool, prior: bool = False) -> Outcome:
+def replay(
+    fn: TraceFunction,
+    labels: dict[str, str],
+    *,
+    every_tick: bool,
+    prior: bool = False,
+    config: HistogramConfig | None = None,
+) -> Outcome:
     spec = parse_labels(labels)
     end = HOURS * 3600.0
     arrivals = spread_arrivals(fn.counts, seed=0, key=fn.key)
@@ -100,7 +108,9 @@ def replay(fn: TraceFunction, labels: dict[str, str], *, every_tick: bool, prior
             fixed_keepalive=spec.zero_duration, prior=shared, owner=owners.get(fn.key, -1)
         )
     elif spec.keepalive is KeepAlive.ADAPTIVE:
-        keepalive = HybridHistogram(fixed_keepalive=spec.zero_duration)
+        keepalive = HybridHistogram(
+            fixed_keepalive=spec.zero_duration, config=config, memory_gb=fn.memory_mb / 1024.0
+        )
     driver = DecideDriver(spec=spec, view=view, tick=2.0, keepalive=keepalive)
     return run(
         driver,
@@ -133,6 +143,18 @@ def test_the_adaptive_keep_alive_started_from_the_cross_function_prior_replays_a
         assert fast.changes == replay(fn, labels, every_tick=True, prior=True).changes, fn.key
         differs |= fast.changes != replay(fn, labels, every_tick=False).changes
     assert differs  # the prior changed some decisions
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("per_call", [False, True])
+def test_the_adaptive_keep_alive_priced_by_memory_replays_alike_both_ways(per_call: bool) -> None:
+    labels, differs = LABELS["adaptive"], False
+    config = HistogramConfig(cold_start_price=PRICE, price_per_call=per_call)
+    for fn in functions():
+        fast = replay(fn, labels, every_tick=False, config=config)
+        assert fast.changes == replay(fn, labels, every_tick=True, config=config).changes, fn.key
+        differs |= fast.changes != replay(fn, labels, every_tick=False).changes
+    assert differs  # the price changed some decisions
 
 
 @pytest.mark.slow
