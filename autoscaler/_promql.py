@@ -4,6 +4,12 @@
 Prometheus said: an error body, a non-JSON answer, a NaN, a stale sample or a series without a
 `function_name` label each become either a clear `QueryError` or a missing value (never 0).
 It is pure (bytes and numbers in, values out) so the reader can run it off the event loop.
+
+At 50,000 functions an answer is about 4.5 MB, and `json.loads` spends most of its time building a
+dict per sample that is thrown away at once. `fast_vector` reads the one shape Prometheus gives a
+`by (function_name)` instant query (`{"metric":{"function_name":"..."},"value":[T,"V"]}`, nothing
+else) by splitting the text on its quotes, and checks every structural token of that shape; any other
+answer (more labels, escapes, warnings, an error) goes the general way, through `decode` and `vector`.
 """
 
 from __future__ import annotations
@@ -100,6 +106,61 @@ def decode(body: bytes, *, status: int, where: str, flag: str) -> Any:
     if not isinstance(data, dict) or not isinstance(data.get("result"), list):
         raise QueryError(f"{where} answered without a result list; check --prometheus-url")
     return data
+
+
+_FAST_HEAD = '{"status":"success","data":{"resultType":"vector","result":['
+_FAST_TAIL = "]}}"
+# The tokens between the quotes of one sample, in order; position 5 is the name, 8 the time, 9 the value.
+_FAST_TOKENS = ((1, "metric"), (2, ":{"), (3, FUNCTION_NAME_LABEL), (4, ":"), (6, "},"), (7, "value"))
+
+
+def fast_vector(body: bytes, *, now: float, stale_after: float) -> Vector | None:
+    """`vector(decode(body))` for the common shape of a successful answer, or None for any other.
+
+    None means "not this shape", never an error: the caller then parses the general way, which also
+    words the errors. The result is the same as the general path's, counts included.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not text.startswith(_FAST_HEAD) or not text.endswith(_FAST_TAIL) or "\\" in text:
+        return None
+    tokens = text[len(_FAST_HEAD) : -len(_FAST_TAIL)].split('"')
+    count = len(tokens) // 10
+    if len(tokens) != count * 10 + 1:
+        return None
+    if count == 0:
+        return Vector() if tokens == [""] else None
+    if tokens[0] != "{" or tokens[-1] != "]}" or tokens[10:-1:10].count("]},{") != count - 1:
+        return None
+    if any(tokens[at::10].count(token) != count for at, token in _FAST_TOKENS):
+        return None
+    names = tokens[5::10]
+    try:
+        stamps = {raw: float(raw[2:-1]) for raw in set(tokens[8::10]) if raw[:2] == ":[" and raw[-1:] == ","}
+        values = list(map(float, tokens[9::10]))
+    except ValueError:
+        return None
+    if len(stamps) != len(set(tokens[8::10])) or "" in names:
+        return None
+    out = Vector()
+    fresh = all(now - stamp <= stale_after for stamp in stamps.values())
+    if fresh and all(map(math.isfinite, values)):
+        out.values = dict(zip(names, values, strict=True))
+        if len(out.values) == count:
+            return out
+    sums: dict[str, float] = {}
+    for name, raw, value in zip(names, tokens[8::10], values, strict=True):
+        if not math.isfinite(value):
+            out.not_finite += 1
+            value = math.nan
+        elif now - stamps[raw] > stale_after:
+            out.stale += 1
+            value = math.nan
+        sums[name] = sums.get(name, 0.0) + value
+    out.values = {name: (total if math.isfinite(total) else None) for name, total in sums.items()}
+    return out
 
 
 def vector(data: Any, *, now: float, stale_after: float, where: str, flag: str) -> Vector:

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import aiohttp
 import numpy as np
@@ -63,6 +64,7 @@ FIELDS: Mapping[str, str] = {
 # its own proof, see `pending_query`).
 _COUNTED = ("rps", "inflight")
 PROVEN_BY = "started_total"  # the answer that carries the source's proof
+_LOAD_FIELDS = ("rps", "inflight", "cpu", "started_total", "pending")  # `Load`'s fields, in its order
 # Bodies above this size are parsed in a worker thread so a 10,000-function answer never stalls the loop.
 _THREAD_PARSE_BYTES = 256 * 1024
 
@@ -143,24 +145,9 @@ class PrometheusReader:
         if not vectors:
             causes = list(dict.fromkeys(self.last_errors.values()))
             return LoadSnapshot(loads={}, error="; ".join(causes), queries=len(names))
-        functions: set[str] = set()
-        for found in vectors.values():
-            functions.update(found.values)
         proof = vectors.get(PROVEN_BY) if self.proves else None
         known = set() if proof is None else {fn for fn, value in proof.values.items() if value is not None}
-        loads = {fn: self._load(fn, vectors, proven=fn in known) for fn in sorted(functions)}
-        return LoadSnapshot(loads=loads, queries=len(names))
-
-    @staticmethod
-    def _load(fn: str, vectors: Mapping[str, _promql.Vector], *, proven: bool) -> Load:
-        """One function's figures; with the source's proof, absent from an answer that came is 0."""
-        values: dict[str, float | None] = {}
-        for name, vec in vectors.items():
-            if fn in vec.values:
-                values[name] = vec.values[fn]  # None when stale or NaN: bad data is not absence
-            elif proven and name in _COUNTED:
-                values[name] = 0.0
-        return Load(**values)
+        return LoadSnapshot(loads=_loads(vectors, known=known), queries=len(names))
 
     async def history(self, *, query: str, start: float, end: float, step: float) -> dict[str, np.ndarray]:
         """Range query grouped by function_name: function -> values at `start + i*step` up to `end`.
@@ -218,6 +205,10 @@ class PrometheusReader:
             status, body = await self._get("api/v1/query", params=params, where=where)
 
             def parse() -> _promql.Vector:
+                if status == 200:
+                    fast = _promql.fast_vector(body, now=now, stale_after=self._settings.stale_after)
+                    if fast is not None:
+                        return fast
                 data = _promql.decode(body, status=status, where=where, flag=flag)
                 return _promql.vector(
                     data,
@@ -285,6 +276,32 @@ class PrometheusReader:
                     vec.stale,
                     vec.not_finite,
                 )
+
+
+def _loads(vectors: Mapping[str, _promql.Vector], *, known: set[str]) -> dict[str, Load]:
+    """Every function's figures; with the source's proof (`known`), absent from an answer that came is 0.
+
+    Column by column (maps over dicts, no figures dict per function): at 50,000 functions this runs
+    once per tick for every one of them.
+    """
+    answers = sorted((vec.values for vec in vectors.values()), key=len, reverse=True)
+    names = list(answers[0])  # the answers mostly name the same functions: add only the others' extra
+    extra: set[str] = set()
+    for values in answers[1:]:
+        extra.update(values.keys() - answers[0].keys())
+    names.extend(extra)
+    columns: list[Iterable[float | None]] = []
+    for field in _LOAD_FIELDS:
+        vec = vectors.get(field)
+        if vec is None:
+            columns.append(itertools.repeat(None))  # the query failed: no data, whatever the source says
+        elif field in _COUNTED and known:
+            filled: dict[str, float | None] = dict.fromkeys(known, 0.0)
+            filled.update(vec.values)  # an answer's own value (None: stale or NaN) wins over the 0
+            columns.append(map(filled.get, names))
+        else:
+            columns.append(map(vec.values.get, names))
+    return dict(zip(names, map(Load, *columns), strict=False))
 
 
 def started_query(started: str, *, source: str) -> str:

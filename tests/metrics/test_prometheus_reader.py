@@ -14,6 +14,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from autoscaler import _promql
 from autoscaler.errors import MetricsError
 from autoscaler.metrics import PrometheusReader
 from tests.metrics.conftest import BROKEN, BULK, ECHO, IDLE, LEAVING, NO_CPU, OVERFLOW, Live
@@ -167,3 +168,26 @@ async def test_history_of_an_invalid_query_raises_a_metrics_error_naming_it(live
     async with PrometheusReader(settings=live.settings()) as reader:
         with pytest.raises(MetricsError, match=r"rejected the query .*bad_data"):
             await reader.history(query="rate(", start=time.time() - 10, end=time.time(), step=1)
+
+
+async def test_a_real_prometheus_answer_takes_the_fast_path_and_reads_as_the_general_path_does(
+    live: Live,
+) -> None:
+    reader = PrometheusReader(settings=live.settings())  # the default queries, the source's included
+    now = time.time()
+    async with aiohttp.ClientSession() as session:
+        for name, promql in reader.queries.items():
+            params = {"query": promql}
+            async with session.get(f"{live.prometheus.url}/api/v1/query", params=params) as response:
+                body = await response.read()
+            fast = _promql.fast_vector(body, now=now, stale_after=60.0)
+            data = _promql.decode(body, status=200, where="test", flag="--flag")
+            general = _promql.vector(data, now=now, stale_after=60.0, where="test", flag="--flag")
+            assert fast is not None, f"the {name} answer did not take the fast path: {body[:200]!r}"
+            assert (fast.values, fast.stale, fast.not_finite, fast.unlabelled) == (
+                general.values,
+                general.stale,
+                general.not_finite,
+                general.unlabelled,
+            )
+    await reader.close()
