@@ -5,12 +5,19 @@ each function against its labels, and patches only what changed, with bounded co
 dies of one bad function, one failed patch or a Prometheus outage: each becomes a decision that keeps
 the current replicas, a log line, an Event and an error count. A wake-up from the proxy pokes the
 loop for that one function: it is decided at once, alone, instead of waiting for the next tick.
+
+At 50,000 functions most decisions repeat the last one. A function's decision is reused, not made
+again, only where that is provably the same (`_Memo`): the same labels, load figures, replicas,
+activity mark and busy flag as the two decisions before, no replica change called for, and no timer
+of the policy due (`policies.engine.next_change`); the idle timer still moves as `decide` moves it
+(`policies.engine.observe`). Its FunctionView is reused with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +30,7 @@ from autoscaler.interfaces import FunctionInfo, FunctionRef, LoadReader, LoadSna
 from autoscaler.spec import parse_labels, unsupported
 from autoscaler.tasks import Background
 from autoscaler.telemetry import ControllerMetrics, FunctionView, log_decision
-from policies.engine import FunctionState, KeepAlivePolicy, decide
+from policies.engine import FunctionState, KeepAlivePolicy, decide, next_change, observe
 from policies.model import Decision, KeepAlive, Load, Reason, ScalingSpec
 
 log = logging.getLogger("autoscaler.controller")
@@ -55,6 +62,33 @@ class _Pass:
     warned: list[tuple[FunctionInfo, tuple[str, str]]] = field(default_factory=list)
 
 
+# Decisions whose message says how long something has lasted ("idle for 40s: stays at zero", "held at 3
+# by the 60s scale-down delay (12s so far)"): reused, they would say a stale figure, so they are made again.
+_TIMED = frozenset({Reason.STABILIZING})
+_Inputs = tuple[Load | None, int, bool, float | None]  # load, replicas, busy, activity mark
+
+
+@dataclass(frozen=True, slots=True)
+class _Memo:
+    """The inputs of a function's last decision and, where it may be reused, the decision itself.
+
+    A decision is reused at `now` only when all of these hold (each is what makes it the same):
+    - the inputs (load figures, replicas, busy flag, activity mark) equal those of the decision that
+      made it, and those equal the inputs of the one before: `observe` then finds nothing new (no
+      counter change, no new mark, the same in-flight and pending figures), so the only state it
+      changes is the idle timer, which the reuse moves by calling `observe` itself;
+    - that decision changed nothing (a change is acted on, logged and told: it is always made);
+    - `at <= now < until`, `until` being `next_change` after it: no timer of the policy is due;
+    - its message holds no elapsed time (`_TIMED`, or at zero: "idle for ...").
+    The labels are the same by construction: a memo lives on its `_Entry`, made anew on a label change.
+    """
+
+    inputs: _Inputs
+    reuse: tuple[Decision, FunctionView] | None = None
+    at: float = 0.0
+    until: float = 0.0
+
+
 @dataclass(slots=True)
 class _Entry:
     labels: Mapping[str, str]
@@ -64,6 +98,7 @@ class _Entry:
     reported_error: str | None = None
     notes: tuple[tuple[str, str], ...] = ()  # (Event reason, message) the labels call for, once parsed
     reported_notes: tuple[tuple[str, str], ...] = ()  # (reason, message) warnings already told
+    memo: _Memo | None = None  # the last decision's inputs, and the decision if reusable
 
 
 class Controller:
@@ -80,6 +115,7 @@ class Controller:
         may_patch: Callable[[], bool] | None = None,
         keepalive_factory: Callable[[FunctionRef, ScalingSpec], KeepAlivePolicy] | None = None,
         clock: Callable[[], float] = time.time,
+        incremental: bool = True,
     ) -> None:
         self._provider = provider
         self._reader = reader
@@ -88,6 +124,8 @@ class Controller:
         self._may_patch = may_patch or (lambda: True)
         self._keepalive_factory = keepalive_factory
         self._clock = clock
+        self._incremental = incremental  # reuse provably unchanged decisions (False: decide every one)
+        self.reused = 0  # decisions the last tick reused rather than made
         self.metrics = ControllerMetrics(registry)
         self._entries: dict[str, _Entry] = {}
         self._poked = asyncio.Event()
@@ -217,6 +255,7 @@ class Controller:
             )
             self.metrics.errors_total.labels(kind="metrics").inc()
         self._loads = snapshot.loads
+        self.reused = 0
         functions = self._provider.functions()
         work = _Pass()
         for key, info in functions.items():
@@ -268,20 +307,48 @@ class Controller:
             entry.reported_notes = notes
             work.warned.extend((info, note) for note in notes)
         load = self._loads.get(key)
+        inputs = (load, info.replicas, self._busy(key), info.last_active)
+        memo = entry.memo
+        if (
+            memo is not None
+            and memo.reuse is not None
+            and memo.at <= now < memo.until
+            and memo.inputs == inputs
+        ):
+            # Provably the decision `decide` would make (see `_Memo`); the idle timer moves as it would.
+            observe(state=entry.state, load=load, now=now, busy=inputs[2], last_wake=info.last_active)
+            self.reused += 1
+            work.views[key] = memo.reuse[1]
+            return memo.reuse[0]
         decision = decide(
             spec=entry.spec,
             load=load,
             current=info.replicas,
             state=entry.state,
             now=now,
-            busy=self._busy(key),
+            busy=inputs[2],
             last_wake=info.last_active,
         )
         value = None if load is None else load.value(entry.spec.type)
-        work.views[key] = FunctionView(decision=decision, spec=entry.spec, load=value)
+        view = FunctionView(decision=decision, spec=entry.spec, load=value)
+        work.views[key] = view
         if decision.changed:
             work.changes.append((info, decision))
+        entry.memo = self._memo(
+            entry, inputs, view, now=now, repeat=memo is not None and memo.inputs == inputs
+        )
         return decision
+
+    def _memo(self, entry: _Entry, inputs: _Inputs, view: FunctionView, *, now: float, repeat: bool) -> _Memo:
+        """What to remember of a decision just made: its inputs, and itself where `_Memo` allows reuse."""
+        decision = view.decision
+        # At zero a decision says how long the function has been idle: made again, like `_TIMED` ones.
+        if not self._incremental or not repeat or decision.changed or decision.reason in _TIMED:
+            return _Memo(inputs=inputs)
+        if decision.current == 0 or entry.spec is None:
+            return _Memo(inputs=inputs)
+        until = next_change(spec=entry.spec, state=entry.state, now=now)
+        return _Memo(inputs, (decision, view), at=now, until=math.inf if until is None else until)
 
     async def _finish(self, work: _Pass, report: TickReport) -> None:
         for info, error in work.invalid:
