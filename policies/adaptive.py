@@ -91,11 +91,12 @@ class HistogramConfig:
     # What one cold start is worth in idle memory (GB-s), for a policy told the function's memory
     # (`HybridHistogram(memory_gb=...)`); 0 (the default) is the policy above, memory-blind. With a
     # price the keep-alive is the one that costs least over the idle times seen (see `_tail_bin`), and
-    # while learning (or in a fallback) the function is kept warm price / memory seconds, within the
-    # fixed window and the histogram's range, instead of the fixed window. Off by default: on the
-    # 1,000-function day, shared per minute with calls, 25,000 / 50,000 / 100,000 GB-s gave x0.88 /
-    # x0.65 / x0.55 the p75-function cold starts of fixed-10m for x0.88 / x1.02 / x1.18 its memory,
-    # 11.3 / 12.9 / 5.6 points below the fixed curve where the plain policy is 17.1 (docs/simulate.md).
+    # while learning (or in a fallback) a function back after an empty minute is kept warm price /
+    # memory seconds, within the fixed window and the histogram's range, instead of the fixed window.
+    # Off by default: on the 1,000-function day, shared per minute with calls, 25,000 / 50,000 /
+    # 100,000 GB-s gave x0.88 / x0.65 / x0.55 the p75-function cold starts of fixed-10m for x0.88 /
+    # x1.02 / x1.18 its memory, 11.3 / 12.9 / 5.6 points below the fixed curve where the plain
+    # policy is 17.1 (docs/simulate.md).
     cold_start_price: float = 0.0
     # With a price: divide it by the minutes with calls seen so far, so a cold start is priced as its
     # share of the function's calls (the figure the p75 metric counts; minutes, not calls, because
