@@ -10,7 +10,8 @@ Set-up: a child process serves canned Prometheus answers (the exact JSON Prometh
 `by (function_name)` instant query, the evaluation time stamped at each request) over HTTP to the real
 `PrometheusReader`; the functions are `bench/loop_bench.py`'s (a third by capacity, a fifth allowed to
 go to zero) in a `MemoryProvider`. Each tick `--churn` of the functions get new figures (a new started
-count and rps). In the same run, on the same answers, three controllers tick:
+count and rps). In the same run, on the same answers, three controllers tick, one after another (each alone in
+the process, so that none pays for the garbage collection of the others' objects):
   * baseline: the general JSON decoding (`json.loads` + a dict per sample) and a decision per function,
     as before issue 15;
   * full: the fast decoding and a decision per function (`Controller(incremental=False)`);
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -43,10 +46,18 @@ from autoscaler import _promql
 from autoscaler.config import ControllerSettings, MetricsSettings
 from autoscaler.controller import Controller
 from autoscaler.metrics import PrometheusReader
-from bench.loop_bench import bench_provider, function_keys
+from bench.loop_bench import TimedReader, bench_provider, function_keys
 
 STAMP = "1999999999.999"  # replaced by the evaluation time in each answer
 SOURCE = "gateway_service_count"
+# Load field -> the name its query's text starts with (see `settings`).
+FIELDS = {
+    "rps": "rps",
+    "inflight": "inflight",
+    "cpu": "cpu",
+    "started_total": "started",
+    "pending": "pending",
+}
 
 
 def figures(field: str, i: int, generation: int) -> float:
@@ -133,59 +144,57 @@ def settings(port: int) -> MetricsSettings:
 
 
 async def run(args: argparse.Namespace, conn: multiprocessing.connection.Connection, port: int) -> None:
+    """Each controller alone in turn (its own heap, as in production) over the same ticks."""
     keys = function_keys(args.functions, args.namespaces)
-    generations = [0] * len(keys)
-    names = {
-        "rps": "rps",
-        "inflight": "inflight",
-        "cpu": "cpu",
-        "started_total": "started",
-        "pending": "pending",
-    }
-    kinds = ("baseline", "full", "ours")
-    times: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
+    times: dict[str, list[tuple[float, float, float]]] = {}
     reused: list[int] = []
+    decided: dict[str, object] = {}
+    first = time.time()
+    queries = 0
     async with PrometheusReader(settings=settings(port)) as reader:
-        loops = {
-            kind: Controller(
+        timed = TimedReader(reader)
+        for kind in ("baseline", "full", "ours"):
+            loop = Controller(
                 provider=bench_provider(keys),
-                reader=reader,
+                reader=timed,
                 settings=ControllerSettings(),
                 registry=CollectorRegistry(),
                 incremental=kind == "ours",
             )
-            for kind in kinds
-        }
-        churned = max(0, round(args.churn * len(keys)))
-        for tick in range(args.ticks + 2):  # two warm-up ticks: the first patches, the second repeats
-            if tick >= 2:
-                start = (tick * churned) % len(keys)
-                for i in range(start, start + churned):
-                    generations[i % len(keys)] += 1
-            conn.send({names[f]: answer(keys, f, generations) for f in names})
-            conn.recv()
-            now = time.time()
-            for kind in kinds:
+            times[kind] = []
+            generations = [0] * len(keys)
+            churned = max(0, round(args.churn * len(keys)))
+            for tick in range(args.ticks + 2):  # two warm-up ticks: the first patches, the second repeats
+                if tick >= 2:
+                    for i in range(tick * churned, (tick + 1) * churned):
+                        generations[i % len(keys)] += 1
+                conn.send({FIELDS[f]: answer(keys, f, generations) for f in FIELDS})
+                conn.recv()
                 wall, cpu = time.perf_counter(), time.process_time()
-                if kind == "baseline":
-                    with general_decoding():
-                        report = await loops[kind].tick(now=now)
-                else:
-                    report = await loops[kind].tick(now=now)
+                with general_decoding() if kind == "baseline" else contextlib.nullcontext():
+                    report = await loop.tick(now=first + 2.0 * tick)
                 if reader.last_errors or len(report.decisions) != len(keys):
                     raise RuntimeError(f"{kind}: tick incomplete: {reader.last_errors}")
                 if tick >= 2:
-                    times[kind].append((time.perf_counter() - wall, time.process_time() - cpu))
-            if tick >= 2:
-                reused.append(loops["ours"].reused)
-                decisions = [loops[kind].last_report.decisions for kind in kinds]  # type: ignore[union-attr]
-                if decisions[0] != decisions[1] or decisions[1] != decisions[2]:
-                    raise RuntimeError("the three controllers decided differently")
-    report_figures(args, times, reused, queries=report.queries)
+                    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                    times[kind].append((wall, cpu, timed.last_seconds))
+                    if kind == "ours":
+                        reused.append(loop.reused)
+            decided[kind] = report.decisions
+            queries = report.queries
+            del loop, report
+            gc.collect()
+    if not decided["baseline"] == decided["full"] == decided["ours"]:
+        raise RuntimeError("the three controllers decided differently")
+    report_figures(args, times, reused, queries=queries)
 
 
 def report_figures(
-    args: argparse.Namespace, times: dict[str, list[tuple[float, float]]], reused: list[int], *, queries: int
+    args: argparse.Namespace,
+    times: dict[str, list[tuple[float, float, float]]],
+    reused: list[int],
+    *,
+    queries: int,
 ) -> None:
     def median(kind: str, at: int) -> float:
         return statistics.median(t[at] for t in times[kind])
@@ -196,8 +205,8 @@ def report_figures(
         f"{args.ticks} ticks, {queries} queries per tick, load average {load} ({os.cpu_count()} cpus)"
     )
     for kind in ("baseline", "full", "ours"):
-        wall, cpu = median(kind, 0) * 1000, median(kind, 1) * 1000
-        print(f"  {kind:9} tick median {wall:7.0f} ms wall, {cpu:7.0f} ms CPU")
+        wall, cpu, read = (median(kind, at) * 1000 for at in range(3))
+        print(f"  {kind:9} tick median {wall:6.0f} ms wall ({read:4.0f} reading), {cpu:6.0f} ms CPU")
     print(f"  decisions reused per tick (ours): median {statistics.median(reused):.0f} of {args.functions}")
     for kind in ("baseline", "full"):
         print(
