@@ -146,7 +146,8 @@ def fast_vector(body: bytes, *, now: float, stale_after: float) -> Vector | None
         return None
     out = Vector()
     fresh = all(now - stamp <= stale_after for stamp in stamps.values())
-    if fresh and all(map(math.isfinite, values)):
+    # A negative value (`,"-`) takes the loop: its sum from 0.0 turns -0 into 0, as `vector` does.
+    if fresh and all(map(math.isfinite, values)) and ',"-' not in text:
         out.values = dict(zip(names, values, strict=True))
         if len(out.values) == count:
             return out

@@ -100,6 +100,7 @@ class PrometheusReader:
         self.errors_total: collections.Counter[str] = collections.Counter()  # failed queries per load field
         self.last_errors: dict[str, str] = {}  # load field -> why its last query failed (empty when all fine)
         self._reported: str | None = None
+        self._last_loads: dict[str, Load] = {}  # the last read's, reused where the figures repeat
         self._query_errors: Counter | None = None
         self._read_seconds: Histogram | None = None
         if registry is not None:
@@ -147,7 +148,8 @@ class PrometheusReader:
             return LoadSnapshot(loads={}, error="; ".join(causes), queries=len(names))
         proof = vectors.get(PROVEN_BY) if self.proves else None
         known = set() if proof is None else {fn for fn, value in proof.values.items() if value is not None}
-        return LoadSnapshot(loads=_loads(vectors, known=known), queries=len(names))
+        self._last_loads = _loads(vectors, known=known, previous=self._last_loads)
+        return LoadSnapshot(loads=self._last_loads, queries=len(names))
 
     async def history(self, *, query: str, start: float, end: float, step: float) -> dict[str, np.ndarray]:
         """Range query grouped by function_name: function -> values at `start + i*step` up to `end`.
@@ -278,7 +280,9 @@ class PrometheusReader:
                 )
 
 
-def _loads(vectors: Mapping[str, _promql.Vector], *, known: set[str]) -> dict[str, Load]:
+def _loads(
+    vectors: Mapping[str, _promql.Vector], *, known: set[str], previous: Mapping[str, Load]
+) -> dict[str, Load]:
     """Every function's figures; with the source's proof (`known`), absent from an answer that came is 0.
 
     Column by column (maps over dicts, no figures dict per function): at 50,000 functions this runs
@@ -301,7 +305,17 @@ def _loads(vectors: Mapping[str, _promql.Vector], *, known: set[str]) -> dict[st
             columns.append(map(filled.get, names))
         else:
             columns.append(map(vec.values.get, names))
-    return dict(zip(names, map(Load, *columns), strict=False))
+    loads: dict[str, Load] = {}
+    for name, row in zip(names, zip(*columns, strict=False), strict=False):
+        last = previous.get(name)
+        # The last tick's Load where the figures repeat: no new object (the controller compares it
+        # with its last decision's by identity first), and less for the garbage collector to follow.
+        loads[name] = last if last is not None and _row(last) == row else Load(*row)
+    return loads
+
+
+def _row(load: Load) -> tuple[float | None, ...]:
+    return (load.rps, load.inflight, load.cpu, load.started_total, load.pending)
 
 
 def started_query(started: str, *, source: str) -> str:

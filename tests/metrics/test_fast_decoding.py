@@ -10,6 +10,7 @@ and sums must come out as the general path's. A real Prometheus's answers are ch
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from hypothesis import given
@@ -38,7 +39,7 @@ def same(a: _promql.Vector, b: _promql.Vector) -> bool:
     return (a.values, a.stale, a.not_finite, a.unlabelled) == (b.values, b.stale, b.not_finite, b.unlabelled)
 
 
-VALUES = st.sampled_from(["0", "1.5", "1e+06", "NaN", "+Inf", "-Inf", "42"])
+VALUES = st.sampled_from(["0", "-0", "-1.5", "1.5", "1e+06", "NaN", "+Inf", "-Inf", "42"])
 NAMES = st.sampled_from(["a.fn", "b.fn", "été.fn", "c-1.ns"])
 STAMPS = st.sampled_from([NOW, NOW - 30.0, NOW - 61.0, 999_999.123])
 
@@ -51,6 +52,9 @@ def test_any_answer_of_the_common_shape_reads_as_the_general_path_reads_it(
     fast = _promql.fast_vector(raw, now=NOW, stale_after=60.0)
     assert fast is not None
     assert same(fast, general(raw))
+    assert [math.copysign(1, v) for v in fast.values.values() if v == 0] == [
+        math.copysign(1, v) for v in general(raw).values.values() if v == 0
+    ]  # -0 reads as 0 both ways
 
 
 def test_an_empty_answer_is_an_empty_vector() -> None:
