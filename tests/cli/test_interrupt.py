@@ -29,6 +29,10 @@ users:
 """
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("after", [0.3, 0.8, 2.0])
 async def test_ctrl_c_on_a_proxy_without_its_api_server_exits_130_without_a_traceback(
     tmp_path: Path, after: float
@@ -51,6 +55,9 @@ async def test_ctrl_c_on_a_proxy_without_its_api_server_exits_130_without_a_trac
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # As a shell starts a foreground command: SIGINT at its default, even where this test runs
+        # with it ignored (a background job of a non-interactive shell, as CI may start it).
+        preexec_fn=_default_sigint,
     )
     try:
         await asyncio.sleep(after)
