@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from autoscaler.config import ControllerSettings
 from autoscaler.errors import AutoscalerError, ProviderError, SpecError
 from autoscaler.interfaces import FunctionInfo, FunctionRef, LoadReader, LoadSnapshot, Provider
+from autoscaler.providers._k8s_budget import scale_priority
 from autoscaler.spec import parse_labels, unsupported
 from autoscaler.tasks import Background
 from autoscaler.telemetry import ControllerMetrics, FunctionView, log_decision
@@ -427,15 +428,22 @@ class Controller:
                 report.patched.append(key)
                 self.metrics.scale_total.labels(function_name=key, reason=decision.reason.value).inc()
                 log_decision(key=key, decision=decision, dry_run=False, patched=True)
-                await self._provider.record_event(
+            # Outside the gate and the tick: an Event waits behind every scale in the write budget.
+            self._background.spawn(
+                self._provider.record_event(
                     info.ref,
                     reason=decision.reason.value,
                     message=(
                         f"Scaled from {decision.current} to {decision.desired} replicas: {decision.message}"
                     ),
-                )
+                ),
+                name=f"event for {key}",
+            )
 
-        await asyncio.gather(*(apply(info, decision) for info, decision in changes))
+        # Wake-ups first, then scale-ups, then scale-downs: the gate and the provider's write budget
+        # serve them in this order when a tick changes more functions than they let through at once.
+        ordered = sorted(changes, key=lambda change: scale_priority(change[1].current, change[1].desired))
+        await asyncio.gather(*(apply(info, decision) for info, decision in ordered))
 
     async def close(self) -> None:
         """Wait for background Events still being written."""

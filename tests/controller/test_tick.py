@@ -45,6 +45,25 @@ class TestActing:
         assert report.patched == ["busy.openfaas-fn"]
         assert report.decisions["steady.openfaas-fn"].reason is Reason.STEADY
 
+    async def test_wake_ups_are_written_before_scale_ups_and_scale_ups_before_scale_downs(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
+        provider, reader = world
+        provider.add("shrinks", replicas=5)
+        provider.add("grows")
+        provider.add("wakes", labels=ZERO, replicas=0)
+        reader.loads = {
+            "shrinks.openfaas-fn": load(10),
+            "grows.openfaas-fn": load(200),
+            "wakes.openfaas-fn": load(40, started=1.0, inflight=1.0),
+        }
+        await controller(provider, reader).tick(now=0)
+        assert [key for key, _ in provider.scaled] == [
+            "wakes.openfaas-fn",
+            "grows.openfaas-fn",
+            "shrinks.openfaas-fn",
+        ]
+
     async def test_every_patch_writes_an_event_saying_from_to_and_why(
         self, world: tuple[MemoryProvider, StaticReader]
     ) -> None:
