@@ -258,10 +258,7 @@ class StatsCollector(Collector):
             prefix + "function_invocation_started", "Invocations started, by function.", "counter", name
         )
         inflight = GoFamily(
-            prefix + "function_invocation_inflight",
-            "Invocations in flight (held ones included).",
-            "gauge",
-            name,
+            prefix + "function_invocation_inflight", "Invocations in flight, held ones too.", "gauge", name
         )
         seconds = GoFamily(
             prefix + "functions_seconds",

@@ -13,8 +13,7 @@ read (`_bodies`).
 Behind an OpenFaaS gateway the proxy is the gateway's `functions_provider_url`: the gateway sends it
 `/function/NAME[.NAMESPACE]/...` unchanged (with `direct_functions=false`) together with everything
 else it forwards to a provider (`/system/...`, `/healthz`). With `--provider-url` those other
-requests go to the real provider (faas-netes) untouched, bodies streamed both ways; without it
-they are 404, as before.
+requests go to the real provider (faas-netes) untouched, bodies streamed both ways; else 404.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter
 from yarl import URL
 
 from autoscaler.config import QueueSettings
-from autoscaler.interfaces import FunctionRef, Provider
+from autoscaler.interfaces import FunctionInfo, FunctionRef, Provider
 from autoscaler.queue._jetstream import DUPLICATE_WINDOW, NATS_ERRORS, NatsLink, QueueUnavailable
 from autoscaler.queue._message import QueuedCall, subject
 from autoscaler.routes import RouteError, check_path, error_response, not_found, parse_function, split
@@ -108,30 +108,10 @@ class AsyncAcceptor:
         return float(self._rejected.labels(reason)._value.get())
 
     async def _accept(self, request: web.BaseRequest) -> web.StreamResponse:
-        if request.method not in ("POST", "PUT"):
-            return error_response(
-                405,
-                f"asynchronous calls are POST or PUT (got {request.method}): the result goes to "
-                "X-Callback-Url, there is nothing to GET",
-                headers={"Allow": "POST, PUT"},
-            )
-        try:
-            ref, path, query = self._route(request.raw_path)
-            info = self._provider.get(ref)
-            if info is None:
-                raise not_found(ref)
-        except RouteError as e:
-            return error_response(e.status, e.message)
-        callback = request.headers.get("X-Callback-Url")
-        if callback is not None and not _valid_callback(callback):
-            return error_response(
-                400,
-                f"invalid X-Callback-Url {callback[:200]!r}: expected an absolute http:// or https:// URL "
-                "with a host, e.g. http://receiver.example:8888/results",
-            )
-        call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
-        if not _CALL_ID.fullmatch(call_id):
-            return error_response(400, "invalid X-Call-Id: expected 1 to 128 visible ASCII characters")
+        screened = self._screen(request)
+        if isinstance(screened, web.Response):
+            return screened
+        ref, path, query, info, callback, call_id = screened
         body = await self._read_body(request)
         if isinstance(body, web.Response):
             return body
@@ -182,6 +162,36 @@ class AsyncAcceptor:
             text=f"accepted: call {call_id} for {ref.key} is queued\n",
             headers={"X-Call-Id": call_id},
         )
+
+    def _screen(
+        self, request: web.BaseRequest
+    ) -> web.Response | tuple[FunctionRef, str, str, FunctionInfo, str | None, str]:
+        """The call's function, path, query, callback and id, or the answer refusing it."""
+        if request.method not in ("POST", "PUT"):
+            return error_response(
+                405,
+                f"asynchronous calls are POST or PUT (got {request.method}): the result goes to "
+                "X-Callback-Url, there is nothing to GET",
+                headers={"Allow": "POST, PUT"},
+            )
+        try:
+            ref, path, query = self._route(request.raw_path)
+            info = self._provider.get(ref)
+            if info is None:
+                raise not_found(ref)
+        except RouteError as e:
+            return error_response(e.status, e.message)
+        callback = request.headers.get("X-Callback-Url")
+        if callback is not None and not _valid_callback(callback):
+            return error_response(
+                400,
+                f"invalid X-Callback-Url {callback[:200]!r}: expected an absolute http:// or https:// URL "
+                "with a host, e.g. http://receiver.example:8888/results",
+            )
+        call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
+        if not _CALL_ID.fullmatch(call_id):
+            return error_response(400, "invalid X-Call-Id: expected 1 to 128 visible ASCII characters")
+        return ref, path, query, info, callback, call_id
 
     def _route(self, target: str) -> tuple[FunctionRef, str, str]:
         """(function, path after it, raw query), by the proxy's rules; RouteError otherwise."""

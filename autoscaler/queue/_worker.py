@@ -337,28 +337,7 @@ class QueueWorker:
                 await self._dead(
                     fn.ref, msg, reason=decision.reason, status=result.status, kind="attempts", ack=False
                 )
-            if call.callback_url is not None and self._session is not None:
-                outcome = await deliver(
-                    self._session,
-                    call=call,
-                    result=result,
-                    policy=self._callback_policy,
-                    timeout=self._settings.callback_timeout,
-                    clock=self._clock,
-                )
-                self.metrics.callbacks.labels(
-                    fn.ref.key, "delivered" if outcome.delivered else "failed"
-                ).inc()
-                if not outcome.delivered:
-                    log.error(
-                        "callback for call %s to %s failed after %d attempt(s): %s; kept as a dead letter",
-                        call.call_id, call.callback_url, outcome.attempts, outcome.detail,
-                    )  # fmt: skip
-                    if not retried_out:
-                        reason = f"callback failed after {outcome.attempts} attempt(s): {outcome.detail}"
-                        await self._dead(
-                            fn.ref, msg, reason=reason, status=result.status, kind="callback", ack=False
-                        )
+            await self._call_back(fn, msg, call, result, dead_already=retried_out)
             await msg.ack_sync(timeout=self._queue.publish_timeout)
             self.completed += 1
         except UNAVAILABLE as e:
@@ -368,6 +347,31 @@ class QueueWorker:
             heartbeat.cancel()
             if not released:
                 self._release(fn)
+
+    async def _call_back(
+        self, fn: _Function, msg: Msg, call: QueuedCall, result: FunctionResult, *, dead_already: bool
+    ) -> None:
+        """Post the result to the caller's X-Callback-Url, if any; a failed delivery is a dead letter."""
+        if call.callback_url is None or self._session is None:
+            return
+        outcome = await deliver(
+            self._session,
+            call=call,
+            result=result,
+            policy=self._callback_policy,
+            timeout=self._settings.callback_timeout,
+            clock=self._clock,
+        )
+        self.metrics.callbacks.labels(fn.ref.key, "delivered" if outcome.delivered else "failed").inc()
+        if outcome.delivered:
+            return
+        log.error(
+            "callback for call %s to %s failed after %d attempt(s): %s; kept as a dead letter",
+            call.call_id, call.callback_url, outcome.attempts, outcome.detail,
+        )  # fmt: skip
+        if not dead_already:
+            reason = f"callback failed after {outcome.attempts} attempt(s): {outcome.detail}"
+            await self._dead(fn.ref, msg, reason=reason, status=result.status, kind="callback", ack=False)
 
     async def _heartbeat(self, msg: Msg) -> None:
         """Extend the ack deadline every third of it while the call (or its callback) is running."""
