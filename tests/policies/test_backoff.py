@@ -26,9 +26,7 @@ def test_jitter_takes_off_at_most_the_spread_of_the_step(draw: float, expected: 
     assert Backoff(first=1.0, maximum=1.0, spread=0.5).delay(3, draw=draw) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize(
-    ("first", "maximum", "spread"), [(-1.0, 1.0, 0.0), (2.0, 1.0, 0.0), (1.0, 2.0, 1.5)]
-)
+@pytest.mark.parametrize(("first", "maximum", "spread"), [(-1.0, 1.0, 0.0), (2.0, 1.0, 0.0), (1.0, 2.0, 1.5)])
 def test_a_rule_that_cannot_wait_sensibly_is_refused(first: float, maximum: float, spread: float) -> None:
     with pytest.raises(ValueError, match="invalid Backoff"):
         Backoff(first=first, maximum=maximum, spread=spread)

@@ -9,7 +9,16 @@ from __future__ import annotations
 import pytest
 
 from autoscaler.errors import SpecError
-from autoscaler.spec import ACTIVATION_SCALE, SCALE_DOWN_RATE, SCALE_UP_RATE, parse_labels
+from autoscaler.spec import (
+    ACTIVATION_SCALE,
+    ACTIVATION_THRESHOLD,
+    BURST_THRESHOLD,
+    BURST_WINDOW,
+    SCALE_DOWN_DELAY,
+    SCALE_DOWN_RATE,
+    SCALE_UP_RATE,
+    parse_labels,
+)
 from policies.engine import FunctionState, decide
 from policies.model import Load, Reason
 
@@ -88,6 +97,19 @@ class TestActivationScale:
         (SCALE_DOWN_RATE, "inf", "a factor > 1"),
         (ACTIVATION_SCALE, "0", "whole number >= 1"),
         (ACTIVATION_SCALE, "50", "from 1 to com.openfaas.scale.max (20)"),
+        (SCALE_DOWN_DELAY, "2h", "from 0s to 1h"),
+        (SCALE_DOWN_DELAY, "-5s", "from 0s to 1h"),
+        (SCALE_DOWN_DELAY, "soon", "from 0s to 1h"),
+        (BURST_THRESHOLD, "100", "from 110 to 1000"),
+        (BURST_THRESHOLD, "1001", "from 110 to 1000"),
+        (BURST_THRESHOLD, "nan", "from 110 to 1000"),
+        (BURST_THRESHOLD, "twice", "from 110 to 1000"),
+        (BURST_WINDOW, "5s", "from 6s to 1h"),
+        (BURST_WINDOW, "2h", "from 6s to 1h"),
+        (BURST_WINDOW, "1 minute", "from 6s to 1h"),
+        (ACTIVATION_THRESHOLD, "-1", "a number >= 0"),
+        (ACTIVATION_THRESHOLD, "inf", "a number >= 0"),
+        (ACTIVATION_THRESHOLD, "lots", "a number >= 0"),
     ],
 )
 def test_a_bad_knob_names_the_label_the_value_and_what_is_allowed(label: str, value: str, hint: str) -> None:
