@@ -267,10 +267,10 @@ class LocalStack:
         with contextlib.suppress(Exception):
             await self.proxy.drain(grace=self.settings.drain_grace)
         try:
+            await self.controller.close()  # its last Events go to the provider before that closes
             await self.provider.close()
         finally:
             await self.proxy.stop()
-            await self.controller.close()
             await self.reader.close()
             if self.acceptor is not None:
                 await self.acceptor.close()
