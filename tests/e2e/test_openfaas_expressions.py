@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -31,13 +30,13 @@ import yaml
 from autoscaler.config import ProxySettings
 from autoscaler.proxy import Proxy
 from tests.manifests.promql import metric_names
+from tests.support.child import shared_path
 from tests.support.fakeprovider import FakeProvider
 from tests.support.prometheus import PrometheusServer, require_binary
 from tests.support.waiting import until
 
 pytestmark = [pytest.mark.prometheus, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "openfaas"
 NAMESPACE = "openfaas-fn"
 HELLO = f"hello.{NAMESPACE}"  # rps (the default type), steady traffic above the CE alert's 5 req/s
 BUSY = f"busy.{NAMESPACE}"  # type=capacity, slow requests in flight
@@ -118,13 +117,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": 
 
 
 def shared(name: str) -> Path:
-    path = SHARED / name
-    if not path.exists():
-        message = f"{path} is missing: the OpenFaaS artefacts live in ../shared/openfaas next to the project"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return shared_path("openfaas", name)
 
 
 def helm_free(template: str) -> str:

@@ -8,8 +8,6 @@ buys in idle memory. Without a price, or without the function's memory, the poli
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from autoscaler.simulate.policies import (
@@ -22,9 +20,9 @@ from autoscaler.simulate.policies import (
 )
 from autoscaler.simulate.trace import TraceFunction, read_trace
 from policies.adaptive import HistogramConfig, HybridHistogram
+from tests.support.child import shared_path
 
 FIXED = 600.0
-TRACE = Path("/work/shared/traces/azure2019-1000")
 
 
 def priced(price: float, memory_gb: float, *, per_call: bool = False) -> HybridHistogram:
@@ -108,9 +106,7 @@ def _cut(fn: TraceFunction, minute: int) -> TraceFunction:
 
 @pytest.mark.slow
 def test_priced_decisions_before_t_do_not_change_when_the_calls_after_t_are_removed() -> None:
-    if not TRACE.is_dir():
-        pytest.skip("the shared traces are not on this machine")
-    functions = read_trace(TRACE).functions[:300:15]
+    functions = read_trace(shared_path("traces", "azure2019-1000")).functions[:300:15]
     minute, changed = 9 * 60, 0
     for fn in functions:
         runs = [

@@ -16,8 +16,7 @@ from autoscaler.simulate.policies import PRIOR, SimSettings, prior_for, simulate
 from autoscaler.simulate.trace import TraceFunction, read_trace
 from policies.adaptive import HybridHistogram
 from policies.prior import IdlePrior
-
-TRACE = Path("/work/shared/traces/azure2019-1000")
+from tests.support.child import shared_path
 
 
 def test_an_idle_time_is_known_only_after_the_minute_of_the_call_that_ended_it() -> None:
@@ -66,9 +65,7 @@ def _cut(fn: TraceFunction, minute: int) -> TraceFunction:
 
 @pytest.mark.slow
 def test_decisions_before_t_do_not_change_when_the_calls_after_t_are_removed() -> None:
-    if not TRACE.is_dir():
-        pytest.skip("the shared traces are not on this machine")
-    functions = read_trace(TRACE).functions[:300]
+    functions = read_trace(shared_path("traces", "azure2019-1000")).functions[:300]
     minute = 9 * 60
     cut = [_cut(fn, minute) for fn in functions]
     full_prior, cut_prior = prior_for(functions), prior_for(cut)

@@ -2,7 +2,7 @@
 
 The driver skips the ticks at which nothing can change: those between input changes, up to the time
 `policies.engine.next_change` names. These tests replay functions of the Azure 2019 traces in
-`/work/shared/traces` (chosen by how often they are called, from once a day to every minute) through
+`../shared/traces` (chosen by how often they are called, from once a day to every minute) through
 the project's engine with each behaviour knob, event-driven and tick by tick, and compare every
 change of replicas.
 """
@@ -10,7 +10,6 @@ change of replicas.
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,8 +37,8 @@ from autoscaler.spec import (
 from policies.adaptive import HistogramConfig, HybridHistogram
 from policies.model import KeepAlive
 from policies.prior import IdlePrior
+from tests.support.child import shared_path
 
-TRACES = Path("/work/shared/traces")
 PRICE = 100_000.0  # GB-s per cold start (per call seen, with price_per_call): the simulator's adaptive
 HOURS = 6.0  # a quarter of the day: every timer fires many times, and the tick-by-tick replay is quick
 
@@ -70,21 +69,20 @@ LABELS: dict[str, dict[str, str]] = {
 def functions() -> list[TraceFunction]:
     """Ten functions of the 1,000-function day, from the rarely to the always called, and the
     busiest of the ten-function day."""
-    if not (TRACES / "azure2019-1000").is_dir():
-        pytest.skip("the shared traces are not on this machine")
-    day = read_trace(TRACES / "azure2019-1000").functions
+    day = read_trace(shared_path("traces", "azure2019-1000")).functions
     minutes = np.array([int((fn.counts[: int(HOURS * 60)] > 0).sum()) for fn in day])
     order = np.argsort(minutes, kind="stable")
     called = order[minutes[order] > 0]
     picks = [day[int(called[round(q * (called.size - 1))])] for q in np.linspace(0, 1, 10)]
-    busiest = max(read_trace(TRACES / "azure2019-10").functions, key=lambda fn: int(fn.counts.sum()))
+    ten = read_trace(shared_path("traces", "azure2019-10")).functions
+    busiest = max(ten, key=lambda fn: int(fn.counts.sum()))
     return [*picks, busiest]
 
 
 @cache
 def day_prior() -> tuple[IdlePrior, dict[str, int]]:
     """The 1,000-function day's cross-function prior, and each function's index in it."""
-    day = read_trace(TRACES / "azure2019-1000").functions
+    day = read_trace(shared_path("traces", "azure2019-1000")).functions
     return prior_for(day), {fn.key: index for index, fn in enumerate(day)}
 
 

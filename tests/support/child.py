@@ -44,6 +44,21 @@ def find_binary(*, env: str, name: str, debian_path: str) -> str | None:
     return None
 
 
+# `../shared` beside the project: OpenFaaS's artefacts and the production traces (CI puts it there).
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under `../shared`; if missing, fail under CI (a CI run must not pass by skipping), else skip."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        message = f"{path} is missing: the shared artefacts and traces live in ../shared next to the project"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 def require(binary: str | None, *, hint: str) -> str:
     """The binary's path; otherwise fail under CI (a CI run must not pass by skipping), else skip."""
     if binary is None:
