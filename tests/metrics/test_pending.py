@@ -38,6 +38,10 @@ async def test_two_worker_replicas_report_one_backlog_and_it_counts_once(
         await prometheus.wait_for_series(
             "count by (function_name) (queue_worker_pending_messages)", lambda found: found.get(BATCH) == 2
         )
+        # The gateway's target is scraped on its own schedule: QUIET is known once its series is in.
+        await prometheus.wait_for_series(
+            "max by (function_name) (gateway_service_count)", lambda found: QUIET in found
+        )
         async with PrometheusReader(settings=Live(gateway, prometheus).settings()) as reader:
             snapshot = await reader.read()
 
