@@ -27,7 +27,7 @@ from autoscaler.queue._message import (
 log = logging.getLogger("autoscaler.queue")
 
 BATCH = 100
-FETCH_WAIT = 1.0
+FETCH_WAIT = 5.0
 
 
 async def replay_dead(
@@ -49,14 +49,20 @@ async def replay_dead(
     )
     moved = 0
     try:
-        while limit is None or moved < limit:
-            batch = BATCH if limit is None else min(BATCH, limit - moved)
+        # The dead letters there are now, counted once: a fetch that comes back empty on a busy server
+        # does not end the replay early, and letters that die while we replay wait for the next one.
+        todo = (await sub.consumer_info()).num_pending or 0
+        if limit is not None:
+            todo = min(todo, limit)
+        while todo > 0:
             try:
-                messages = await sub.fetch(batch=batch, timeout=FETCH_WAIT)
+                messages = await sub.fetch(batch=min(BATCH, todo), timeout=FETCH_WAIT)
             except nats.errors.TimeoutError:
+                log.warning("no dead letter within %.0f s, %d still to replay; stopping", FETCH_WAIT, todo)
                 break
             for msg in messages:
                 ref = function_of(dead, msg.subject)
+                todo -= 1
                 if ref is None:
                     await msg.ack()
                     continue
