@@ -9,14 +9,18 @@ YAML file in the spirit of OpenFaaS's `stack.yml`:
         command: "{python} {dir}/functions/hello.py"
         labels: {com.openfaas.scale.min: "1"}
         environment: {GREETING: "hi"}
-        health_path: /healthz       # optional, default "/"
+        annotations: {com.openfaas.ready.http.path: /ready}   # optional, as in stack.yml
         replicas: 1                 # optional, replicas at start (default: the min label, else 1)
 
 Each replica is `command` run as a process (split like a shell would, never through a shell, so
 signals reach it) with `PORT` set. In the command, `{python}` is the interpreter running the add-on
-and `{dir}` is the directory holding the functions file. Every validation error names the function
-and the field, and is raised as ConfigError (the CLI exits 2 on it); so are a file that is not UTF-8
-and a key given twice in one mapping (YAML would keep the last function of a name, silently).
+and `{dir}` is the directory holding the functions file. A replica is ready once its readiness path
+answers as a Kubernetes httpGet probe must (2xx or 3xx): `health_path` if given, else OpenFaaS's
+annotation `com.openfaas.ready.http.path` (which faas-netes makes the container's readiness probe),
+else "/". Both given and different is an error, and so is that key under `labels:`: a Kubernetes label
+value cannot hold a '/', so the function would not deploy to a cluster. Every validation error names
+the function and the field, and is raised as ConfigError (the CLI exits 2 on it); so are a file that
+is not UTF-8 and a key given twice in one mapping (YAML would keep the last function of a name, silently).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import re
 import shlex
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,8 @@ from autoscaler.errors import ConfigError, SpecError
 from autoscaler.spec import parse_labels
 
 DEFAULT_NAMESPACE = "openfaas-fn"
+DEFAULT_READY_PATH = "/"
+READY_PATH_ANNOTATION = "com.openfaas.ready.http.path"  # OpenFaaS's custom readiness path
 BUILTIN_FILE = Path(__file__).parent / "data" / "functions.yml"
 
 # DNS-1123 label, as for a Deployment name: the function name is also its route.
@@ -57,10 +63,11 @@ class FunctionDef(BaseModel):
     command: str = Field(min_length=1)
     labels: dict[str, str] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)
-    health_path: str = "/"
+    annotations: dict[str, str] = Field(default_factory=dict)
+    health_path: str | None = None
     replicas: int | None = Field(default=None, ge=0, le=100)
 
-    _coerce = field_validator("labels", "environment", mode="before")(_stringify)
+    _coerce = field_validator("labels", "environment", "annotations", mode="before")(_stringify)
 
     @field_validator("command")
     @classmethod
@@ -75,8 +82,8 @@ class FunctionDef(BaseModel):
 
     @field_validator("health_path")
     @classmethod
-    def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
             raise ValueError("must start with '/', e.g. /healthz")
         return value
 
@@ -103,8 +110,9 @@ class LocalFunction:
     argv: tuple[str, ...]
     labels: Mapping[str, str]
     environment: Mapping[str, str]
-    health_path: str
+    health_path: str  # the readiness path: health_path, else the ready annotation, else "/"
     initial_replicas: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +128,27 @@ def _initial_replicas(fn: FunctionDef) -> int:
     if fn.replicas is not None:
         return fn.replicas
     return parse_labels(fn.labels).min_replicas
+
+
+def _ready_path(fn: FunctionDef, *, where: str) -> str:
+    """The path a replica's readiness is probed on: `health_path`, else OpenFaaS's annotation."""
+    if READY_PATH_ANNOTATION in fn.labels:
+        raise ConfigError(
+            f"{where}: field labels.{READY_PATH_ANNOTATION}: a path belongs under annotations:, as "
+            "OpenFaaS reads it (a Kubernetes label value cannot hold a '/'); move it there"
+        )
+    annotated = fn.annotations.get(READY_PATH_ANNOTATION)
+    if annotated is not None and not annotated.startswith("/"):
+        raise ConfigError(
+            f"{where}: field annotations.{READY_PATH_ANNOTATION}: {annotated!r} must start with '/', "
+            "e.g. /ready"
+        )
+    if fn.health_path is not None and annotated is not None and annotated != fn.health_path:
+        raise ConfigError(
+            f"{where}: fields health_path ({fn.health_path!r}) and annotations.{READY_PATH_ANNOTATION} "
+            f"({annotated!r}) name two readiness paths; keep one"
+        )
+    return fn.health_path or annotated or DEFAULT_READY_PATH
 
 
 def parse(data: Any, *, source: str, base_dir: Path) -> FunctionsFile:
@@ -158,8 +187,9 @@ def parse(data: Any, *, source: str, base_dir: Path) -> FunctionsFile:
                 argv=argv,
                 labels=dict(fn.labels),
                 environment=dict(fn.environment),
-                health_path=fn.health_path,
+                health_path=_ready_path(fn, where=f"{source}: function {name!r}"),
                 initial_replicas=_initial_replicas(fn),
+                annotations=dict(fn.annotations),
             )
         )
     return FunctionsFile(namespace=model.namespace, functions=tuple(functions), source=source)
@@ -171,7 +201,9 @@ def _describe(err: Any) -> str:
     if len(loc) >= 2 and loc[0] == "functions":
         field = ".".join(loc[2:]) or "settings"
         if err["type"] == "extra_forbidden":
-            message = "unknown field; allowed: command, labels, environment, health_path, replicas"
+            message = (
+                "unknown field; allowed: command, labels, environment, annotations, health_path, replicas"
+            )
         elif err["type"] == "model_type":
             message = "expected a mapping with at least 'command:'"
         return f"function {loc[1]!r}: field {field}: {message}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -9,6 +10,9 @@ import pytest
 
 from autoscaler.errors import ConfigError
 from autoscaler.functionsfile import load, load_builtin
+
+READY = "com.openfaas.ready.http.path"
+READY_RE = re.escape(READY)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -44,6 +48,7 @@ def test_replicas_override_the_initial_count_and_health_defaults_to_root(tmp_pat
     file = load(path)
     assert file.namespace == "dev"
     assert (file.functions[0].initial_replicas, file.functions[0].health_path) == (0, "/")
+    assert file.functions[0].annotations == {}
 
 
 @pytest.mark.parametrize(
@@ -52,7 +57,8 @@ def test_replicas_override_the_initial_count_and_health_defaults_to_root(tmp_pat
         ("  hello: {labels: {}}", r"function 'hello': field command: Field required"),
         (
             "  hello: {command: run, lables: {}}",
-            r"function 'hello': field lables: unknown field; allowed: command",
+            r"function 'hello': field lables: unknown field; allowed: command, labels, environment, "
+            r"annotations, health_path, replicas",
         ),
         (
             "  hello: {command: run, health_path: healthz}",
@@ -76,6 +82,66 @@ def test_replicas_override_the_initial_count_and_health_defaults_to_root(tmp_pat
     ],
 )
 def test_an_invalid_function_is_reported_by_name_and_field(tmp_path: Path, body: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load(write(tmp_path, "functions:\n" + body + "\n"))
+
+
+def test_openfaas_ready_annotation_is_the_readiness_path_when_health_path_is_not_given(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        """
+functions:
+  slow:
+    command: run
+    annotations:
+      com.openfaas.ready.http.path: /ready
+      com.openfaas.ready.http.periodSeconds: 2
+""",
+    )
+    [fn] = load(path).functions
+    assert fn.health_path == "/ready"
+    assert fn.annotations == {
+        "com.openfaas.ready.http.path": "/ready",
+        "com.openfaas.ready.http.periodSeconds": "2",
+    }
+
+
+def test_health_path_and_the_ready_annotation_may_both_name_the_same_path(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "functions:\n  slow:\n    command: run\n    health_path: /ready\n"
+        "    annotations: {com.openfaas.ready.http.path: /ready}\n",
+    )
+    assert load(path).functions[0].health_path == "/ready"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            f"  hello: {{command: run, health_path: /healthz, annotations: {{{READY}: /ready}}}}",
+            rf"function 'hello': fields health_path \('/healthz'\) and annotations\.{READY_RE} \('/ready'\) "
+            "name two readiness paths",
+        ),
+        (
+            f"  hello: {{command: run, annotations: {{{READY}: ready}}}}",
+            rf"function 'hello': field annotations\.{READY_RE}: 'ready' must start with '/'",
+        ),
+        (
+            f"  hello: {{command: run, labels: {{{READY}: /ready}}}}",
+            rf"function 'hello': field labels\.{READY_RE}: a path belongs under annotations:",
+        ),
+        (
+            f"  hello: {{command: run, annotations: [{READY}]}}",
+            r"function 'hello': field annotations: Input should be a valid dictionary",
+        ),
+    ],
+)
+def test_a_readiness_path_given_twice_or_wrongly_is_reported_by_function_and_fields(
+    tmp_path: Path, body: str, expected: str
+) -> None:
     with pytest.raises(ConfigError, match=expected):
         load(write(tmp_path, "functions:\n" + body + "\n"))
 
