@@ -1,11 +1,12 @@
 """One replica of a local function: a supervised process on a free loopback port.
 
-The local provider's promises live here: a replica counts as ready only once its health path answers
-below 500; a crash is restarted after the one back-off rule (`policies.backoff`); a stop removes the
-replica from the endpoints first, then sends SIGTERM to its process group and waits a grace period (so
-requests in flight finish) before SIGKILL. Each replica runs in its own process group, so a Ctrl-C in
-the terminal reaches the add-on alone (which shuts down in order) and a stop reaches the replica's own
-children; on Linux the kernel also kills it if the add-on dies without cleaning up (PR_SET_PDEATHSIG).
+The local provider's promises live here: a replica counts as ready only once its readiness path
+(`LocalFunction.health_path`) answers as kubelet's httpGet probe must, 2xx or 3xx; a crash is
+restarted after the one back-off rule (`policies.backoff`); a stop removes the replica from the
+endpoints first, then sends SIGTERM to its process group and waits a grace period (so requests in
+flight finish) before SIGKILL. Each replica runs in its own process group, so a Ctrl-C in the terminal
+reaches the add-on alone (which shuts down in order) and a stop reaches the replica's own children; on
+Linux the kernel also kills it if the add-on dies without cleaning up (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
@@ -64,6 +66,12 @@ class ReplicaTiming:
     backoff_max: float = 10.0
     stable_after: float = 10.0  # seconds ready after which the crash count resets
     probe_interval: float = 0.05
+
+
+# The redirects Go's HTTP client follows, as kubelet's probe does to the same host (up to 10); a
+# redirect to another host ends the probe with success there, and here without dialling it.
+_FOLLOWED = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS = 10
 
 
 def free_port() -> int:
@@ -126,6 +134,7 @@ class Replica:
         self._in_backoff = False
         self._task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Future[None] | None = None
+        self._last_probe = "not probed"  # what the readiness path last did, for "not ready" reasons
 
     @property
     def url(self) -> str:
@@ -207,7 +216,10 @@ class Replica:
                 self._set(ReplicaState.READY)
             elif process.returncode is None:
                 if not self._stopping:
-                    self.output.append(f"not ready after {self._timing.ready_timeout:.0f}s")
+                    self.output.append(
+                        f"not ready after {self._timing.ready_timeout:.0f}s: "
+                        f"{self.fn.health_path} last {self._last_probe}"
+                    )
                 signal_group(process.pid, signal.SIGKILL)
             await process.wait()
         finally:
@@ -219,16 +231,35 @@ class Replica:
     async def _probe_until_ready(self, process: asyncio.subprocess.Process) -> bool:
         url = self.url + self.fn.health_path
         deadline = time.monotonic() + self._timing.ready_timeout
-        timeout = aiohttp.ClientTimeout(total=2.0)
+        last = "no answer"
         while not self._stopping and process.returncode is None and time.monotonic() < deadline:
             try:
-                async with self._session.get(url, timeout=timeout) as response:
-                    if response.status < 500:
-                        return True
-            except (aiohttp.ClientError, TimeoutError):
-                pass
+                status = await self._probe(url)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                last = f"no answer ({type(e).__name__})"
+            else:
+                if 200 <= status < 400:
+                    return True
+                last = f"answered {status}"
             await asyncio.sleep(self._timing.probe_interval)
+        self._last_probe = last
         return False
+
+    async def _probe(self, url: str) -> int:
+        """One probe as kubelet runs an httpGet one: the status at the end of its same-host redirects
+        (a redirect elsewhere is its own answer); ValueError past 10 redirects or on a bad Location."""
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        host = urlsplit(url).hostname
+        for _ in range(_MAX_REDIRECTS + 1):
+            async with self._session.get(url, timeout=timeout, allow_redirects=False) as response:
+                status, location = response.status, response.headers.get("Location")
+            if status not in _FOLLOWED or not location:
+                return status
+            target = urljoin(url, location)
+            if urlsplit(target).hostname != host:
+                return status  # kubelet stops here and counts the redirect as success
+            url = target
+        raise ValueError(f"more than {_MAX_REDIRECTS} redirects")
 
     async def _pump_output(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None

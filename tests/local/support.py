@@ -15,21 +15,24 @@ from autoscaler.providers.local import ReplicaTiming
 MakeProvider = Callable[..., Any]  # the `make_provider` fixture: `await make_provider(env=...)`
 FIXTURE = Path(__file__).parent / "fixture_function.py"
 REF = FunctionRef(name="echo", namespace="openfaas-fn")
+READY = "com.openfaas.ready.http.path"  # OpenFaaS's readiness-path annotation
 
 
 def functions_file(
-    *, replicas: int = 1, env: dict[str, str] | None = None, command: str | None = None
+    *,
+    replicas: int = 1,
+    env: dict[str, str] | None = None,
+    command: str | None = None,
+    annotations: dict[str, str] | None = None,
 ) -> FunctionsFile:
-    data: dict[str, Any] = {
-        "functions": {
-            "echo": {
-                "command": command or f"{sys.executable} {FIXTURE}",
-                "environment": env or {},
-                "replicas": replicas,
-            }
-        }
+    echo: dict[str, Any] = {
+        "command": command or f"{sys.executable} {FIXTURE}",
+        "environment": env or {},
+        "replicas": replicas,
     }
-    return parse(data, source="test", base_dir=FIXTURE.parent)
+    if annotations is not None:
+        echo["annotations"] = annotations
+    return parse({"functions": {"echo": echo}}, source="test", base_dir=FIXTURE.parent)
 
 
 FAST = ReplicaTiming(ready_timeout=10.0, grace=5.0, drain_delay=0.1, backoff_base=0.3, backoff_max=2.0)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -14,21 +17,30 @@ from autoscaler.providers.local import LocalProvider
 from autoscaler.proxy import Proxy
 from tests.support.waiting import until
 
-from .support import FAST, REF, functions_file
+from .support import FAST, READY, REF, functions_file
 
 
-@pytest.fixture
-async def stack() -> AsyncIterator[tuple[LocalProvider, Proxy]]:
-    provider = LocalProvider(functions=functions_file(replicas=0, env={"READY_AFTER": "0.5"}), timing=FAST)
+@contextlib.asynccontextmanager
+async def serving(provider: LocalProvider) -> AsyncIterator[Proxy]:
+    """The proxy in front of `provider`, both started; drained and closed in order afterwards."""
     proxy = Proxy(
         settings=ProxySettings(host="127.0.0.1", port=0, admin_port=0, hold_timeout=20.0), provider=provider
     )
     await provider.start()
     await proxy.start()
-    yield provider, proxy
-    await proxy.drain(grace=2.0)
-    await provider.close()
-    await proxy.stop()
+    try:
+        yield proxy
+    finally:
+        await proxy.drain(grace=2.0)
+        await provider.close()
+        await proxy.stop()
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[tuple[LocalProvider, Proxy]]:
+    provider = LocalProvider(functions=functions_file(replicas=0, env={"READY_AFTER": "0.5"}), timing=FAST)
+    async with serving(provider) as proxy:
+        yield provider, proxy
 
 
 async def test_requests_to_a_function_at_zero_are_held_until_its_replica_is_ready(
@@ -75,3 +87,37 @@ async def test_scaling_down_under_load_through_the_proxy_loses_no_request(
     assert rps is not None
     assert rps > 0  # the reader sees the same traffic the proxy served
     await until(lambda: len(provider.replicas(REF)) == 1, within=5, what="two replicas to drain")
+
+
+async def test_held_requests_are_released_once_the_ready_annotation_path_answers_not_when_the_root_does(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="autoscaler.functions")
+    flag = tmp_path / "ready"  # the fixture's /ready answers 503 until this file exists
+    functions = functions_file(
+        replicas=0, env={"READY_PATH": "/ready", "READY_FILE": str(flag)}, annotations={READY: "/ready"}
+    )
+    provider = LocalProvider(functions=functions, timing=FAST)
+    async with serving(provider) as proxy, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{proxy.port}/function/echo/pid"
+
+        async def call() -> tuple[int, str]:
+            async with session.get(url) as response:
+                return response.status, await response.text()
+
+        held = [asyncio.create_task(call()) for _ in range(3)]
+        await until(
+            lambda: caplog.text.count('"GET /ready HTTP/1.1" 503') >= 3,
+            within=10,
+            what="three probes of /ready answered 503",
+        )
+        [view] = provider.replicas(REF)
+        async with session.get(f"http://127.0.0.1:{view.port}/") as response:
+            assert response.status == 200  # the function's root answers; it is not ready yet
+        assert not any(task.done() for task in held)
+        assert provider.endpoints(REF) == []
+
+        flag.touch()
+        answers = await asyncio.wait_for(asyncio.gather(*held), timeout=10)
+        assert answers == [(200, f"{view.pid}\n")] * 3
+        assert caplog.text.index('"GET /ready HTTP/1.1" 200') < caplog.text.index('"GET /pid HTTP/1.1" 200')

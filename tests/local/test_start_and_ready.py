@@ -1,7 +1,9 @@
-"""A replica counts only once its health path answers; each has its own port, process and log name."""
+"""A replica counts only once its readiness path answers 2xx or 3xx, as a kubelet probe would; each has
+its own port, process and log name."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -10,12 +12,13 @@ import pytest
 
 from autoscaler.errors import NotFoundError
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionRef
+from autoscaler.providers._local_replica import ReplicaState
 from tests.support.waiting import until
 
-from .support import REF, MakeProvider
+from .support import READY, REF, MakeProvider
 
 
-async def test_a_replica_is_ready_only_once_its_health_path_answers_below_500(
+async def test_a_replica_is_ready_only_once_its_health_path_stops_answering_503(
     make_provider: MakeProvider,
 ) -> None:
     started = time.monotonic()
@@ -31,6 +34,76 @@ async def test_a_replica_is_ready_only_once_its_health_path_answers_below_500(
         assert response.status == 200
     info = provider.functions()[REF.key]
     assert (info.replicas, info.ready_replicas) == (1, 1)
+
+
+async def test_a_replica_whose_root_answers_at_once_is_ready_only_once_its_ready_annotation_path_does(
+    make_provider: MakeProvider,
+) -> None:
+    started = time.monotonic()
+    provider = await make_provider(
+        env={"READY_PATH": "/ready", "READY_AFTER": "0.8"}, annotations={READY: "/ready"}
+    )
+    await until(lambda: any(r.port for r in provider.replicas(REF)), within=5, what="a spawned replica")
+    [view] = provider.replicas(REF)
+    async with aiohttp.ClientSession() as session:
+        root = f"http://127.0.0.1:{view.port}/"
+        await until_answers(session, root, within=5)
+        async with session.get(root + "ready") as response:
+            assert response.status == 503
+        assert time.monotonic() - started < 0.8  # the root answered well before the ready path
+        assert provider.endpoints(REF) == []
+
+        assert await provider.wait_ready(REF, timeout=10)
+        assert time.monotonic() - started >= 0.8
+        async with session.get(root + "ready") as response:
+            assert response.status == 200
+
+
+async def until_answers(session: aiohttp.ClientSession, url: str, *, within: float) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            async with session.get(url) as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(
+    ("status", "location", "ready"),
+    [
+        ("404", None, False),
+        ("500", None, False),
+        ("204", None, True),
+        ("302", "/missing", False),  # followed on the same host, to a 404
+        ("307", "/elsewhere", True),  # followed on the same host, to a 200
+        ("302", "http://localhost:1/", True),  # another host name: the redirect is the answer, not dialled
+    ],
+)
+async def test_the_ready_path_counts_as_a_kubelet_probe_does_2xx_and_3xx_only(
+    make_provider: MakeProvider,
+    caplog: pytest.LogCaptureFixture,
+    status: str,
+    location: str | None,
+    ready: bool,
+) -> None:
+    caplog.set_level(logging.INFO, logger="autoscaler.functions")
+    env = {
+        "READY_PATH": "/ready",
+        "READY_STATUS": status,
+        **({"READY_LOCATION": location} if location else {}),
+    }
+    provider = await make_provider(env=env, annotations={READY: "/ready"})
+    if ready:
+        assert await provider.wait_ready(REF, timeout=10)
+        return
+    probed = f'"GET /ready HTTP/1.1" {status}'
+    await until(lambda: caplog.text.count(probed) >= 3, within=10, what=f"three probes answered {status}")
+    assert provider.endpoints(REF) == []
+    assert [view.state for view in provider.replicas(REF)] == [ReplicaState.STARTING]
 
 
 async def test_every_replica_runs_its_own_process_on_its_own_loopback_port(
