@@ -53,6 +53,10 @@ class FunctionInfo:
     conflicts: tuple[str, ...] = ()
     owner: str | None = None  # "Function/NAME" when an openfaas.com Function (the CRD) owns it
     owner_spec: Mapping[str, Any] | None = None  # that Function's spec, from com.openfaas.function.spec
+    # The raw `max_inflight` of the function's environment (the OpenFaaS watchdog's concurrency limit:
+    # the function container's env on Kubernetes, the functions file's `environment` locally); None
+    # when unset or not readable. Only this one value: the cache keeps no environment.
+    env_max_inflight: str | None = None
 
 
 class Provider(Protocol):

@@ -321,6 +321,11 @@ def knob_notes(spec: ScalingSpec) -> list[str]:
 # -- the proxy's concurrency limit ---------------------------------------------------------------
 
 MAX_INFLIGHT = PROJECT_PREFIX + "max-inflight"
+# The OpenFaaS watchdog's limit: an environment variable of the function (stack.yml `environment:`,
+# which faas-netes writes into the function container's env); unset or 0 means no limit.
+MAX_INFLIGHT_ENV = "max_inflight"
+FROM_LABEL = f"label {MAX_INFLIGHT}"
+FROM_ENV = f"environment {MAX_INFLIGHT_ENV}"
 
 
 def max_inflight(labels: Mapping[str, str]) -> int | None:
@@ -333,3 +338,27 @@ def max_inflight(labels: Mapping[str, str]) -> int | None:
     if MAX_INFLIGHT not in labels:
         return None
     return _int(labels, MAX_INFLIGHT, 0, least=0) or None
+
+
+def limit_source(labels: Mapping[str, str], env: str | None) -> tuple[str, str] | None:
+    """(where, raw value) of the function's declared concurrency limit, or None when it declares none.
+
+    Our label wins over the environment's `max_inflight` when both are set: it is the proxy's own
+    setting, and an operator can change it without redeploying the function's environment.
+    """
+    raw = labels.get(MAX_INFLIGHT)
+    if raw is not None:
+        return FROM_LABEL, raw
+    if env is not None:
+        return FROM_ENV, env
+    return None
+
+
+def parse_limit(where: str, raw: str) -> int | None:
+    """The limit `raw` declares (None for 0); raises ValueError naming `where` unless a whole number >= 0."""
+    if where == FROM_LABEL:
+        return max_inflight({MAX_INFLIGHT: raw})
+    digits = raw.strip()
+    if not (digits.isascii() and digits.isdigit()):  # what the watchdog's strconv.Atoi reads, less signs
+        raise ValueError(f"{where}={raw!r} is invalid: a whole number >= 0")
+    return int(digits) or None

@@ -16,6 +16,12 @@ Functions come in the shapes OpenFaaS makes them, so the rules follow its source
 So a Deployment is a function when `faas_function` is on either label map, an openfaas.com Function
 owns it, or it has a `com.openfaas.scale.*` label; labels are read from both maps, the pod template
 winning (it is what OpenFaaS writes and reads) and the metadata filling in what it lacks.
+
+Of the function's environment only `max_inflight` is kept (the watchdog's concurrency limit, which the
+proxy honours): faas-netes writes stack.yml's `environment:` as `{"name": K, "value": V}` entries of
+the one container it makes, named after the function (`buildEnvVars`, `makeDeploymentSpec`), and reads
+them back from `containers[0]` (`pkg/k8s/function_status.go`); so the container named after the
+Deployment, else the first one.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from kubernetes_asyncio.client import CoreV1Event, V1EventSource, V1ObjectMeta, 
 
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionInfo, FunctionRef
 from autoscaler.providers._k8s_shared import Shared
+from autoscaler.spec import MAX_INFLIGHT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +149,34 @@ def format_last_active(when: float) -> str:
     return f"{when:.3f}"
 
 
+def env_max_inflight(pod: Mapping[str, Any], *, name: str) -> str | None:
+    """The raw `max_inflight` of the function container's env, or None when unset or not readable.
+
+    A `valueFrom` entry (a ConfigMap or Secret key, a field reference) cannot be read from the
+    Deployment: it counts as unset, and a debug line says so.
+    """
+    containers = [c for c in pod.get("containers") or [] if isinstance(c, dict)]
+    container = next((c for c in containers if c.get("name") == name), containers[0] if containers else None)
+    if container is None:
+        return None
+    for entry in container.get("env") or []:
+        if not isinstance(entry, dict) or entry.get("name") != MAX_INFLIGHT_ENV:
+            continue
+        value = entry.get("value")
+        if value is not None:
+            return str(value)
+        if entry.get("valueFrom"):
+            log.debug(
+                "%s: env %s of container %s is a valueFrom reference, not readable here; no limit from it",
+                name,
+                MAX_INFLIGHT_ENV,
+                container.get("name"),
+            )
+            return None
+        return ""  # `value` omitted is the empty string in the API (EnvVar.value defaults to "")
+    return None
+
+
 def function_info(obj: Obj, shared: Shared | None = None) -> FunctionInfo | None:
     """The cache entry for a Deployment, or None when it is not a function.
 
@@ -162,8 +197,10 @@ def function_info(obj: Obj, shared: Shared | None = None) -> FunctionInfo | None
     for key in _DROPPED_ANNOTATIONS:
         annotations.pop(key, None)
     replicas = spec.get("replicas")
+    env = env_max_inflight((spec.get("template") or {}).get("spec") or {}, name=ref.name)
     if shared is not None:
         ref = FunctionRef(name=ref.name, namespace=sys.intern(ref.namespace))
+        env = None if env is None else sys.intern(env)
         labels, sources, annotations = (
             shared.strings(labels),
             shared.map(sources),
@@ -180,6 +217,7 @@ def function_info(obj: Obj, shared: Shared | None = None) -> FunctionInfo | None
         conflicts=conflicts,
         owner=owner,
         owner_spec=owner_spec,
+        env_max_inflight=env,
     )
 
 

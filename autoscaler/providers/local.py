@@ -33,6 +33,7 @@ from autoscaler.providers._local_replica import (
     signal_group,
 )
 from autoscaler.providers._subscribers import Subscribers
+from autoscaler.spec import MAX_INFLIGHT_ENV
 from autoscaler.tasks import spawn
 
 __all__ = ["MAX_REPLICAS", "LocalEvent", "LocalProvider", "ReplicaTiming", "ReplicaView"]
@@ -153,6 +154,8 @@ class LocalProvider:
             ready_replicas=ready,
             annotations=annotations,
             last_active=fn.last_active,
+            # The functions file's `environment` is the replicas' environment, as stack.yml's is.
+            env_max_inflight=fn.spec.environment.get(MAX_INFLIGHT_ENV),
         )
 
     def _lookup(self, ref: FunctionRef) -> _Function:

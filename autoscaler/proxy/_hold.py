@@ -47,7 +47,7 @@ class FunctionState:
         self.woken_at = float("-inf")  # loop time of the last wake-up this proxy started
         self.marking = False  # a mark_active call is under way
         self.rr = 0
-        self.limit_label: str | None = None  # the max-inflight label value `limit` was parsed from
+        self.limit_label: tuple[str, str] | None = None  # (where, raw value) `limit` was parsed from
         self.limit: int | None = None
         self.slots: Slots | None = None
 

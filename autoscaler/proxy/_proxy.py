@@ -2,7 +2,7 @@
 
 One aiohttp low-level server takes every request (no router or middleware on the hot path), resolves
 it to a function the provider knows, and either forwards it at once or holds it through a cold start
-(`_hold`); a function that declares `autoscaler.dev/max-inflight` gets at most that many requests
+(`_hold`); a function that declares a concurrency limit gets at most that many requests
 per replica and the rest queue for a slot (`_slots`). Counters are plain numbers exported on scrape
 (`_metrics`). The proxy tells the provider that a function is active at the start of each request
 for it (the provider coalesces the writes: `--mark-interval`), and `busy()` and `invocation_stats()`
@@ -51,7 +51,7 @@ from autoscaler.proxy._passthrough import pass_through
 from autoscaler.proxy._routing import PREFIX, RouteError, Router
 from autoscaler.proxy._slots import concurrency_limit
 from autoscaler.routes import not_found
-from autoscaler.spec import MAX_INFLIGHT, zero_enabled
+from autoscaler.spec import zero_enabled
 from autoscaler.tasks import Background
 
 log = logging.getLogger("autoscaler.proxy")
@@ -299,7 +299,7 @@ class Proxy:
             state.marking = True
             run_eagerly(self._mark(state, self._clock()), background=self._background, name=f"mark {ref.key}")
         status = CLIENT_CLOSED
-        limit = None if MAX_INFLIGHT not in info.labels else concurrency_limit(state, info.labels)
+        limit = concurrency_limit(state, info)
         try:
             response = await self._serve(request, state, path, cold=cold, arrived=arrived, limit=limit)
             status = response.status

@@ -1,7 +1,8 @@
 """Concurrency slots per replica: a function that declares a limit never gets more requests at once.
 
 An OpenFaaS function with `max_inflight` answers 429 above it, and the caller has to guess when to
-come back. Where the proxy knows the limit (`autoscaler.dev/max-inflight`), it sends each replica at
+come back. Where the proxy knows the limit (our label `autoscaler.dev/max-inflight`, else the
+`max_inflight` of the function's environment, where OpenFaaS users set it), it sends each replica at
 most that many requests at once and queues the rest in arrival order, as Knative's activator and
 queue-proxy queue above `containerConcurrency` (their "breaker"): a request takes the least busy
 replica with a free slot; a released slot goes to the request that has waited longest, and a
@@ -16,25 +17,35 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
-from autoscaler.errors import SpecError
+from autoscaler.interfaces import FunctionInfo
 from autoscaler.proxy._hold import FunctionState, HoldError
-from autoscaler.spec import MAX_INFLIGHT, max_inflight
+from autoscaler.spec import MAX_INFLIGHT, limit_source, parse_limit
 
 log = logging.getLogger("autoscaler.proxy")
 
 
-def concurrency_limit(state: FunctionState, labels: Mapping[str, str]) -> int | None:
-    """The function's declared limit per replica (parsed once per label value; invalid: none)."""
-    raw = labels.get(MAX_INFLIGHT)
-    if raw != state.limit_label:
-        state.limit_label = raw
-        try:
-            state.limit = max_inflight(labels)
-        except SpecError as e:
-            log.warning("%s: forwarding %s without a concurrency limit", e, state.ref.key)
-            state.limit = None
+def concurrency_limit(state: FunctionState, info: FunctionInfo) -> int | None:
+    """The function's declared limit per replica: our label, else its environment's `max_inflight`.
+
+    Parsed once per (source, value); an invalid value is one warning and no limit, 0 is no limit.
+    """
+    if info.env_max_inflight is None and MAX_INFLIGHT not in info.labels:
+        return None  # the common case: nothing declared, nothing to parse
+    source = limit_source(info.labels, info.env_max_inflight)
+    if source != state.limit_label:
+        state.limit_label = source
+        state.limit = None
+        if source is not None:
+            try:
+                state.limit = parse_limit(*source)
+            except ValueError as e:  # SpecError for the label
+                log.warning("%s: forwarding %s without a concurrency limit", e, state.ref.key)
+            else:
+                log.debug(
+                    "%s: concurrency limit %s per replica from its %s", state.ref.key, state.limit, source[0]
+                )
     return state.limit
 
 

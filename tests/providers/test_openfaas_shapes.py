@@ -221,3 +221,86 @@ class TestOpenFaaSUpdates:
         await eventually(lambda: provider.get(ref("figlet")) is not None, what="the new figlet")
 
         assert info_of(provider, "figlet").last_active is None
+
+
+def with_environment(api: FakeApiServer, name: str, env: list[dict[str, Any]]) -> None:
+    """Give a faas-netes function's container the env faas-netes writes from stack.yml's `environment:`.
+
+    openfaas/faas-netes 03477885 `pkg/handlers/deploy.go`: `buildEnvVars` makes one
+    `{"name": K, "value": V}` per entry (plus `fprocess`), sorted by name, on the one container
+    `makeDeploymentSpec` makes, named after the function.
+    """
+    deployment = api.deployment(name)
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == name
+    container["env"] = sorted(env, key=lambda entry: str(entry["name"]))
+    api.replace_deployment(deployment)
+
+
+STACK_ENV = [
+    {"name": "fprocess", "value": "python3 index.py"},
+    {"name": "write_timeout", "value": "10s"},
+    {"name": "max_inflight", "value": "3"},
+]
+
+
+class TestTheFunctionsEnvironment:
+    async def test_max_inflight_in_a_faas_netes_functions_environment_reaches_the_function_info(
+        self, api: FakeApiServer, make_provider: Callable[..., Any]
+    ) -> None:
+        api.add_faas_netes_function("limited", labels=SCALE)
+        with_environment(api, "limited", STACK_ENV)
+        api.add_faas_netes_function("plain")
+
+        provider = await make_provider()
+
+        assert info_of(provider, "limited").env_max_inflight == "3"
+        assert "max_inflight" not in info_of(provider, "limited").labels
+        assert info_of(provider, "plain").env_max_inflight is None
+
+    async def test_a_changed_environment_reaches_the_cache_through_the_watch(
+        self, api: FakeApiServer, make_provider: Callable[..., Any]
+    ) -> None:
+        api.add_faas_netes_function("limited")
+        provider = await make_provider()
+        assert info_of(provider, "limited").env_max_inflight is None
+
+        with_environment(api, "limited", STACK_ENV)
+
+        await eventually(lambda: info_of(provider, "limited").env_max_inflight == "3", what="the update")
+
+    async def test_the_function_container_is_read_not_a_sidecar_listed_before_it(
+        self, api: FakeApiServer, make_provider: Callable[..., Any]
+    ) -> None:
+        api.add_faas_netes_function("sided")
+        with_environment(api, "sided", STACK_ENV)
+        deployment = api.deployment("sided")
+        sidecar = {"name": "proxy", "image": "envoy", "env": [{"name": "max_inflight", "value": "100"}]}
+        deployment["spec"]["template"]["spec"]["containers"].insert(0, sidecar)
+        api.replace_deployment(deployment)
+
+        assert info_of(await make_provider(), "sided").env_max_inflight == "3"
+
+    async def test_a_container_named_otherwise_is_read_as_faas_netes_reads_it_the_first(
+        self, api: FakeApiServer, make_provider: Callable[..., Any]
+    ) -> None:
+        api.add_faas_netes_function("renamed")
+        with_environment(api, "renamed", STACK_ENV)
+        deployment = api.deployment("renamed")
+        deployment["spec"]["template"]["spec"]["containers"][0]["name"] = "main"
+        api.replace_deployment(deployment)
+
+        assert info_of(await make_provider(), "renamed").env_max_inflight == "3"
+
+    async def test_a_max_inflight_from_a_config_map_is_not_readable_and_counts_as_unset(
+        self, api: FakeApiServer, make_provider: Callable[..., Any], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        api.add_faas_netes_function("indirect")
+        ref_env = {"configMapKeyRef": {"name": "limits", "key": "indirect"}}
+        with_environment(api, "indirect", [{"name": "max_inflight", "valueFrom": ref_env}])
+
+        with caplog.at_level(logging.DEBUG, logger="autoscaler.providers._k8s_objects"):
+            info = info_of(await make_provider(), "indirect")
+
+        assert info.env_max_inflight is None
+        assert "env max_inflight of container indirect is a valueFrom reference" in caplog.text

@@ -2,10 +2,11 @@
 
 OpenFaaS functions set `max_inflight` and their watchdog answers 429 above it. The function servers
 here do the same (a `ThreadingHTTPServer` in its own process that answers 429 above N requests at
-once), or record what they see (`Upstream`). With `autoscaler.dev/max-inflight` declared, the proxy
-sends each replica at most that many requests and queues the rest in arrival order, within the hold
-limits (429 with Retry-After when the queue is full, 504 past the hold timeout); a 429 from a function
-that declared nothing is retried (the function did not process the request), not passed on.
+once), or record what they see (`Upstream`). With `autoscaler.dev/max-inflight` declared (else
+`max_inflight` in the function's environment, where OpenFaaS users set it), the proxy sends each
+replica at most that many requests and queues the rest in arrival order, within the hold limits (429
+with Retry-After when the queue is full, 504 past the hold timeout); a 429 from a function that
+declared nothing is retried (the function did not process the request), not passed on.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 
 from autoscaler.errors import SpecError
 from autoscaler.proxy import Proxy
-from autoscaler.spec import MAX_INFLIGHT, max_inflight
+from autoscaler.spec import FROM_ENV, FROM_LABEL, MAX_INFLIGHT, limit_source, max_inflight, parse_limit
 from tests.proxy.conftest import MakeProxy, base, wait_held
 from tests.support.fakeprovider import FakeProvider
 from tests.support.naive import NaiveServer
@@ -185,6 +186,108 @@ async def test_the_limit_spreads_over_replicas_the_least_busy_first(
     finally:
         for server in servers:
             await server.stop()
+
+
+# -- the limit in the function's environment (where OpenFaaS users set it) -------------------------
+
+
+async def burst(
+    proxy: Proxy, client: aiohttp.ClientSession, name: str, count: int, *, seconds: float = 0.1
+) -> list[int]:
+    url = base(proxy) + f"/function/{name}/slow?seconds={seconds}"
+
+    async def call(index: int) -> int:
+        async with client.post(url, data=f"{index}".encode()) as response:
+            await response.read()
+            return response.status
+
+    return await asyncio.gather(*(call(index) for index in range(count)))
+
+
+async def test_a_limit_declared_only_in_the_environment_is_kept_per_replica_and_no_caller_sees_429(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession, limited: NaiveServer
+) -> None:
+    ref = await provider.add("envonly", env_max_inflight="2")
+    naive = await provider.add("envnaive", url=limited.url, env_max_inflight="2")
+    proxy = await make_proxy()
+
+    assert await burst(proxy, client, "envonly", 8) == [200] * 8
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    assert upstream.most_busy == 2
+    # A watchdog-like server answering 429 above 2: every caller gets its own answer, none a 429.
+    assert await post_many(client, base(proxy) + f"/function/{naive.name}", CALLS) == [(200, True)] * CALLS
+
+
+async def test_our_label_wins_over_the_environment(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("both", labels={MAX_INFLIGHT: "1"}, env_max_inflight="3")
+    proxy = await make_proxy()
+    assert await burst(proxy, client, "both", 6) == [200] * 6
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    assert upstream.most_busy == 1
+
+
+async def test_zero_in_the_environment_means_no_limit(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("unlimited", env_max_inflight="0")
+    proxy = await make_proxy()
+    assert await burst(proxy, client, "unlimited", 8, seconds=0.3) == [200] * 8
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    assert upstream.most_busy >= 3  # more at once than any limit below 3 allows (the pool grows as it goes)
+
+
+async def test_a_bad_environment_value_is_one_warning_naming_the_environment_and_no_limit(
+    provider: FakeProvider,
+    make_proxy: MakeProxy,
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ref = await provider.add("envtypo", env_max_inflight="ten")
+    proxy = await make_proxy()
+    with caplog.at_level(logging.WARNING, logger="autoscaler.proxy"):
+        for _ in range(2):
+            assert await burst(proxy, client, "envtypo", 8, seconds=0.3) == [200] * 8
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    assert upstream.most_busy >= 3
+    warnings = [r.getMessage() for r in caplog.records if "max_inflight" in r.getMessage()]
+    assert warnings == [
+        "environment max_inflight='ten' is invalid: a whole number >= 0: "
+        "forwarding envtypo.openfaas-fn without a concurrency limit"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("labels", "env", "expected"),
+    [
+        ({}, None, None),
+        ({}, "4", (FROM_ENV, "4")),
+        ({MAX_INFLIGHT: "2"}, "4", (FROM_LABEL, "2")),
+        ({MAX_INFLIGHT: "0"}, "4", (FROM_LABEL, "0")),  # the label says "no limit", and wins
+    ],
+)
+def test_the_label_wins_and_the_environment_fills_in(
+    labels: dict[str, str], env: str | None, expected: tuple[str, str] | None
+) -> None:
+    assert limit_source(labels, env) == expected
+
+
+@pytest.mark.parametrize(("raw", "limit"), [("3", 3), (" 12 ", 12), ("0", None)])
+def test_the_environment_value_reads_a_whole_number_and_zero_means_no_limit(
+    raw: str, limit: int | None
+) -> None:
+    assert parse_limit(FROM_ENV, raw) == limit
+
+
+@pytest.mark.parametrize("raw", ["", "ten", "-1", "2.5", "+3", "1_0"])
+def test_a_bad_environment_value_is_a_clear_error(raw: str) -> None:
+    with pytest.raises(ValueError, match=r"^environment max_inflight=.* is invalid: a whole number >= 0$"):
+        parse_limit(FROM_ENV, raw)
 
 
 # -- no declared limit -----------------------------------------------------------------------------

@@ -58,10 +58,13 @@ class FakeProvider:
         labels: Mapping[str, str] | None = None,
         ready_delay: float | None = None,
         url: str | None = None,
+        env_max_inflight: str | None = None,
     ) -> FunctionRef:
         """Register a function; a warm one gets a listening replica now."""
         ref = FunctionRef(name=name, namespace=namespace)
-        info = FunctionInfo(ref=ref, labels=dict(labels or {}), replicas=1 if warm else 0)
+        info = FunctionInfo(
+            ref=ref, labels=dict(labels or {}), replicas=1 if warm else 0, env_max_inflight=env_max_inflight
+        )
         fn = _Function(
             info=info, ready_delay=self.ready_delay if ready_delay is None else ready_delay, url=url
         )
