@@ -16,9 +16,10 @@ Each replica is `command` run as a process (split like a shell would, never thro
 signals reach it) with `PORT` set. In the command, `{python}` is the interpreter running the add-on
 and `{dir}` is the directory holding the functions file. A replica is ready once its readiness path
 answers as a Kubernetes httpGet probe must (2xx or 3xx): `health_path` if given, else OpenFaaS's
-annotation `com.openfaas.ready.http.path` (which faas-netes makes the container's readiness probe),
-else "/". Both given and different is an error, and so is that key under `labels:`: a Kubernetes label
-value cannot hold a '/', so the function would not deploy to a cluster. Every validation error names
+annotation `com.openfaas.ready.http.path` (OpenFaaS Pro makes it the readiness probe's path), else
+`com.openfaas.health.http.path` (faas-netes CE gives it to both probes), else "/". `health_path` and
+the ready annotation given and different is an error, and so is either key under `labels:`: a
+Kubernetes label value cannot hold a '/', so the function would not deploy. Every validation error names
 the function and the field, and is raised as ConfigError (the CLI exits 2 on it); so are a file that
 is not UTF-8 and a key given twice in one mapping (YAML would keep the last function of a name, silently).
 """
@@ -41,7 +42,9 @@ from autoscaler.spec import parse_labels
 
 DEFAULT_NAMESPACE = "openfaas-fn"
 DEFAULT_READY_PATH = "/"
-READY_PATH_ANNOTATION = "com.openfaas.ready.http.path"  # OpenFaaS's custom readiness path
+READY_PATH_ANNOTATION = "com.openfaas.ready.http.path"  # OpenFaaS Pro's custom readiness path
+# faas-netes CE (pkg/k8s/probes.go) gives this path to both probes, so it gates readiness there too.
+HEALTH_PATH_ANNOTATION = "com.openfaas.health.http.path"
 BUILTIN_FILE = Path(__file__).parent / "data" / "functions.yml"
 
 # DNS-1123 label, as for a Deployment name: the function name is also its route.
@@ -131,24 +134,24 @@ def _initial_replicas(fn: FunctionDef) -> int:
 
 
 def _ready_path(fn: FunctionDef, *, where: str) -> str:
-    """The path a replica's readiness is probed on: `health_path`, else OpenFaaS's annotation."""
-    if READY_PATH_ANNOTATION in fn.labels:
-        raise ConfigError(
-            f"{where}: field labels.{READY_PATH_ANNOTATION}: a path belongs under annotations:, as "
-            "OpenFaaS reads it (a Kubernetes label value cannot hold a '/'); move it there"
-        )
+    """The path a replica's readiness is probed on: `health_path`, else OpenFaaS's ready annotation,
+    else its health annotation (which faas-netes CE gives the readiness probe too), else "/"."""
+    for key in (READY_PATH_ANNOTATION, HEALTH_PATH_ANNOTATION):
+        if key in fn.labels:
+            raise ConfigError(
+                f"{where}: field labels.{key}: a path belongs under annotations:, as OpenFaaS reads "
+                "it (a Kubernetes label value cannot hold a '/'); move it there"
+            )
+        value = fn.annotations.get(key)
+        if value is not None and not value.startswith("/"):
+            raise ConfigError(f"{where}: field annotations.{key}: {value!r} must start with '/', e.g. /ready")
     annotated = fn.annotations.get(READY_PATH_ANNOTATION)
-    if annotated is not None and not annotated.startswith("/"):
-        raise ConfigError(
-            f"{where}: field annotations.{READY_PATH_ANNOTATION}: {annotated!r} must start with '/', "
-            "e.g. /ready"
-        )
     if fn.health_path is not None and annotated is not None and annotated != fn.health_path:
         raise ConfigError(
             f"{where}: fields health_path ({fn.health_path!r}) and annotations.{READY_PATH_ANNOTATION} "
             f"({annotated!r}) name two readiness paths; keep one"
         )
-    return fn.health_path or annotated or DEFAULT_READY_PATH
+    return fn.health_path or annotated or fn.annotations.get(HEALTH_PATH_ANNOTATION) or DEFAULT_READY_PATH
 
 
 def parse(data: Any, *, source: str, base_dir: Path) -> FunctionsFile:

@@ -108,6 +108,22 @@ functions:
     }
 
 
+@pytest.mark.parametrize(
+    ("settings", "path"),
+    [
+        ("{health_path: /a, annotations: {com.openfaas.health.http.path: /c}}", "/a"),
+        ("{annotations: {com.openfaas.ready.http.path: /b, com.openfaas.health.http.path: /c}}", "/b"),
+        ("{annotations: {com.openfaas.health.http.path: /c}}", "/c"),  # CE probes readiness there too
+        ("{annotations: {com.openfaas.ready.http.initialDelay: 2s}}", "/"),
+    ],
+)
+def test_the_readiness_path_is_health_path_then_the_ready_then_the_health_annotation_then_root(
+    tmp_path: Path, settings: str, path: str
+) -> None:
+    text = "functions:\n  slow: " + settings.replace("{", "{command: run, ", 1) + "\n"
+    assert load(write(tmp_path, text)).functions[0].health_path == path
+
+
 def test_health_path_and_the_ready_annotation_may_both_name_the_same_path(tmp_path: Path) -> None:
     path = write(
         tmp_path,
@@ -132,6 +148,14 @@ def test_health_path_and_the_ready_annotation_may_both_name_the_same_path(tmp_pa
         (
             f"  hello: {{command: run, labels: {{{READY}: /ready}}}}",
             rf"function 'hello': field labels\.{READY_RE}: a path belongs under annotations:",
+        ),
+        (
+            "  hello: {command: run, labels: {com.openfaas.health.http.path: /healthz}}",
+            r"function 'hello': field labels\.com\.openfaas\.health\.http\.path: a path belongs under",
+        ),
+        (
+            "  hello: {command: run, annotations: {com.openfaas.health.http.path: healthz}}",
+            r"function 'hello': field annotations\.com\.openfaas\.health\.http\.path: 'healthz' must start",
         ),
         (
             f"  hello: {{command: run, annotations: [{READY}]}}",
