@@ -221,8 +221,30 @@ def function_info(obj: Obj, shared: Shared | None = None) -> FunctionInfo | None
     )
 
 
+def takes_new_requests(conditions: Mapping[str, Any]) -> bool:
+    """Whether an EndpointSlice endpoint may get new requests, from its `conditions`.
+
+    discovery.k8s.io/v1 `EndpointConditions`, each field a `*bool` whose nil has a meaning:
+    - `ready`: ready to receive traffic; nil is to be read as true (older docs: "unknown, in most
+      cases treat as ready"); never true for a terminating endpoint unless the Service publishes
+      not-ready addresses;
+    - `serving`: like `ready` but set regardless of terminating (a terminating pod still passing
+      its readiness probe is `serving: true, ready: false`); nil is true (older docs: defer to ready);
+    - `terminating`: the endpoint is terminating; nil is false.
+    A new request goes only to an endpoint that is ready, serving and not terminating: one that is
+    shutting down finishes what it has and gets nothing new, even where a controller left `ready`
+    unset or set it true. (kube-proxy falls back to serving terminating endpoints when none is ready;
+    the proxy holds the request and wakes the function instead.)
+    """
+    return (
+        conditions.get("ready") is not False
+        and conditions.get("serving") is not False
+        and conditions.get("terminating") is not True
+    )
+
+
 def slice_urls(obj: Obj) -> tuple[str, tuple[str, ...]]:
-    """(service name, base URLs of the ready endpoints) of one EndpointSlice."""
+    """(service name, base URLs of the endpoints that take new requests) of one EndpointSlice."""
     meta = obj.get("metadata") or {}
     service = str((meta.get("labels") or {}).get(SERVICE_NAME_LABEL, ""))
     ports = [p for p in obj.get("ports") or [] if p.get("port")]
@@ -231,8 +253,7 @@ def slice_urls(obj: Obj) -> tuple[str, tuple[str, ...]]:
     port = next((p for p in ports if p.get("name") == "http"), ports[0])["port"]
     urls = []
     for endpoint in obj.get("endpoints") or []:
-        # An unset `ready` means unknown, which consumers are told to treat as ready.
-        if (endpoint.get("conditions") or {}).get("ready") is False:
+        if not takes_new_requests(endpoint.get("conditions") or {}):
             continue
         addresses = endpoint.get("addresses") or []
         if addresses:
