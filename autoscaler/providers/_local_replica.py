@@ -209,6 +209,7 @@ class Replica:
         log.info("replica %s started: pid %d, port %d", self.name, process.pid, self.port)
         reader = spawn(self._pump_output(process), name=f"logs of {self.name}")
         ready_at: float | None = None
+        never_ready: str | None = None
         try:
             if await self._probe_until_ready(process) and not self._stopping:
                 ready_at = time.monotonic()
@@ -216,8 +217,8 @@ class Replica:
                 self._set(ReplicaState.READY)
             elif process.returncode is None:
                 if not self._stopping:
-                    self.output.append(
-                        f"not ready after {self._timing.ready_timeout:.0f}s: "
+                    never_ready = (
+                        f"not ready after {self._timing.ready_timeout:g}s: "
                         f"{self.fn.health_path} last {self._last_probe}"
                     )
                 signal_group(process.pid, signal.SIGKILL)
@@ -226,6 +227,8 @@ class Replica:
             LIVE_GROUPS.discard(process.pid)
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(reader, timeout=2.0)
+        if never_ready is not None:
+            self.output.append(never_ready)  # after the process's own last lines: the crash reason
         return ready_at
 
     async def _probe_until_ready(self, process: asyncio.subprocess.Process) -> bool:

@@ -12,7 +12,7 @@ import pytest
 
 from autoscaler.errors import NotFoundError
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionRef
-from autoscaler.providers._local_replica import ReplicaState
+from autoscaler.providers._local_replica import ReplicaState, ReplicaTiming
 from tests.support.waiting import until
 
 from .support import READY, REF, MakeProvider
@@ -104,6 +104,19 @@ async def test_the_ready_path_counts_as_a_kubelet_probe_does_2xx_and_3xx_only(
     await until(lambda: caplog.text.count(probed) >= 3, within=10, what=f"three probes answered {status}")
     assert provider.endpoints(REF) == []
     assert [view.state for view in provider.replicas(REF)] == [ReplicaState.STARTING]
+
+
+async def test_a_replica_never_ready_is_restarted_with_a_reason_naming_what_its_ready_path_answered(
+    make_provider: MakeProvider,
+) -> None:
+    timing = ReplicaTiming(ready_timeout=0.5, grace=1.0, drain_delay=0.1, backoff_base=0.3, backoff_max=1.0)
+    provider = await make_provider(
+        timing=timing, env={"READY_PATH": "/ready", "READY_STATUS": "404"}, annotations={READY: "/ready"}
+    )
+    await until(lambda: bool(provider.events()), within=10, what="a ReplicaCrashed event")
+    [event] = provider.events()[:1]
+    assert event.reason == "ReplicaCrashed"
+    assert "not ready after 0.5s: /ready last answered 404" in event.message
 
 
 async def test_every_replica_runs_its_own_process_on_its_own_loopback_port(
