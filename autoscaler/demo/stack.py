@@ -199,9 +199,11 @@ class LocalStack:
     async def start(self, *, ready_timeout: float = 30.0) -> None:
         """Start replicas and the proxy; return once every function with replicas has a ready one."""
         await self.proxy.start()  # first: a port in use fails fast, before any replica starts
-        await self._start_queue()
+        # The provider next: the proxy answers /readyz from here on, and a call must then find its
+        # function (nats-server takes about a second to start; calls in that window were 404s).
         await self.provider.start()
         self.provider.subscribe(self._poke)
+        await self._start_queue()
         waiting = [
             ref for ref in self.refs if (info := self.provider.get(ref)) is not None and info.replicas > 0
         ]

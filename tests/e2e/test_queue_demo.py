@@ -71,6 +71,34 @@ async def test_the_scripted_demo_queues_its_async_calls_on_the_embedded_server_a
     assert not store.exists()  # the temporary store went with the server
 
 
+async def test_once_the_proxy_answers_ready_a_call_finds_its_function_while_nats_server_still_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NATS_SERVER_BIN", require_binary())
+    stack = LocalStack(functions=load_builtin(), settings=StackSettings(embedded_nats=True))
+    starting = asyncio.create_task(stack.start())
+    try:
+        async with aiohttp.ClientSession() as client:
+            deadline = time.monotonic() + 30
+            while not stack.proxy.ready():  # the proxy has bound its ports: poll its own /readyz
+                assert time.monotonic() < deadline, "the proxy never started"
+                await asyncio.sleep(0.01)
+            admin = f"http://127.0.0.1:{stack.proxy.admin_port}/readyz"
+            for _ in range(3000):
+                async with client.get(admin) as ready:
+                    if ready.status == 200:
+                        break
+                await asyncio.sleep(0.01)
+            assert not starting.done()  # nats-server is still starting: the window a caller can hit
+            async with client.get(f"{stack.url}/function/hello?name=early") as response:
+                assert response.status == 200, await response.text()  # held until ready, never a 404
+        await starting
+    finally:
+        if not starting.done():
+            await asyncio.wait([starting], timeout=30)
+        await stack.close()
+
+
 async def test_without_a_nats_server_binary_the_stack_runs_without_asynchronous_calls_and_says_why(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
