@@ -21,6 +21,12 @@ have:
 An upgraded connection (a WebSocket spliced to a function, `_tunnel`) keeps the send timeout; its
 half-close and write back-pressure are passed to the splice (`tunnel`) instead of closing it.
 
+A request for another protocol switch (`h2c`, `foo/1`), which aiohttp's parsers do not stop parsing
+HTTP for (`_upgrades`), has its head parsed alone; what the client sends after it is held, unparsed
+(`upgrade_held`), until the function answers: a 101 hands it to the splice (`start_tunnel`), any
+other answer closes the connection (`ProxyRequest`). Held bytes pause reading at aiohttp's
+`read_bufsize`, like its own; a half-close while held is kept for the splice.
+
 `ProxyRequest` adds what a response of the proxy says about itself: `X-Autoscaler-Cold-Start`, the
 seconds a request was held through a cold start (KEDA's HTTP add-on marks cold starts the same way).
 
@@ -41,8 +47,11 @@ from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+
+from autoscaler.proxy._upgrades import Feed, asked_upgrade, must_close
 
 log = logging.getLogger("autoscaler.proxy")
 
@@ -59,6 +68,7 @@ LINGER = 2.0
 
 _OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE})
 COLD_START_HEADER = "X-Autoscaler-Cold-Start"
+_HEAD_END = b"\r\n\r\n"
 
 
 class TunnelEnd(Protocol):
@@ -81,6 +91,10 @@ class ProxyRequest(web.BaseRequest):
         held = self._held
         if held is not None:
             response.headers[COLD_START_HEADER] = f"{held:.3f}"
+        if self._message.upgrade and response.status != 101 and must_close(self.version, self.headers):
+            # It asked to switch, and did not: nothing it sent since is read (`_upgrades`).
+            response.force_close()
+            response.headers["Connection"] = "close"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +124,8 @@ class ClientConnection(RequestHandler):
     """aiohttp's server protocol plus the head's clock and size, and the time writing stalled."""
 
     __slots__ = (
-        "_body_at", "_discarding", "_head_bytes", "_head_since", "_limits", "_payload", "_stalled_since",
-        "tunnel",
+        "_body_at", "_discarding", "_head_bytes", "_head_last", "_head_since", "_held_bytes", "_held_eof",
+        "_limits", "_payload", "_stalled_since", "tunnel", "upgrade_held",
     )  # fmt: skip
 
     def __init__(self, manager: ClientServer, **kwargs: Any) -> None:
@@ -124,47 +138,100 @@ class ClientConnection(RequestHandler):
         self._discarding = False  # refused: what still comes is dropped until the close
         self._body_at = 0.0  # loop time the last piece of the current request's body came
         self.tunnel: TunnelEnd | None = None  # an upgraded connection spliced to a function's (`_tunnel`)
+        self._head_last = b""  # the current head's last bytes so far: its blank line may span reads
+        self.upgrade_held: RawRequestMessage | None = None  # its Upgrade holds what follows, unparsed
+        self._held_bytes = b""  # what the client sent after that head
+        self._held_eof = False  # the client half-closed while held
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._head_since = self._loop.time()  # a new connection owes a head at once
 
     def data_received(self, data: bytes) -> None:
+        rest: bytes | None = data
+        while rest is not None:  # a loop, not recursion: one read may hold many pipelined heads
+            rest = self._take(rest)
+
+    def _take(self, data: bytes) -> bytes | None:
+        """Parse what `data` begins with; what is left for the next turn (None: all taken)."""
         if self._discarding:
-            return
+            return None
         if self._head_since is None:
             payload = self._payload
             if self._upgraded or self.tunnel is not None or (payload is not None and not payload.is_eof()):
                 self._body_at = self._loop.time()
                 super().data_received(data)  # the body of the current request
-                return
+                return None
+            if self.upgrade_held is not None:
+                self._hold(data)
+                return None
             self._payload = None  # that body is all in: keep no reference to it while idle
             self._head_since = self._loop.time()
             self._head_bytes = 0
+            self._head_last = b""
         room = self._limits.max_head_size - self._head_bytes
+        cut = self._head_end(data)
+        rest: bytes | None = None
+        if 0 < cut <= room and cut < len(data) and (self._head_bytes or b"upgrade" in data[:cut].lower()):
+            data, rest = data[:cut], data[cut:]  # a head alone: what follows may not be HTTP
+        elif len(data) > room:
+            data, rest = data[:room], data[room:]
         count = self._request_count
-        if len(data) <= room:
-            self._head_bytes += len(data)
-            super().data_received(data)
-            if self._request_count != count:
-                self._head_done()
-            return
-        super().data_received(data[:room])
-        if self._request_count == count:
+        self._head_bytes += len(data)
+        super().data_received(data)
+        if self._request_count != count:
+            self._head_done(clean=len(data) == cut and self._request_count == count + 1)
+        elif len(data) == room and rest is not None:
             self._refuse(
                 431, "Request Header Fields Too Large",
                 f"request head too large: the limit is {self._limits.max_head_size} bytes "
                 "of request line and headers; send fewer or smaller headers\n",
             )  # fmt: skip
-            return
-        self._head_done()
-        self.data_received(data[room:])
+            return None
+        else:
+            self._head_last = (self._head_last + data[-3:])[-3:]
+        return rest
 
-    def _head_done(self) -> None:
+    def _head_end(self, data: bytes) -> int:
+        """Where in `data` the current head's blank line ends, or -1."""
+        last = self._head_last
+        if last:
+            end = (last + data[:3]).find(_HEAD_END)
+            if end >= 0:
+                return end + 4 - len(last)
+        end = data.find(_HEAD_END)
+        return end + 4 if end >= 0 else -1
+
+    def _head_done(self, *, clean: bool) -> None:
         self._head_since = None
         if self._messages:
-            self._payload = self._messages[-1][1]
+            message, payload = self._messages[-1]
+            self._payload = payload
             self._body_at = self._loop.time()
+            # `clean`: one head, and nothing after it given to the parser.
+            if (
+                clean and not isinstance(message, _ErrInfo) and message.upgrade and not self._upgraded
+                and payload.is_eof() and message.method != "CONNECT"
+                and asked_upgrade(message.version, message.headers) is not None
+            ):  # fmt: skip
+                self.upgrade_held = message
+
+    def _hold(self, data: bytes) -> None:
+        self._held_bytes += data
+        if len(self._held_bytes) >= self._read_bufsize and not self._buffer_paused:
+            self._pause_reading_for_buffer()
+
+    def start_tunnel(self, tunnel: TunnelEnd, feed: Feed) -> None:
+        """Hand the connection to a splice: the bytes held since the head go first."""
+        self.tunnel = tunnel
+        self.upgrade_held = None
+        held, self._held_bytes = self._held_bytes, b""
+        self._upgraded = True
+        self.set_parser(feed)  # type: ignore[arg-type]  # (resumes reading paused by the hold)
+        if held:
+            feed.feed_data(held)
+        if self._held_eof:
+            tunnel.client_eof()
 
     def log_exception(self, *args: Any, **kwargs: Any) -> None:
         if isinstance(kwargs.get("exc_info"), HttpProcessingError):
@@ -190,6 +257,9 @@ class ClientConnection(RequestHandler):
         """The client half-closed: an upgraded connection passes it on and stays open for the answer."""
         if self.tunnel is not None:
             self.tunnel.client_eof()
+            return True
+        if self.upgrade_held is not None:
+            self._held_eof = True  # for the splice, if the function switches
             return True
         return None
 

@@ -8,8 +8,9 @@ unless the client is the gateway in front); bodies are passed as bytes, never de
 Small responses with a known length are read whole (one write downstream); anything larger or of
 unknown length is streamed chunk by chunk. The same forwarder carries requests passed through to the
 real provider (`what` names the upstream in errors: a function by default, or the provider). A
-request for a protocol switch (WebSocket) keeps its `Connection: upgrade` and `Upgrade` headers, and
-a 101 answer is spliced to the client (`_tunnel`).
+request for a protocol switch the proxy can relay (WebSocket, h2c, any other: `_tunnel.upgrade_of`)
+keeps its `Connection: upgrade` and `Upgrade` headers, and a 101 to one of the protocols it asked for
+is spliced to the client (`_tunnel`); a 101 to another is a 502.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from autoscaler.proxy._client import Connection, StreamBody
 from autoscaler.proxy._deadlines import Deadlines
 from autoscaler.proxy._http1 import ClientError, ConnectError
 from autoscaler.proxy._pool import Pool
-from autoscaler.proxy._tunnel import splice, upgrade_of
+from autoscaler.proxy._tunnel import splice, switched_to, switches_as_asked, upgrade_of
+from autoscaler.proxy._upgrades import protocols
 from autoscaler.tasks import Background
 
 log = logging.getLogger("autoscaler.proxy")
@@ -100,7 +102,13 @@ def request_headers(request: web.BaseRequest, *, trusted: bool = False) -> list[
         out.append(("X-Forwarded-Proto", request.scheme))
     upgrade = upgrade_of(request)
     if upgrade is not None:  # hop-by-hop, but the switch is relayed: the function is asked for it
-        out += (("Connection", "upgrade"), ("Upgrade", upgrade))
+        connection = "upgrade"
+        settings = src.get("HTTP2-Settings")
+        if settings is not None and "http2-settings" in extra and "h2c" in protocols(upgrade):
+            # h2c's own hop-by-hop header (RFC 7540 3.2.1): without it a server does not switch.
+            out.append(("HTTP2-Settings", settings))
+            connection = "upgrade, HTTP2-Settings"
+        out += (("Connection", connection), ("Upgrade", upgrade))
     return out
 
 
@@ -199,6 +207,13 @@ class Forwarder:
         """Pass the function's status, headers and body back to the client."""
         headers = response_headers(upstream.headers, connection=upstream.connection)
         if upstream.status == 101:
+            if not switches_as_asked(request, upstream):
+                upstream.close()
+                self._pool.release(upstream)
+                raise UpstreamError(
+                    502, f"{what or f'function {key}'} switched to {switched_to(upstream)!r}, which was "
+                    f"not asked for ({request.headers.get('Upgrade', '')!r})",
+                )  # fmt: skip
             return await splice(
                 request, upstream, headers, pool=self._pool, idle_timeout=self._upstream_timeout
             )

@@ -18,33 +18,49 @@ for `idle_timeout` seconds (the upstream timeout) is closed, so a function that 
 goes silent holds nothing for ever; a client that stops reading is cut by the send timeout of
 `_downstream`.
 
-Only `websocket` is relayed, the one protocol both of aiohttp's server parsers (C and Python) switch
-for: after any other `Upgrade` the server would go on parsing the client's bytes as HTTP, so for
-those the headers are dropped as before and the function answers without switching.
+Any protocol is relayed (`h2c`, `foo/1`, ...) when the request asks for it as HTTP/1.1 allows
+(`_upgrades`): a WebSocket's bytes after its head are set aside by aiohttp's own parser, any other
+protocol's by the client connection (`_downstream`, `upgrade_held`), and both reach the function
+first when the splice begins. A 101 must name a protocol the client asked for (Go's ReverseProxy
+checks the same): one that switches to another is a 502.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from aiohttp import HttpVersion11, web
+from aiohttp import web
 
 from autoscaler.proxy._client import Connection
 from autoscaler.proxy._downstream import ClientConnection
 from autoscaler.proxy._pool import Pool
-
-# The Upgrade values aiohttp's server stops parsing HTTP after (ALLOWED_UPGRADES, _http_parser.pyx).
-UPGRADABLE = frozenset({"websocket"})
+from autoscaler.proxy._upgrades import SELF_SWITCHED, asked_upgrade, protocols
 
 
 def upgrade_of(request: web.BaseRequest) -> str | None:
-    """The protocol an HTTP/1.1 request asks to switch to when the proxy can relay it, else None."""
-    upgrade = request.headers.get("Upgrade")
-    if upgrade is None or request.version < HttpVersion11 or upgrade.strip().lower() not in UPGRADABLE:
-        return None
-    lines = request.headers.getall("Connection", ())
-    tokens = {token.strip().lower() for line in lines for token in line.split(",")}
-    return upgrade if "upgrade" in tokens else None
+    """The protocols a request asks to switch to when the proxy can relay the switch, else None.
+
+    A WebSocket always (aiohttp's parser holds what follows its head); any other protocol when the
+    client connection holds what followed its head (no body came first, nothing else in that read).
+    """
+    upgrade = asked_upgrade(request.version, request.headers)
+    if upgrade is None or upgrade.lower() == SELF_SWITCHED:
+        return upgrade
+    protocol = request.protocol
+    if isinstance(protocol, ClientConnection) and protocol.upgrade_held is request._message:
+        return upgrade
+    return None
+
+
+def switched_to(upstream: Connection) -> str:
+    """The `Upgrade` of a function's 101 ("" when it names none)."""
+    return ", ".join(value.strip() for name, value in upstream.headers if name.lower() == "upgrade")
+
+
+def switches_as_asked(request: web.BaseRequest, upstream: Connection) -> bool:
+    """Whether a 101 switches to protocols the client asked for (or names none: the one asked)."""
+    switched = protocols(switched_to(upstream))
+    return switched <= protocols(upgrade_of(request) or "")
 
 
 async def splice(
@@ -60,7 +76,7 @@ async def splice(
     Once the 101 is out, `upstream` leaves its pool (`Pool.detach`): an open WebSocket takes none of
     the replica's `--upstream-connections` from ordinary calls, and its socket is never reused.
     """
-    upgrade = next((value for name, value in upstream.headers if name.lower() == "upgrade"), "")
+    upgrade = switched_to(upstream)
     out = web.StreamResponse(status=101, reason=upstream.reason or "Switching Protocols", headers=headers)
     out.headers["Connection"] = "upgrade"
     out.headers["Upgrade"] = upgrade or request.headers.get("Upgrade", "")
@@ -90,9 +106,8 @@ async def splice(
     upstream_transport.set_protocol(_UpstreamEnd(tunnel))
     if not upstream_transport.is_reading():
         upstream_transport.resume_reading()  # paused by the client's buffer cap before the splice
-    protocol.tunnel = tunnel
     try:
-        protocol.set_parser(_ClientFeed(tunnel))  # type: ignore[arg-type]  # bytes the client sent on
+        protocol.start_tunnel(tunnel, _ClientFeed(tunnel))  # with what the client sent since its head
         await tunnel.done
     finally:
         protocol.tunnel = None

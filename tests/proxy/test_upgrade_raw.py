@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from tests.proxy.conftest import MakeProxy, base
 from tests.support.fakeprovider import FakeProvider
+from tests.support.rawswitch import Switcher, switch, until_closed
 from tests.support.waiting import until
 
 SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
@@ -171,17 +173,171 @@ async def test_a_function_that_reads_nothing_holds_the_client_back_instead_of_fi
         server.close()
 
 
-async def test_an_upgrade_the_proxy_cannot_relay_reaches_the_function_without_its_upgrade_headers(
-    provider: FakeProvider, make_proxy: MakeProxy, tcp_function: str
+StartSwitcher = Callable[..., Awaitable[Switcher]]
+
+
+@pytest.fixture
+async def switcher() -> AsyncIterator[StartSwitcher]:
+    servers: list[asyncio.Server] = []
+
+    async def start(protocol: bytes, **kwargs: Any) -> Switcher:
+        fn = Switcher(protocol, **kwargs)
+        server = await asyncio.start_server(fn.serve, "127.0.0.1", 0)
+        servers.append(server)
+        fn.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        return fn
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+FOO = b"GET /function/foo/chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo/1\r\n\r\n"
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-read", "blank-line-across-reads"])
+async def test_a_custom_protocol_upgrade_is_spliced_both_ways_with_the_bytes_sent_before_the_101(
+    provider: FakeProvider, make_proxy: MakeProxy, switcher: StartSwitcher, split: bool
 ) -> None:
-    await provider.add("pipe", url=tcp_function)
+    fn = await switcher(b"foo/1", greeting=b"foo ready\n")
+    ref = await provider.add("foo", url=fn.url)
     proxy = await make_proxy()
-    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-    # h2c: aiohttp's server would go on parsing the client's bytes as HTTP after a switch to it.
-    writer.write(b"GET /function/pipe/ HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n")
-    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-    writer.close()
-    assert answer.startswith(b"HTTP/1.1 400 ")  # the function saw no Upgrade: it did not switch
+    writes = [FOO[:-1], FOO[-1:] + b"early\n"] if split else [FOO + b"early\n"]
+    got = await asyncio.to_thread(switch, proxy.port, writes, until=b"foo ready\n", then=b"late\n")
+    head, _, rest = got.partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    assert lines[0] == b"http/1.1 101 switching protocols"
+    assert b"upgrade: foo/1" in lines
+    assert b"connection: upgrade" in lines
+    assert rest == b"foo ready\nearly\nlate\nbye\n"
+    assert fn.tunnelled == b"early\nlate\n"  # what came before the 101 reached the function first
+    assert b"\r\nconnection: upgrade\r\n" in fn.heads[0]
+    await until(lambda: not proxy.busy(ref.key), within=5, what="the call to end")
+
+
+async def test_an_h2c_upgrade_reaches_the_function_with_its_settings_and_http2_bytes_flow_both_ways(
+    provider: FakeProvider, make_proxy: MakeProxy, switcher: StartSwitcher
+) -> None:
+    settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    fn = await switcher(b"h2c", greeting=settings)
+    await provider.add("h2", url=fn.url)
+    proxy = await make_proxy()
+    head = (
+        b"GET /function/h2/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+    )
+    got = await asyncio.to_thread(switch, proxy.port, [head], until=settings, then=preface + settings)
+    answer, _, rest = got.partition(b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert b"\r\nupgrade: h2c" in answer.lower()
+    assert rest == settings + preface + settings + b"bye\n"
+    assert b"\r\nconnection: upgrade, http2-settings\r\n" in fn.heads[0]
+    assert b"\r\nhttp2-settings: aamaaabkaaqaap__\r\n" in fn.heads[0]
+
+
+async def test_an_upgrade_to_a_function_at_zero_is_held_through_the_wake_up_with_what_followed_its_head(
+    provider: FakeProvider, make_proxy: MakeProxy, switcher: StartSwitcher
+) -> None:
+    fn = await switcher(b"foo/1", greeting=b"foo ready\n")
+    ref = await provider.add("foo", warm=False, url=fn.url)
+    proxy = await make_proxy()
+    got = await asyncio.to_thread(
+        switch, proxy.port, [FOO + b"early\n"], until=b"foo ready\n", then=b"late\n"
+    )
+    head, _, rest = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"\r\nx-autoscaler-cold-start: " in head.lower()
+    assert rest == b"foo ready\nearly\nlate\nbye\n"
+    assert provider.scale_calls == [(ref, 1)]
+
+
+async def test_a_client_that_sends_on_before_the_101_is_held_back_instead_of_filling_the_proxy(
+    provider: FakeProvider, make_proxy: MakeProxy, switcher: StartSwitcher
+) -> None:
+    fn = await switcher(b"foo/1")
+    ref = await provider.add("foo", warm=False, url=fn.url, ready_delay=60)  # held all along
+    proxy = await make_proxy()
+    _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(FOO)
+    sent = 0
+    block = bytes(1024 * 1024)  # NUL bytes: as HTTP, a malformed request
+
+    async def send() -> None:
+        nonlocal sent
+        while True:
+            writer.write(block)
+            await writer.drain()  # blocks while the proxy stops reading
+            sent += len(block)
+
+    sender = asyncio.create_task(send())
+    seen = -1
+    for _ in range(100):  # until the client's writes stall
+        if sent == seen:
+            break
+        seen = sent
+        await asyncio.sleep(0.3)
+    assert not sender.done()  # held back, not cut
+    assert proxy.invocation_stats()[ref.key].held == 1
+    assert sent < 16 * 1024 * 1024, f"the client sent {sent} bytes before any answer"
+    sender.cancel()
+    provider.ready_now(ref)  # the function switches: everything the client sent reaches it
+    await until(lambda: len(fn.tunnelled) >= sent, within=10, what=lambda: f"{len(fn.tunnelled)} of {sent}")
+    assert not any(fn.tunnelled)  # all of it the client's bytes, none of it parsed as HTTP
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["in-the-same-read", "in-a-later-read"])
+async def test_a_declined_upgrade_closes_the_connection_and_what_followed_its_head_is_no_request(
+    provider: FakeProvider, make_proxy: MakeProxy, switcher: StartSwitcher, later: bool
+) -> None:
+    fn = await switcher(b"foo/1", delay=0.3)
+    await provider.add("foo", url=fn.url)
+    proxy = await make_proxy()
+    head = b"GET /function/foo/first HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: bar\r\n\r\n"
+    smuggled = b"GET /function/foo/second HTTP/1.1\r\nHost: x\r\n\r\n"
+    got = await asyncio.to_thread(until_closed, proxy.port, [head, smuggled] if later else [head + smuggled])
+    assert got.startswith(b"HTTP/1.1 200 ")
+    assert got.endswith(b"no switch")  # one answer, then the close
+    assert got.count(b"HTTP/1.1 ") == 1
+    assert b"\r\nconnection: close\r\n" in got.lower()
+    assert [head.split(b" ")[1] for head in fn.heads] == [b"/first"]
+    assert b"\r\nupgrade: bar\r\n" in fn.heads[0]  # the function was asked, and declined
+
+
+async def test_a_101_to_a_protocol_the_client_did_not_ask_for_is_a_502_and_the_connection_closes(
+    provider: FakeProvider, make_proxy: MakeProxy, switcher: StartSwitcher
+) -> None:
+    fn = await switcher(b"foo/1", claims=b"other/2")  # asked for foo/1, it switches to other/2
+    await provider.add("foo", url=fn.url)
+    proxy = await make_proxy()
+    got = await asyncio.to_thread(until_closed, proxy.port, [FOO])
+    assert got.startswith(b"HTTP/1.1 502 ")
+    assert b"switched to 'other/2'" in got
+    assert b"\r\nconnection: close\r\n" in got.lower()
+
+
+UNRELAYED = {
+    "http-1.0": b"GET /function/foo/ HTTP/1.0\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo/1\r\n\r\n",
+    "with-a-body": (
+        b"POST /function/foo/ HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo/1\r\n"
+        b"Content-Length: 4\r\n\r\ndata"
+    ),
+}
+
+
+@pytest.mark.parametrize("request_bytes", UNRELAYED.values(), ids=UNRELAYED.keys())
+async def test_an_upgrade_on_http_1_0_or_with_a_body_reaches_the_function_without_its_upgrade_headers(
+    provider: FakeProvider, make_proxy: MakeProxy, switcher: StartSwitcher, request_bytes: bytes
+) -> None:
+    fn = await switcher(b"foo/1")
+    await provider.add("foo", url=fn.url)
+    proxy = await make_proxy()
+    got = await asyncio.to_thread(until_closed, proxy.port, [request_bytes])
+    assert got.startswith(b"HTTP/1.")
+    assert b" 200 OK\r\n" in got
+    assert got.endswith(b"no switch")  # answered, then closed
+    assert b"upgrade" not in fn.heads[0]
 
 
 async def test_a_101_to_a_request_that_asked_for_no_upgrade_is_a_502(
