@@ -383,3 +383,17 @@ async def test_a_websocket_passed_through_to_the_provider_is_spliced_like_a_func
             assert (await ws.receive_str(timeout=5)) == "provider: tail"
     finally:
         await runner.cleanup()
+
+
+async def test_a_custom_upgrade_passed_through_to_the_provider_is_spliced_like_a_function_call(
+    make_proxy: MakeProxy, switcher: StartSwitcher
+) -> None:
+    fn = await switcher(b"foo/1", greeting=b"provider ready\n")
+    proxy = await make_proxy(provider_url=fn.url)
+    head = b"GET /system/logs HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo/1\r\n\r\n"
+    got = await asyncio.to_thread(
+        switch, proxy.port, [head + b"early\n"], until=b"provider ready\n", then=b"late\n"
+    )
+    assert got.startswith(b"HTTP/1.1 101 ")
+    assert got.endswith(b"\r\n\r\nprovider ready\nearly\nlate\nbye\n")
+    assert fn.heads[0].startswith(b"get /system/logs ")
