@@ -14,8 +14,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
+from aiohttp import HttpVersion, HttpVersion10, HttpVersion11, web
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from autoscaler.proxy._upgrades import asked_upgrade
 from tests.proxy.conftest import MakeProxy, base
 from tests.support.fakeprovider import FakeProvider
 from tests.support.rawswitch import Switcher, switch, until_closed
@@ -323,11 +325,15 @@ UNRELAYED = {
         b"POST /function/foo/ HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo/1\r\n"
         b"Content-Length: 4\r\n\r\ndata"
     ),
+    "behind-another-request-in-one-read": (
+        b"GET /function/foo/a HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /function/foo/b HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: foo/1\r\n\r\n"
+    ),
 }
 
 
 @pytest.mark.parametrize("request_bytes", UNRELAYED.values(), ids=UNRELAYED.keys())
-async def test_an_upgrade_on_http_1_0_or_with_a_body_reaches_the_function_without_its_upgrade_headers(
+async def test_an_upgrade_the_proxy_does_not_relay_reaches_the_function_without_its_upgrade_headers(
     provider: FakeProvider, make_proxy: MakeProxy, switcher: StartSwitcher, request_bytes: bytes
 ) -> None:
     fn = await switcher(b"foo/1")
@@ -337,7 +343,8 @@ async def test_an_upgrade_on_http_1_0_or_with_a_body_reaches_the_function_withou
     assert got.startswith(b"HTTP/1.")
     assert b" 200 OK\r\n" in got
     assert got.endswith(b"no switch")  # answered, then closed
-    assert b"upgrade" not in fn.heads[0]
+    assert fn.heads
+    assert not any(b"upgrade" in head for head in fn.heads)
 
 
 async def test_a_101_to_a_request_that_asked_for_no_upgrade_is_a_502(
@@ -397,3 +404,21 @@ async def test_a_custom_upgrade_passed_through_to_the_provider_is_spliced_like_a
     assert got.startswith(b"HTTP/1.1 101 ")
     assert got.endswith(b"\r\n\r\nprovider ready\nearly\nlate\nbye\n")
     assert fn.heads[0].startswith(b"get /system/logs ")
+
+
+ASKED = [  # (version, header lines, the protocols asked for)
+    (HttpVersion11, [("Connection", "keep-alive, Upgrade"), ("Upgrade", "h2c")], "h2c"),
+    (HttpVersion11, [("Connection", "keep-alive"), ("Connection", "upgrade"), ("Upgrade", "foo/1")], "foo/1"),
+    (HttpVersion11, [("Connection", "upgrade"), ("Upgrade", "foo/1"), ("Upgrade", "bar")], "foo/1, bar"),
+    (HttpVersion11, [("Upgrade", "h2c")], None),  # no `upgrade` in Connection
+    (HttpVersion10, [("Connection", "upgrade"), ("Upgrade", "h2c")], None),  # ignored on HTTP/1.0
+    (HttpVersion11, [("Connection", "upgrade"), ("Upgrade", "foo bar")], None),  # not a protocol list
+    (HttpVersion11, [("Connection", "upgrade"), ("Upgrade", "")], None),
+]
+
+
+@pytest.mark.parametrize(("version", "lines", "asked"), ASKED)
+def test_a_request_asks_to_switch_only_as_rfc_9110_allows(
+    version: HttpVersion, lines: list[tuple[str, str]], asked: str | None
+) -> None:
+    assert asked_upgrade(version, CIMultiDictProxy(CIMultiDict(lines))) == asked
