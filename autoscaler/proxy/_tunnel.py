@@ -34,7 +34,7 @@ from aiohttp import web
 from autoscaler.proxy._client import Connection
 from autoscaler.proxy._downstream import ClientConnection
 from autoscaler.proxy._pool import Pool
-from autoscaler.proxy._upgrades import SELF_SWITCHED, asked_upgrade, protocols
+from autoscaler.proxy._upgrades import asked_upgrade, protocols, self_switched
 
 
 def upgrade_of(request: web.BaseRequest) -> str | None:
@@ -44,7 +44,7 @@ def upgrade_of(request: web.BaseRequest) -> str | None:
     client connection holds what followed its head (no body came first, nothing else in that read).
     """
     upgrade = asked_upgrade(request.version, request.headers)
-    if upgrade is None or upgrade.lower() == SELF_SWITCHED:
+    if upgrade is None or self_switched(request.headers):
         return upgrade
     protocol = request.protocol
     if isinstance(protocol, ClientConnection) and protocol.upgrade_held is request._message:

@@ -58,10 +58,14 @@ def protocols(upgrade: str) -> frozenset[str]:
     return frozenset(item.strip().lower() for item in upgrade.split(",") if item.strip())
 
 
+def self_switched(headers: CIMultiDictProxy[str]) -> bool:
+    """Whether aiohttp's parser sets aside what follows this head itself (its test: the first line)."""
+    return headers.get("Upgrade", "").lower() == SELF_SWITCHED
+
+
 def must_close(version: HttpVersion, headers: CIMultiDictProxy[str]) -> bool:
     """Whether an answer other than 101 to this request must close the client's connection."""
-    upgrade = asked_upgrade(version, headers)
-    return upgrade is not None and upgrade.lower() != SELF_SWITCHED
+    return asked_upgrade(version, headers) is not None and not self_switched(headers)
 
 
 class Feed(Protocol):
