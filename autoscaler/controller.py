@@ -63,8 +63,9 @@ class _Pass:
     warned: list[tuple[FunctionInfo, tuple[str, str]]] = field(default_factory=list)
 
 
-# Decisions whose message says how long something has lasted ("idle for 40s: stays at zero", "held at 3
-# by the 60s scale-down delay (12s so far)"): reused, they would say a stale figure, so they are made again.
+# Decisions whose message says how long something has lasted ("held at 3 by the 60s scale-down delay
+# (12s so far)"): reused, they would say a stale figure, so they are made again. A function at zero says
+# since when it is idle ("idle since 2026-12-01T16:10:12Z"), which holds while its inputs repeat.
 _TIMED = frozenset({Reason.STABILIZING})
 _Inputs = tuple[Load | None, int, bool, float | None]  # load, replicas, busy, activity mark
 
@@ -80,7 +81,7 @@ class _Memo:
       changes is the idle timer, which the reuse moves by calling `observe` itself;
     - that decision changed nothing (a change is acted on, logged and told: it is always made);
     - `at <= now < until`, `until` being `next_change` after it: no timer of the policy is due;
-    - its message holds no elapsed time (`_TIMED`, or at zero: "idle for ...").
+    - its message holds no elapsed time (`_TIMED`).
     The labels are the same by construction: a memo lives on its `_Entry`, made anew on a label change.
     """
 
@@ -343,10 +344,9 @@ class Controller:
     def _memo(self, entry: _Entry, inputs: _Inputs, view: FunctionView, *, now: float, repeat: bool) -> _Memo:
         """What to remember of a decision just made: its inputs, and itself where `_Memo` allows reuse."""
         decision = view.decision
-        # At zero a decision says how long the function has been idle: made again, like `_TIMED` ones.
         if not self._incremental or not repeat or decision.changed or decision.reason in _TIMED:
             return _Memo(inputs=inputs)
-        if decision.current == 0 or entry.spec is None:
+        if entry.spec is None:
             return _Memo(inputs=inputs)
         until = next_change(spec=entry.spec, state=entry.state, now=now)
         return _Memo(inputs, (decision, view), at=now, until=math.inf if until is None else until)

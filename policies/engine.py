@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from policies.knobs import bursting, delayed, rate_limited
@@ -87,6 +88,12 @@ def observe(
                 active = True
                 state.last_call = now
                 if state.keepalive is not None:
+                    count = getattr(state.keepalive, "count_calls", None)
+                    if count is not None:
+                        # How many calls, for a policy that weighs its cold starts by them (policies.share):
+                        # the counter's increase, or after a reset what it counts since.
+                        previous = state.last_started_total
+                        count(calls=started - previous if started > previous else started)
                     state.keepalive.observe_call(now=now)
             state.last_started_total = started
         if load.inflight is not None and load.inflight > 0:
@@ -101,6 +108,14 @@ def observe(
         # First sight of a function (e.g. after a restart) starts its idle timer without waking it.
         state.last_active = now
     return active
+
+
+def moment(when: float) -> str:
+    """A time given in unix seconds, as a message says it (UTC, to the second); pure, no clock read."""
+    try:
+        return datetime.fromtimestamp(round(when), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):  # beyond what datetime holds (a virtual clock)
+        return f"t={when:.0f}s"
 
 
 def learned(spec: ScalingSpec, state: FunctionState) -> KeepAlivePolicy | None:
@@ -143,8 +158,10 @@ def _zero_decision(*, spec: ScalingSpec, state: FunctionState, current: int, now
                 Reason.PREWARM,
                 f"{since:.0f}s since the last call: pre-warm for the call predicted after {prewarm:.0f}s",
             )
-        # At zero with no activity: nothing calls for a replica.
-        return Decision(current, 0, Reason.STEADY, f"idle for {idle:.0f}s: stays at zero")
+        # At zero with no activity: nothing calls for a replica. The message names when the idleness
+        # began, not how long it has lasted, so it stays the same while nothing happens (a caller may
+        # reuse the decision instead of making it again at every tick).
+        return Decision(current, 0, Reason.STEADY, f"idle since {moment(state.last_active)}: stays at zero")
     if idle < min(ZERO_GRACE, spec.zero_duration):
         # Too recent to trust any prediction (see ZERO_GRACE); a fixed zero-duration shorter than the
         # grace is the operator's explicit choice and is honoured.

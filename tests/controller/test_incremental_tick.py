@@ -200,10 +200,10 @@ async def test_a_quiet_tick_reuses_the_decisions_of_functions_whose_inputs_repea
     loop = Controller(provider=provider, reader=reader, settings=ControllerSettings())
     for now in (0.0, 2.0, 4.0):
         await loop.tick(now=now)
-    assert loop.reused == 10  # the function at zero says how long it has been idle: decided again
+    assert loop.reused == 11  # the function at zero too: it says since when it is idle, not for how long
     reader.loads["fn-3.openfaas-fn"] = Load(rps=200.0, inflight=1.0, cpu=0.0, started_total=6.0)
     report = await loop.tick(now=6.0)
-    assert loop.reused == 9
+    assert loop.reused == 10
     assert report.decisions["fn-3.openfaas-fn"].desired == 5
 
 
@@ -229,3 +229,30 @@ async def test_decisions_that_say_how_long_something_has_lasted_are_made_again_a
     messages = [d.message for d in reports[0].decisions.values()]
     assert any("scale-down delay (" in m for m in messages)
     assert any("burst mode (last triggered" in m for m in messages)
+
+
+async def test_decisions_at_zero_are_reused_with_the_full_tick_s_message_until_something_happens() -> None:
+    worlds = [World(incremental=True), World(incremental=False)]
+    idle = Load(rps=0.0, inflight=0.0, cpu=0.0, started_total=5.0, pending=0.0)
+    for world in worlds:
+        world.provider.add("fixed", replicas=0, labels={P + "zero": "true", P + "zero-duration": "30s"})
+        world.provider.add("learned", replicas=0, labels={P + "zero": "true", X + "keepalive": "adaptive"})
+        world.provider.add("no-data", replicas=0)  # not allowed to zero, and no figure to wake it by
+        for name in ("fixed", "learned"):
+            world.reader.loads[f"{name}.openfaas-fn"] = idle
+    now, reused = 1000.0, []
+    for tick in range(40):
+        if tick == 30:  # a call arrives for one of them: it wakes, in both worlds alike
+            for world in worlds:
+                world.reader.loads["fixed.openfaas-fn"] = Load(
+                    rps=1.0, inflight=1.0, cpu=0.0, started_total=6.0
+                )
+        reports = [await w.controller.tick(now=now) for w in worlds]
+        assert seen(worlds[0], reports[0]) == seen(worlds[1], reports[1])
+        reused.append(worlds[0].controller.reused)
+        now += 15.0
+    assert reports[0].decisions["no-data.openfaas-fn"].message == "no rps data: keep 0 replicas"
+    assert min(reused[4:30]) == 3  # every one reused while nothing happens, once its zero timers passed
+    assert reused[30] == 2  # the woken one is decided
+    first = reports[0].decisions["learned.openfaas-fn"].message
+    assert first == "idle since 1970-01-01T00:16:40Z: stays at zero"  # when it began: 1000 s, UTC
