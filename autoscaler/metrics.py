@@ -22,9 +22,12 @@ Pending asynchronous calls (`type=queue`) come from the queue-worker's
 `queue_worker_pending_messages{function_name,queue_name}` (OpenFaaS Pro's name): the calls on the
 queue not yet acknowledged, i.e. waiting, being invoked or waiting for a retry. Every worker replica
 reports the same stream-wide count, so the query takes the `max`, never the sum. A function the source
-knows reads 0 pending only while the workers answer for at least one function (`and on () count(...)`:
-a worker reports every function with calls on the stream, and 0 for the functions it consumes); with
-no worker series at all, pending is no data, never 0.
+knows (proven, as above) reads 0 pending only while the workers answer for at least one function (a
+worker reports every function with calls on the stream, and 0 for the functions it consumes); with no
+worker series at all, pending is no data, never 0. That test is made here, on the answers, not in
+PromQL (`(pending) or ((0 * (source)) and on () count(pending))` cost Prometheus one more pass over
+every function's source series per tick, and the pending series twice, to say what the started answer
+already says).
 """
 
 from __future__ import annotations
@@ -60,9 +63,10 @@ FIELDS: Mapping[str, str] = {
     "pending": "query_pending",
 }
 # Load fields whose absence from a successful answer reads as 0 for a function the source knows (CPU
-# is measured elsewhere, by the kubelet, so the source's word says nothing about it; pending carries
-# its own proof, see `pending_query`).
+# is measured elsewhere, by the kubelet, so the source's word says nothing about it; pending only while
+# the workers answer at all, see `_answered`).
 _COUNTED = ("rps", "inflight")
+PENDING = "pending"
 PROVEN_BY = "started_total"  # the answer that carries the source's proof
 _LOAD_FIELDS = ("rps", "inflight", "cpu", "started_total", "pending")  # `Load`'s fields, in its order
 # Bodies above this size are parsed in a worker thread so a 10,000-function answer never stalls the loop.
@@ -95,7 +99,6 @@ class PrometheusReader:
         self.proves = bool(source)  # whether absence can ever be read as 0
         if source:
             raw["started_total"] = started_query(raw["started_total"], source=source)
-            raw["pending"] = pending_query(raw["pending"], source=source)
         self.queries: dict[str, str] = {name: text.replace("{window}", window) for name, text in raw.items()}
         self.errors_total: collections.Counter[str] = collections.Counter()  # failed queries per load field
         self.last_errors: dict[str, str] = {}  # load field -> why its last query failed (empty when all fine)
@@ -299,7 +302,7 @@ def _loads(
         vec = vectors.get(field)
         if vec is None:
             columns.append(itertools.repeat(None))  # the query failed: no data, whatever the source says
-        elif field in _COUNTED and known:
+        elif known and (field in _COUNTED or (field == PENDING and _answered(vec))):
             filled: dict[str, float | None] = dict.fromkeys(known, 0.0)
             filled.update(vec.values)  # an answer's own value (None: stale or NaN) wins over the 0
             columns.append(map(filled.get, names))
@@ -323,12 +326,12 @@ def started_query(started: str, *, source: str) -> str:
     return f"({started}) or (0 * ({source}))"
 
 
-def pending_query(pending: str, *, source: str) -> str:
-    """The pending query, 0 for a function the source knows only while the workers answer at all."""
-    return f"({pending}) or ((0 * ({source})) and on () count({pending}))"
+def _answered(vec: _promql.Vector) -> bool:
+    """Whether the workers answer at all: the pending answer holds a series (`count(pending) > 0`)."""
+    return bool(vec.values) or vec.unlabelled > 0
 
 
 def _flag(name: str) -> str:
     """The flag that holds a query's PromQL, for messages (the started query also holds the source's)."""
     flag = "--" + FIELDS.get(name, f"query_{name}").replace("_", "-")
-    return f"{flag} or --query-source" if name in (PROVEN_BY, "pending") else flag
+    return f"{flag} or --query-source" if name == PROVEN_BY else flag

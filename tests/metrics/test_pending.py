@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from autoscaler.config import MetricsSettings
 from autoscaler.metrics import PrometheusReader
 from tests.metrics.conftest import Live
 from tests.queue.worker_exporter import WorkerExporter
@@ -87,3 +88,13 @@ async def test_without_the_source_query_only_the_workers_own_series_count(
     assert snapshot.queries == 5
     assert snapshot.loads[BATCH].pending == 7.0
     assert QUIET not in snapshot.loads  # nothing proves the function, so nothing is made up for it
+
+
+def test_the_pending_query_reads_the_workers_series_alone_and_the_proof_comes_from_the_started_answer() -> (
+    None
+):
+    # The fallback to 0 is made on the answers: Prometheus does not go over every function's source
+    # series a second time per tick (the started query already carries them).
+    reader = PrometheusReader(settings=MetricsSettings(prometheus_url="http://127.0.0.1:9"))
+    assert reader.queries["pending"] == PENDING
+    assert "gateway_service_count" in reader.queries["started_total"]
