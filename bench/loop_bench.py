@@ -5,7 +5,14 @@ of PromQL queries (`sum by (function_name)`) instead of one query per function; 
 in the same run, against a real Prometheus scraping a gateway-style exporter.
 
 Set-up: the exporter (in a child process, so its rendering does not share this process's GIL)
-serves N functions; Prometheus scrapes it every 2 s. We then time
+serves N functions; Prometheus scrapes it every `--scrape-interval` seconds (default 5 s, what
+OpenFaaS's chart gives its gateway's job, `openfaas-pods`; at 50,000 functions a 2 s scrape of 250,000
+samples from a Python exporter kept both cores busy by itself and scrapes overran their timeout, so
+the benchmark measured Prometheus starving on its own ingestion, not the tick), rate window
+`--rate-window` (default 1m, the loop's default). `--recording-rules` gives Prometheus the recording
+rules shipped in `manifests/monitoring.yaml` and points the reader's queries at the recorded series.
+Prometheus's and the exporter's CPU share is printed while idle and during the ticks, with each
+query's own timings (`stats=all`) and this process's decoding (`loop_bench_prometheus`). We then time
   * ours: `Controller.tick()` (PrometheusReader.read() + a decision per function + patching), and
     `PrometheusReader.read()` alone;
   * baseline: one instant query per function (its rps figure), issued one after another on a
@@ -21,6 +28,7 @@ functions the same figures at 10,000 (`--compare`, 0 skips) are measured in the 
 
     python bench/loop_bench.py [--functions 10000] [--namespaces 1] [--ticks 5] [--sample 200]
                                [--burst 5000] [--compare 10000] [--no-baseline]
+                               [--scrape-interval 5] [--rate-window 1m] [--recording-rules]
 """
 
 from __future__ import annotations
@@ -46,13 +54,19 @@ from autoscaler.controller import Controller
 from autoscaler.interfaces import FunctionRef, LoadSnapshot
 from autoscaler.metrics import PrometheusReader
 from bench.loop_bench_cluster import cluster_figures, print_cluster
+from bench.loop_bench_prometheus import (
+    RulesPrometheus,
+    cpu_seconds,
+    print_query_stats,
+    query_stats,
+    recorded_settings,
+    scrape_health,
+)
 from tests.support.exporter import GatewayExporter
 from tests.support.memory import MemoryProvider
 from tests.support.prometheus import PrometheusServer, find_binary
 
 NAMESPACE = "openfaas-fn"
-SCRAPE_INTERVAL = 2.0
-RATE_WINDOW = "10s"  # five scrapes at 2 s
 
 
 def function_keys(count: int, namespaces: int = 1) -> list[str]:
@@ -90,17 +104,26 @@ def bench_provider(keys: list[str]) -> MemoryProvider:
     return provider
 
 
-async def wait_for_all(prometheus: PrometheusServer, count: int, *, timeout: float) -> None:
-    query = f"count(sum by (function_name) (rate(gateway_function_invocation_total[{RATE_WINDOW}])))"
-    await prometheus.wait_for_series(query, lambda r: next(iter(r.values()), 0) >= count, timeout=timeout)
+async def wait_for_all(prometheus: PrometheusServer, count: int, *, window: str, timeout: float) -> None:
+    queries = [f"count(sum by (function_name) (rate(gateway_function_invocation_total[{window}])))"]
+    if isinstance(prometheus, RulesPrometheus):  # and until the rules have recorded every function
+        queries += [
+            f"count({record})"
+            for record in (
+                "function_name:gateway_function_invocation:rate1m",
+                "function_name:gateway_function_invocation_started:sum",
+            )
+        ]
+    for query in queries:
+        await prometheus.wait_for_series(query, lambda r: next(iter(r.values()), 0) >= count, timeout=timeout)
 
 
-async def baseline(url: str, keys: list[str]) -> float:
+async def baseline(url: str, keys: list[str], window: str) -> float:
     """Seconds for one rps query per function in `keys`, one after another on a keep-alive session."""
     async with aiohttp.ClientSession() as session:
         started = time.perf_counter()
         for key in keys:
-            query = f'sum(rate(gateway_function_invocation_total{{function_name="{key}"}}[{RATE_WINDOW}]))'
+            query = f'sum(rate(gateway_function_invocation_total{{function_name="{key}"}}[{window}]))'
             async with session.get(f"{url}/api/v1/query", params={"query": query}) as response:
                 body = await response.json()
                 if body.get("status") != "success":
@@ -126,10 +149,18 @@ class TimedReader:
         await self.reader.close()
 
 
-async def measure(args: argparse.Namespace, prometheus: PrometheusServer) -> None:
+async def measure(args: argparse.Namespace, prometheus: PrometheusServer, exporter_pid: int) -> None:
     keys = function_keys(args.functions, args.namespaces)
-    settings = MetricsSettings(prometheus_url=prometheus.url, rate_window=RATE_WINDOW, query_timeout=60.0)
+    if args.recording_rules:
+        settings = recorded_settings(prometheus.url)
+    else:
+        settings = MetricsSettings(
+            prometheus_url=prometheus.url, rate_window=args.rate_window, query_timeout=60.0
+        )
     provider = bench_provider(keys)
+    assert prometheus.process is not None
+    pids = {"prometheus": prometheus.process.pid, "exporter": exporter_pid}
+    idle = await cpu_share(pids, seconds=max(10.0, 2 * args.scrape_interval))
     async with PrometheusReader(settings=settings) as reader:
         timed = TimedReader(reader)
         controller = Controller(
@@ -137,6 +168,8 @@ async def measure(args: argparse.Namespace, prometheus: PrometheusServer) -> Non
         )
         first = await controller.tick(now=time.time())  # patches every function whose load calls for it
         reads, ticks, queries = [], [], set()
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        ticking, own = time.monotonic(), time.process_time()
         for _ in range(args.ticks):
             report = await controller.tick(now=time.time())
             snapshot = timed.last_snapshot
@@ -147,16 +180,25 @@ async def measure(args: argparse.Namespace, prometheus: PrometheusServer) -> Non
             ticks.append(report.seconds)
             reads.append(timed.last_seconds)
             queries.add(report.queries)
+        spent = time.monotonic() - ticking
+        busy = {name: (cpu_seconds(pid) - before[name]) / spent for name, pid in pids.items()}
+        busy["this process"] = (time.process_time() - own) / spent
         await controller.close()
+        stats = await query_stats(prometheus.url, reader.queries, stale_after=settings.stale_after)
+    health = await scrape_health(prometheus.url)
 
     tick = statistics.median(ticks)
     read = statistics.median(reads)
     decide = statistics.median(t - r for t, r in zip(ticks, reads, strict=True))
 
+    source = "recorded series (--recording-rules)" if args.recording_rules else "raw series"
     print(
         f"functions: {args.functions} in {args.namespaces} namespace(s), scrape interval "
-        f"{SCRAPE_INTERVAL:g}s, rate window {RATE_WINDOW}"
+        f"{args.scrape_interval:g}s, rate window {args.rate_window}, queries over {source}, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} cpus)"
     )
+    print(f"  set-up, idle (no queries): {shares(idle)}; last scrape: {health}")
+    print(f"  during the ticks:          {shares(busy)}")
     print(f"first tick (patches {len(first.patched)} functions): {first.seconds * 1000:.0f} ms")
     low, high = min(ticks) * 1000, max(ticks) * 1000
     print(
@@ -164,6 +206,7 @@ async def measure(args: argparse.Namespace, prometheus: PrometheusServer) -> Non
     )
     print(f"          of which read() {read * 1000:.0f} ms, decisions {decide * 1000:.0f} ms (medians)")
     print(f"          queries per tick: {sorted(queries)}")
+    print_query_stats(stats)
     if args.baseline:
         await one_query_per_function(
             args, prometheus.url, keys, tick=tick, decide=decide, queries=max(queries)
@@ -172,12 +215,23 @@ async def measure(args: argparse.Namespace, prometheus: PrometheusServer) -> Non
     print(f"goal (tick < 1 s, <= 5 queries over {args.functions} functions): {'met' if ok else 'NOT met'}")
 
 
+async def cpu_share(pids: dict[str, int], *, seconds: float) -> dict[str, float]:
+    """Cores each process used over `seconds` of doing nothing here (the set-up's own load)."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    await asyncio.sleep(seconds)
+    return {name: (cpu_seconds(pid) - before[name]) / seconds for name, pid in pids.items()}
+
+
+def shares(cores: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.2f} cores" for name, value in cores.items())
+
+
 async def one_query_per_function(
     args: argparse.Namespace, url: str, keys: list[str], *, tick: float, decide: float, queries: int
 ) -> None:
     """The baseline: a sample of per-function queries, extrapolated to every function."""
     sample = keys[:: max(1, len(keys) // args.sample)][: args.sample]
-    sample_seconds = await baseline(url, sample)
+    sample_seconds = await baseline(url, sample, args.rate_window)
     per_query = sample_seconds / len(sample)
     base_tick = per_query * args.functions + decide
     print(
@@ -218,6 +272,15 @@ def main() -> int:
     )
     parser.add_argument("--compare", type=int, default=10_000, help="cluster side also at this size (0: not)")
     parser.add_argument(
+        "--scrape-interval", type=float, default=5.0, help="seconds between scrapes (OpenFaaS's chart: 5)"
+    )
+    parser.add_argument("--rate-window", default="1m", help="the rate() window of the queries")
+    parser.add_argument(
+        "--recording-rules",
+        action="store_true",
+        help="Prometheus records the loop's figures (manifests/monitoring.yaml); the queries read them",
+    )
+    parser.add_argument(
         "--no-baseline",
         dest="baseline",
         action="store_false",
@@ -226,6 +289,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.functions < 1 or args.ticks < 1 or args.sample < 1 or args.namespaces < 1:
         parser.error("--functions, --namespaces, --ticks and --sample must be positive")
+    if not args.scrape_interval > 0:
+        parser.error("--scrape-interval must be a positive number of seconds")
+    if args.recording_rules and args.rate_window != "1m":
+        parser.error(
+            "--recording-rules records 1m rates (manifests/monitoring.yaml): leave --rate-window at 1m"
+        )
     args.sample = min(args.sample, args.functions)
     if find_binary() is None:
         print(
@@ -239,8 +308,9 @@ def main() -> int:
     exporter = context.Process(target=serve_exporter, args=(keys, child), daemon=True)
     exporter.start()
     with tempfile.TemporaryDirectory(prefix="loop-bench-") as tmp:
-        prometheus = PrometheusServer(
-            data_dir=Path(tmp), targets=[], scrape_interval=SCRAPE_INTERVAL, binary=find_binary()
+        kind = RulesPrometheus if args.recording_rules else PrometheusServer
+        prometheus = kind(
+            data_dir=Path(tmp), targets=[], scrape_interval=args.scrape_interval, binary=find_binary()
         )
         try:
             if not parent.poll(60):
@@ -248,9 +318,10 @@ def main() -> int:
             prometheus.targets = [parent.recv()]
             prometheus.start()
             started = time.monotonic()
-            asyncio.run(wait_for_all(prometheus, args.functions, timeout=300))
+            asyncio.run(wait_for_all(prometheus, args.functions, window=args.rate_window, timeout=600))
             print(f"prometheus has all {args.functions} functions after {time.monotonic() - started:.1f} s")
-            asyncio.run(measure(args, prometheus))
+            assert exporter.pid is not None
+            asyncio.run(measure(args, prometheus, exporter.pid))
             if args.burst > 0:
                 cluster_side(args, prometheus.url)
         finally:
