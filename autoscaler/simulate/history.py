@@ -4,8 +4,10 @@ An operator deciding whether to switch keep-alive policies wants the figures for
 on their own week, not for a public trace. The loop's own started-invocations query (the same
 `function_name` labels) is read as a range at one-minute steps, in chunks below Prometheus's limit
 on points per series, and each function's counter becomes calls per minute, which the simulator
-replays like a trace's. `prometheus-api-client` does the reading: it is synchronous, which suits a
-batch command, and nothing here runs on an event loop.
+replays like a trace's; a chunk Prometheus refuses as too many samples at once (its
+`--query.max-samples` caps points x series) is asked for again in halves. `prometheus-api-client`
+does the reading: it is synchronous, which suits a batch command, and nothing here runs on an event
+loop.
 
 Prometheus does not know how long calls run or how much memory a replica holds: those come from
 flags or a small file, and the defaults are stated in the report's assumptions.
@@ -38,6 +40,9 @@ HISTORY_RULE = (
     "calls of the gap are counted in the minute before it"
 )
 _DAYS = re.compile(r"(\d+)d(.*)")
+# Prometheus's answer (422) to a query over more samples than its --query.max-samples (50,000,000 by
+# default: about 2,500 functions' 10,000 points, as `sum by` holds each input and output sample).
+TOO_MANY_SAMPLES = "query processing would load too many samples into memory"
 
 
 def parse_span(text: str, *, flag: str) -> float:
@@ -143,27 +148,8 @@ def read_history(
 
     Raises MetricsError when Prometheus cannot be read and ConfigError when nothing matches.
     """
-    from prometheus_api_client import PrometheusConnect
-
     first, points = grid(start, end)
-    client = PrometheusConnect(url=url, disable_ssl=True)
-    samples: dict[str, npt.NDArray[np.float64]] = {}
-    for offset in range(0, points, MAX_POINTS):
-        last = min(points, offset + MAX_POINTS) - 1
-        try:
-            result = client.custom_query_range(
-                query,
-                start_time=datetime.fromtimestamp(first + offset * STEP, UTC),
-                end_time=datetime.fromtimestamp(first + last * STEP, UTC),
-                step=f"{STEP:g}s",
-                params={"timeout": f"{timeout:g}s"},
-            )
-        except Exception as e:  # requests' and the client's own errors alike: one clear line
-            raise MetricsError(
-                f"cannot read the history from Prometheus at {url} ({type(e).__name__}: {e}); "
-                "check --prometheus-url and --query-started"
-            ) from e
-        _take(result, samples, first=first, points=points)
+    samples = _read(url=url, query=query, first=first, points=points, timeout=timeout)
     keys = sorted(k for k in samples if not namespaces or k.rpartition(".")[2] in namespaces)
     if not keys:
         where = f" in namespace(s) {', '.join(namespaces)}" if namespaces else ""
@@ -187,6 +173,41 @@ def read_history(
         )
     return Trace(path=Path(f"prometheus {_iso(first)} .. {_iso(first + (points - 1) * STEP)}"),
                  functions=functions, minutes=points - 1)  # fmt: skip
+
+
+def _read(
+    *, url: str, query: str, first: float, points: int, timeout: float
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Each series' samples, in chunks of at most MAX_POINTS; a chunk refused as too many samples in
+    halves (Prometheus's --query.max-samples caps points x series, so many functions need fewer points)."""
+    from prometheus_api_client import PrometheusConnect
+
+    client = PrometheusConnect(url=url, disable_ssl=True)
+    samples: dict[str, npt.NDArray[np.float64]] = {}
+    offset, chunk = 0, MAX_POINTS
+    while offset < points:
+        last = min(points, offset + chunk) - 1
+        try:
+            result = client.custom_query_range(
+                query,
+                start_time=datetime.fromtimestamp(first + offset * STEP, UTC),
+                end_time=datetime.fromtimestamp(first + last * STEP, UTC),
+                step=f"{STEP:g}s",
+                params={"timeout": f"{timeout:g}s"},
+            )
+        except Exception as e:  # requests' and the client's own errors alike: one clear line
+            too_many = TOO_MANY_SAMPLES in str(e)
+            if too_many and last > offset:
+                chunk = (last - offset + 1) // 2  # and so for the chunks after it
+                continue
+            raise MetricsError(
+                f"cannot read the history from Prometheus at {url} ({type(e).__name__}: {e}); "
+                "check --prometheus-url and --query-started"
+                + (", or raise Prometheus's --query.max-samples" if too_many else "")
+            ) from e
+        _take(result, samples, first=first, points=points)
+        offset = last + 1
+    return samples
 
 
 def _take(result: Any, into: dict[str, npt.NDArray[np.float64]], *, first: float, points: int) -> None:

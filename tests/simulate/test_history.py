@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoscaler.errors import ConfigError
+from autoscaler.errors import ConfigError, MetricsError
 from autoscaler.simulate import simulate
 from autoscaler.simulate.history import (
     Sizes,
@@ -149,27 +149,39 @@ def _openmetrics(calls: dict[str, np.ndarray], *, first: float, resets: set[str]
     return "\n".join(lines) + "\n# EOF\n"
 
 
-@pytest.mark.prometheus
-@pytest.mark.slow
-def test_a_replay_of_the_history_in_prometheus_equals_the_replay_of_the_same_calls_from_a_trace(
-    tmp_path: Path,
-) -> None:
-    binary = require_binary()
-    promtool = shutil.which("promtool") or str(Path(binary).with_name("promtool"))
-    calls = _history()
-    first = (math.floor(time.time() / 3600) - 8) * 3600.0  # six hours ending two hours ago, on the hour
-    # A reset must not move calls: a restarted counter's first new sample counts its whole value
-    # (two steady functions, whose counter visibly drops when it restarts).
-    resets = {key for key in list(calls)[2:6:3]}
-    assert all(calls[k][MINUTES // 2] < calls[k][: MINUTES // 2].sum() for k in resets)
+def _blocks(tmp_path: Path, calls: dict[str, np.ndarray], *, first: float, resets: set[str]) -> Path:
+    """promtool's TSDB blocks of the started counters of `calls`."""
+    promtool = shutil.which("promtool") or str(Path(require_binary()).with_name("promtool"))
     source = tmp_path / "history.om"
     source.write_text(_openmetrics(calls, first=first, resets=resets))
     blocks = tmp_path / "blocks"
     subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(source), str(blocks)],
                    check=True, capture_output=True, timeout=120)  # fmt: skip
-    prometheus = PrometheusServer(
-        data_dir=tmp_path / "prometheus", targets=[], blocks=blocks, retention="30d", binary=binary
-    ).start()
+    return blocks
+
+
+def _prometheus(data_dir: Path, blocks: Path, *flags: str) -> PrometheusServer:
+    """A real Prometheus started on `blocks`, with `flags`."""
+    server = PrometheusServer(data_dir=data_dir, targets=[], blocks=blocks, retention="30d", flags=flags)
+    return server.start()
+
+
+def _first_minute() -> float:
+    return (math.floor(time.time() / 3600) - 8) * 3600.0  # six hours ending two hours ago, on the hour
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+def test_a_replay_of_the_history_in_prometheus_equals_the_replay_of_the_same_calls_from_a_trace(
+    tmp_path: Path,
+) -> None:
+    calls = _history()
+    first = _first_minute()
+    # A reset must not move calls: a restarted counter's first new sample counts its whole value
+    # (two steady functions, whose counter visibly drops when it restarts).
+    resets = {key for key in list(calls)[2:6:3]}
+    assert all(calls[k][MINUTES // 2] < calls[k][: MINUTES // 2].sum() for k in resets)
+    prometheus = _prometheus(tmp_path / "prometheus", _blocks(tmp_path, calls, first=first, resets=resets))
     try:
         sizes = Sizes(duration=0.25, memory_mb=384.0)
         trace = read_history(
@@ -203,3 +215,30 @@ def test_a_replay_of_the_history_in_prometheus_equals_the_replay_of_the_same_cal
     )  # the same calls, keyed the same: the same arrivals
     assert replayed.rows == expected.rows
     assert sum(fn.invocations for fn in trace.functions) == sum(int(c.sum()) for c in calls.values())
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+def test_a_range_prometheus_refuses_as_too_many_samples_is_read_in_smaller_chunks_with_the_same_calls(
+    tmp_path: Path,
+) -> None:
+    # `sum by` over 120 series of 361 points holds about 87,000 samples: a Prometheus allowing 20,000
+    # refuses the whole range (as the default 50,000,000 refuses a week of 2,500 functions at once).
+    calls = _history(seed=1)
+    first = _first_minute()
+    blocks = _blocks(tmp_path, calls, first=first, resets=set())
+    prometheus = _prometheus(tmp_path / "prometheus", blocks, "--query.max-samples=20000")
+    try:
+        trace = read_history(url=prometheus.url, query=QUERY, start=first, end=first + MINUTES * 60)
+    finally:
+        prometheus.stop()
+    assert trace.minutes == MINUTES
+    assert {fn.key: fn.counts.tolist() for fn in trace.functions} == {k: c.tolist() for k, c in calls.items()}
+
+    # Where not even one point of every series fits, one clear error once the halving runs out.
+    tiny = _prometheus(tmp_path / "tiny", blocks, "--query.max-samples=100")
+    try:
+        with pytest.raises(MetricsError, match=r"too many samples.*raise Prometheus's --query\.max-samples"):
+            read_history(url=tiny.url, query=QUERY, start=first, end=first + MINUTES * 60)
+    finally:
+        tiny.stop()

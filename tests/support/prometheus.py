@@ -72,8 +72,10 @@ class PrometheusServer(ChildServer):
         host: str = "127.0.0.1",
         blocks: Path | None = None,
         retention: str = "1h",
+        flags: Sequence[str] = (),
     ) -> None:
         self.blocks = blocks  # TSDB blocks (e.g. from `promtool tsdb create-blocks-from`) to start with
+        self.flags = list(flags)  # more command-line flags, e.g. `--query.max-samples=20000`
         self.retention = retention
         self.data_dir = data_dir
         self.targets = list(targets)
@@ -134,6 +136,7 @@ class PrometheusServer(ChildServer):
                     f"--storage.tsdb.retention.time={self.retention}",
                     f"--web.listen-address={self.host}:{self.port}",
                     "--log.level=warn",
+                    *self.flags,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
