@@ -1,8 +1,13 @@
-"""Fixtures for the proxy's tests: a FakeProvider with real upstream servers, started proxies, a client."""
+"""Fixtures for the proxy's tests: a FakeProvider with real upstream servers, started proxies, a client.
+
+A test marked `virtual_time` runs, fixtures and all, on tests.support.virtual_time's loop: the
+proxy's timeouts are then tested at their shipped values, in milliseconds.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,6 +17,7 @@ import pytest
 from autoscaler.config import ProxySettings
 from autoscaler.interfaces import FunctionRef
 from autoscaler.proxy import Proxy
+from tests.support import virtual_time
 from tests.support.fakeprovider import FakeProvider
 
 MakeProxy = Callable[..., Awaitable[Proxy]]
@@ -25,6 +31,16 @@ class VirtualClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", virtual_time.MARKER_HELP)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    return virtual_time.loop_factories(item)
 
 
 @pytest.fixture
@@ -64,14 +80,17 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def wait_held(proxy: Proxy, key: str, count: int, *, timeout: float = 5.0) -> None:
-    """Wait until the proxy holds `count` requests for `key` (it shares the test's event loop)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    """Wait until the proxy holds `count` requests for `key` (it shares the test's event loop).
+
+    Without moving loop time: a virtual clock stands still here, so a hold is observed at the instant
+    the request came in; the bound is on the real clock.
+    """
+    deadline = time.monotonic() + timeout
     while True:
         stats = proxy.invocation_stats().get(key)
         if stats is not None and stats.held >= count:
             return
-        assert loop.time() < deadline, f"{key} never held {count} requests (stats: {stats})"
+        assert time.monotonic() < deadline, f"{key} never held {count} requests (stats: {stats})"
         await asyncio.sleep(0)
 
 

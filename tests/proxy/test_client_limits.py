@@ -19,6 +19,8 @@ from autoscaler.config import ProxySettings, build
 from tests.proxy.conftest import MakeProxy, base
 from tests.support.fakeprovider import FakeProvider
 
+SHIPPED = ProxySettings()  # the defaults: 10 s for a head, 75 s of keep-alive, 60 s to send
+
 
 async def connect(
     port: int, *, rcvbuf: int | None = None
@@ -41,60 +43,71 @@ async def closed_after(reader: asyncio.StreamReader, *, within: float) -> tuple[
     return loop.time() - start, data
 
 
+def within_a_sweep(waited: float, timeout: float) -> bool:
+    """Closed at the timeout, not before, and at most one sweep (a second) after it."""
+    return timeout <= waited <= timeout + 1.0
+
+
 def head(path: str, *extra: str) -> bytes:
     return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: proxy", *extra]) + "\r\n\r\n").encode()
 
 
-async def test_a_client_that_connects_and_sends_nothing_is_closed_after_the_header_timeout(
+@pytest.mark.virtual_time
+async def test_a_client_that_connects_and_sends_nothing_is_closed_at_the_shipped_header_timeout(
     make_proxy: MakeProxy,
 ) -> None:
-    proxy = await make_proxy(header_timeout=0.5)
+    proxy = await make_proxy()
     reader, writer = await connect(proxy.port)
-    waited, data = await closed_after(reader, within=3)
-    assert (data, 0.4 < waited < 2.5) == (b"", True)
+    waited, data = await closed_after(reader, within=60)
+    assert (data, within_a_sweep(waited, SHIPPED.header_timeout)) == (b"", True), waited
     writer.close()
 
 
-async def test_a_client_that_sends_part_of_a_head_gets_408_and_is_closed(
+@pytest.mark.virtual_time
+async def test_a_client_that_sends_part_of_a_head_gets_408_at_the_header_timeout_and_is_closed(
     provider: FakeProvider, make_proxy: MakeProxy
 ) -> None:
     await provider.add("echo")
-    proxy = await make_proxy(header_timeout=0.5)
+    proxy = await make_proxy()
     reader, writer = await connect(proxy.port)
     writer.write(b"GET /function/echo/ HTTP/1.1\r\nHost: proxy\r\n")
-    waited, data = await closed_after(reader, within=3)
+    waited, data = await closed_after(reader, within=60)
     assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
-    assert b"not complete within 0.5 s" in data
-    assert waited < 2.5
+    assert f"not complete within {SHIPPED.header_timeout:g} s".encode() in data
+    assert within_a_sweep(waited, SHIPPED.header_timeout), waited
     writer.close()
 
 
-async def test_a_head_trickled_a_line_at_a_time_is_cut_at_the_header_timeout_all_the_same(
+@pytest.mark.virtual_time
+async def test_a_head_trickled_a_line_a_second_is_cut_at_the_header_timeout_all_the_same(
     provider: FakeProvider, make_proxy: MakeProxy
 ) -> None:
     await provider.add("echo")
-    proxy = await make_proxy(header_timeout=0.6)
+    proxy = await make_proxy()
     reader, writer = await connect(proxy.port)
     writer.write(b"GET /function/echo/ HTTP/1.1\r\n")
 
     async def trickle() -> None:
-        for index in range(40):
-            await asyncio.sleep(0.1)
+        for index in range(60):
+            await asyncio.sleep(1.0)
             writer.write(f"X-Line-{index}: slow\r\n".encode())
 
     dripping = asyncio.create_task(trickle())
-    waited, data = await closed_after(reader, within=3)
+    waited, data = await closed_after(reader, within=60)
     dripping.cancel()
     assert data.startswith(b"HTTP/1.1 408 ")
-    assert waited < 2.5
+    assert within_a_sweep(waited, SHIPPED.header_timeout), waited
     writer.close()
 
 
+@pytest.mark.virtual_time
 async def test_an_idle_kept_alive_connection_outlives_the_header_timeout_and_closes_at_the_keepalive_timeout(
     provider: FakeProvider, make_proxy: MakeProxy
 ) -> None:
     await provider.add("echo")
-    proxy = await make_proxy(header_timeout=0.3, keepalive_timeout=1.5)
+    proxy = await make_proxy()
+    idle = SHIPPED.keepalive_timeout / 2
+    assert SHIPPED.header_timeout < idle < SHIPPED.keepalive_timeout
     reader, writer = await connect(proxy.port)
     for _ in range(2):
         writer.write(head("/function/echo/"))
@@ -104,9 +117,9 @@ async def test_an_idle_kept_alive_connection_outlives_the_header_timeout_and_clo
             if line.lower().startswith(b"content-length:"):
                 length = int(line.split(b":")[1])
         await reader.readexactly(length)
-        await asyncio.sleep(0.8)  # idle longer than the header timeout, shorter than keep-alive
-    waited, data = await closed_after(reader, within=4)
-    assert (data, waited < 3) == (b"", True)
+        await asyncio.sleep(idle)  # idle longer than the header timeout, shorter than keep-alive
+    waited, data = await closed_after(reader, within=SHIPPED.keepalive_timeout)
+    assert (data, idle + waited) == (b"", SHIPPED.keepalive_timeout)  # counted from the last answer
     writer.close()
 
 
@@ -139,22 +152,25 @@ async def test_a_head_under_the_cap_with_a_large_body_is_served_whole(
         assert (await response.json())["body_len"] == 200_000
 
 
-async def test_a_client_that_never_reads_a_large_response_is_cut_and_frees_the_functions_connection(
+@pytest.mark.virtual_time
+async def test_a_client_that_reads_nothing_is_cut_at_the_send_timeout_and_frees_the_functions_connection(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
     ref = await provider.add("echo")
-    proxy = await make_proxy(send_timeout=0.5, upstream_connections=1)
+    proxy = await make_proxy(upstream_connections=1)  # the shipped send timeout
     reader, writer = await connect(proxy.port, rcvbuf=4096)
+    loop = asyncio.get_running_loop()
+    start = loop.time()  # the answer starts and stalls at once: nothing reads it
     writer.write(head("/function/echo/big?size=50000000"))  # 50 MB that it never reads
     upstream = provider.upstream(ref)
     assert upstream is not None
     while not upstream.received:  # noqa: ASYNC110 - the upstream records requests, it signals nothing
         await asyncio.sleep(0.01)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    async with asyncio.timeout(10), client.get(base(proxy) + "/function/echo/") as response:
-        assert response.status == 200  # it had to wait for the function's only connection
-    assert loop.time() - start < 4
+    async with asyncio.timeout(2 * SHIPPED.send_timeout):
+        async with client.get(base(proxy) + "/function/echo/") as response:
+            assert response.status == 200  # it had to wait for the function's only connection
+    waited = loop.time() - start
+    assert within_a_sweep(waited, SHIPPED.send_timeout), waited
     writer.transport.abort()
     del reader
 
@@ -184,16 +200,17 @@ async def test_a_malformed_request_gets_400_and_leaves_no_traceback_in_the_log(
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+@pytest.mark.virtual_time
 async def test_an_answer_after_a_cold_start_says_how_long_the_request_was_held(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
-    await provider.add("cold", warm=False, ready_delay=0.3)
+    await provider.add("cold", warm=False, ready_delay=2.5)
     await provider.add("warm")
     proxy = await make_proxy()
     async with client.get(base(proxy) + "/function/cold/") as response:
         assert response.status == 200
         held = float(response.headers["X-Autoscaler-Cold-Start"])
-    assert 0.25 < held < 5
+    assert held == 2.5  # the replica's start-up, to the millisecond: nothing else waited
     async with client.get(base(proxy) + "/function/cold/") as response:  # warm now
         assert "X-Autoscaler-Cold-Start" not in response.headers
     async with client.get(base(proxy) + "/function/warm/") as response:

@@ -5,9 +5,20 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
+from autoscaler.config import ProxySettings
 from tests.proxy.conftest import MakeProxy, base, wait_held
 from tests.support.fakeprovider import FakeProvider
+from tests.support.virtual_time import virtual_loop
+
+HOLD_TIMEOUT = ProxySettings().hold_timeout  # as shipped (60 s)
+
+
+async def answer(client: aiohttp.ClientSession, url: str) -> tuple[int, str, float]:
+    """Status, body and the loop time the answer came at."""
+    async with client.get(url) as response:
+        return response.status, await response.text(), asyncio.get_running_loop().time()
 
 
 async def metrics_text(client: aiohttp.ClientSession, admin_port: int) -> str:
@@ -46,15 +57,21 @@ async def test_a_replica_gets_at_most_the_configured_connections_and_the_rest_wa
     assert (upstream.most_busy, len(upstream.received)) == (2, 6)
 
 
-async def test_a_request_held_past_the_hold_timeout_gets_504_saying_so(
+@pytest.mark.virtual_time
+async def test_a_request_held_past_the_shipped_hold_timeout_gets_504_saying_so_at_exactly_that_time(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
-    ref = await provider.add("slow-start", warm=False, ready_delay=30)
-    proxy = await make_proxy(hold_timeout=0.3)
-    async with client.get(base(proxy) + "/function/slow-start/") as response:
-        assert response.status == 504
-        text = await response.text()
-    assert "did not become ready within the hold timeout (0.3 s)" in text
+    ref = await provider.add("slow-start", warm=False, ready_delay=3600)
+    proxy = await make_proxy()  # the shipped hold timeout
+    loop = virtual_loop()
+    sent = loop.time()
+    call = asyncio.create_task(answer(client, base(proxy) + "/function/slow-start/"))
+    await wait_held(proxy, ref.key, 1)
+    await asyncio.sleep(HOLD_TIMEOUT - 0.001)
+    assert (call.done(), proxy.invocation_stats()[ref.key].held) == (False, 1), "cut before the timeout"
+    status, text, answered = await call
+    assert (status, answered - sent) == (504, HOLD_TIMEOUT)
+    assert f"did not become ready within the hold timeout ({HOLD_TIMEOUT:g} s)" in text
     stats = proxy.invocation_stats()[ref.key]
     assert (stats.inflight, stats.held, stats.completed_total) == (0, 0, 1)
     metrics = await metrics_text(client, proxy.admin_port)
@@ -64,21 +81,25 @@ async def test_a_request_held_past_the_hold_timeout_gets_504_saying_so(
     )
 
 
-async def test_requests_beyond_the_hold_limit_get_429_with_retry_after_and_the_held_ones_are_served(
+@pytest.mark.virtual_time
+async def test_past_the_hold_limit_a_429_with_retry_after_comes_at_once_and_the_held_are_served_when_ready(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
-    ref = await provider.add("busy", warm=False, ready_delay=30)
-    proxy = await make_proxy(max_held=3)
+    ref = await provider.add("busy", warm=False, ready_delay=30)  # a slow start, inside the hold timeout
+    proxy = await make_proxy(max_held=3)  # the shipped Retry-After and hold timeout
+    loop = virtual_loop()
+    sent = loop.time()
     held = []
     for index in range(3):
-        held.append(asyncio.create_task(client.get(base(proxy) + "/function/busy/")))
+        held.append(asyncio.create_task(answer(client, base(proxy) + "/function/busy/")))
         await wait_held(proxy, ref.key, index + 1)
     async with client.get(base(proxy) + "/function/busy/") as response:
-        assert response.status == 429
-        assert response.headers["Retry-After"] == "2"
+        assert (response.status, loop.time() - sent) == (429, 0.0)
+        assert response.headers["Retry-After"] == str(ProxySettings().retry_after) == "2"
         assert "holds 3 requests (the hold limit)" in await response.text()
-    provider.ready_now(ref)
-    assert [r.status for r in await asyncio.gather(*held)] == [200, 200, 200]
+    assert [(status, answered - sent) for status, _, answered in await asyncio.gather(*held)] == [
+        (200, 30.0)
+    ] * 3
     metrics = await metrics_text(client, proxy.admin_port)
     assert (
         'autoscaler_hold_rejected_total{function_name="busy.openfaas-fn",reason="hold_limit"} 1.0' in metrics
