@@ -15,6 +15,7 @@ from autoscaler.config import ProxySettings, build
 from autoscaler.errors import ConfigError
 from tests.proxy.conftest import MakeProxy, base, wait_held
 from tests.support.fakeprovider import FakeProvider
+from tests.support.virtual_time import virtual_loop
 
 
 async def post_head(port: int, path: str, *extra: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -126,18 +127,21 @@ async def test_a_single_body_over_max_body_is_413_at_once_whatever_the_buffers_h
     writer.close()
 
 
-async def test_a_body_that_stops_coming_is_cut_at_the_body_timeout_and_its_bytes_are_freed(
+@pytest.mark.virtual_time
+async def test_a_body_that_stops_coming_is_cut_at_the_shipped_body_timeout_and_its_bytes_are_freed(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
     await provider.add("echo")
-    proxy = await make_proxy(max_body=1000, max_buffered=1000, body_timeout=0.5)
+    proxy = await make_proxy(max_body=1000, max_buffered=1000)  # the shipped body timeout
+    body_timeout = ProxySettings().body_timeout
+    loop = virtual_loop()
+    start = loop.time()
     reader, writer = await post_head(proxy.port, "/function/echo/", "Content-Length: 1000")
     writer.write(b"x" * 100)  # and nothing more
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    async with asyncio.timeout(3):
+    async with asyncio.timeout(2 * body_timeout):
         assert await reader.read() == b""
-    assert loop.time() - start < 2.5
+    cut = loop.time() - start
+    assert body_timeout <= cut <= body_timeout + 1.0, cut  # at the timeout, within the one-second sweep
     writer.close()
     async with client.post(base(proxy) + "/function/echo/", data=b"y" * 1000) as response:
         assert response.status == 200  # the 1000 bytes taken for the cut body were given back

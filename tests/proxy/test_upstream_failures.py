@@ -7,8 +7,13 @@ import asyncio
 import aiohttp
 import pytest
 
+from autoscaler.config import ProxySettings
 from tests.proxy.conftest import MakeProxy, base
 from tests.support.fakeprovider import FakeProvider
+from tests.support.virtual_time import virtual_loop
+
+UPSTREAM_TIMEOUT = ProxySettings().upstream_timeout  # as shipped (300 s)
+NO_CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=None)  # aiohttp's own 300 s would race the proxy's
 
 
 async def test_a_function_that_resets_a_small_response_mid_body_gives_502(
@@ -69,24 +74,36 @@ async def test_a_replica_that_stops_listening_briefly_costs_a_delay_not_an_error
     await restart
 
 
-async def test_a_function_slower_than_the_upstream_timeout_gives_504(
+@pytest.mark.virtual_time
+async def test_a_function_slower_than_the_shipped_upstream_timeout_gives_504_at_that_timeout(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
     await provider.add("sloth")
-    proxy = await make_proxy(upstream_timeout=0.2)
-    async with client.get(base(proxy) + "/function/sloth/slow?seconds=1") as response:
+    proxy = await make_proxy()
+    loop = virtual_loop()
+    start = loop.time()
+    url = base(proxy) + f"/function/sloth/slow?seconds={UPSTREAM_TIMEOUT + 60:g}"
+    async with client.get(url, timeout=NO_CLIENT_TIMEOUT) as response:
         assert response.status == 504
-        assert "did not answer within the upstream timeout (0.2 s)" in await response.text()
+        assert f"did not answer within the upstream timeout ({UPSTREAM_TIMEOUT:g} s)" in await response.text()
+    waited = loop.time() - start
+    assert UPSTREAM_TIMEOUT <= waited <= UPSTREAM_TIMEOUT + 1.0, waited  # one sweep, a second, late at most
 
 
-async def test_a_function_that_stalls_mid_stream_longer_than_the_upstream_timeout_is_cut_off(
+@pytest.mark.virtual_time
+async def test_a_function_that_stalls_mid_stream_longer_than_the_upstream_timeout_is_cut_off_then(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
     await provider.add("staller")
-    proxy = await make_proxy(upstream_timeout=0.3)
-    async with client.get(base(proxy) + "/function/staller/stream?chunks=3") as response:
+    proxy = await make_proxy()
+    loop = virtual_loop()
+    url = base(proxy) + "/function/staller/stream?chunks=3"
+    async with client.get(url, timeout=NO_CLIENT_TIMEOUT) as response:
         assert response.status == 200
         assert await response.content.readline() == b"chunk-0\n"
+        stalled = loop.time()
         with pytest.raises(aiohttp.ClientPayloadError):
             await response.read()  # the function never sends the rest
+    waited = loop.time() - stalled
+    assert UPSTREAM_TIMEOUT <= waited <= UPSTREAM_TIMEOUT + 1.0, waited
     assert proxy.invocation_stats()["staller.openfaas-fn"].inflight == 0
