@@ -77,6 +77,14 @@ class Provider(Protocol):
     async def scale(self, ref: FunctionRef, replicas: int) -> None:
         """Set desired replicas (the `scale` subresource). Raises ProviderError."""
 
+    async def wake(self, ref: FunctionRef, replicas: int) -> bool:
+        """Scale from zero to `replicas` only if the function is at zero now; True if this call woke it.
+
+        The proxy's wake-up: its cache may be behind, and a plain scale would then write its few
+        replicas over a higher number the controller (or another proxy replica) just set.
+        Raises ProviderError.
+        """
+
     async def record_event(
         self, ref: FunctionRef, *, reason: str, message: str, warning: bool = False
     ) -> None:

@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 API_CALLS: tuple[tuple[str, str, str], ...] = (
     ("apps", "deployments", "list"),
     ("apps", "deployments", "watch"),
-    ("apps", "deployments", "patch"),  # the last-active annotation
+    ("apps", "deployments", "patch"),  # the last-active annotation; a wake-up (conditional on zero)
     ("apps", "deployments/scale", "patch"),
     ("discovery.k8s.io", "endpointslices", "list"),
     ("discovery.k8s.io", "endpointslices", "watch"),
@@ -367,6 +367,35 @@ class KubernetesProvider:
             # The patch carries no resourceVersion: the retry applies to the latest object.
             policy=self._retry,
         )
+
+    async def wake(self, ref: FunctionRef, replicas: int) -> bool:
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise ProviderError(f"cannot wake {ref.key} to {replicas!r}: replicas must be an integer >= 1")
+        # A JSON patch whose `test` makes it conditional: the API server applies it only while
+        # spec.replicas is 0, else answers 422 ("Testing value /spec/replicas failed": apiserver
+        # handlers/patch.go, interpretJSONPatchError). On the Deployment, not its Scale: Scale's
+        # spec.replicas is `omitempty`, so at 0 the path a test needs is absent from the Scale.
+        body = [
+            {"op": "test", "path": "/spec/replicas", "value": 0},
+            {"op": "replace", "path": "/spec/replicas", "value": replicas},
+        ]
+        try:
+            await call(
+                f"wake {ref.key} to {replicas}",
+                lambda: self._budgeted(
+                    Priority.WAKE,
+                    lambda: self._apps.patch_namespaced_deployment(
+                        ref.name, ref.namespace, body, _request_timeout=self.settings.api_timeout
+                    ),
+                ),
+                policy=self._retry,
+            )
+        except ProviderError as e:
+            if e.status == 422:
+                log.info("%s is no longer at zero: another writer woke it first", ref.key)
+                return False
+            raise
+        return True
 
     async def mark_active(self, ref: FunctionRef, when: float) -> None:
         """Write the last-active annotation, at most once per `mark_active_interval` (see `_k8s_marks`)."""

@@ -184,6 +184,12 @@ class LocalProvider:
             self._events.append(LocalEvent(time.time(), ref.key, "ColdStart", message))
         self._reconcile(fn, replicas)
 
+    async def wake(self, ref: FunctionRef, replicas: int) -> bool:
+        if self._lookup(ref).desired > 0:
+            return False
+        await self.scale(ref, replicas)
+        return True
+
     def _reconcile(self, fn: _Function, replicas: int) -> None:
         changed = fn.desired != replicas
         fn.desired = replicas

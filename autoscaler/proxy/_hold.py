@@ -129,8 +129,8 @@ class ColdStarts:
                 replicas = wake_replicas(info.labels)
                 held = state.stats.held
                 log.info("waking %s: scaling 0 -> %d for %d held request(s)", ref.key, replicas, held)
-                await self._provider.scale(ref, replicas)
-                state.stats.wakeups += 1
+                if await self._provider.wake(ref, replicas):
+                    state.stats.wakeups += 1
                 state.woken_at = loop.time()
             self._poke(ref)
             # Wait from the watch; later arrivals extend the wait for as long as anyone is held.

@@ -30,7 +30,6 @@ from tests.support.waiting import until
 SLEEPY = FunctionRef(name="sleepy", namespace="openfaas-fn")
 WARM = FunctionRef(name="warm", namespace="openfaas-fn")
 ZERO = {"com.openfaas.scale.zero": "true", "com.openfaas.scale.zero-duration": "60s"}
-SCALE_PATH = r"/namespaces/openfaas-fn/deployments/sleepy/scale$"
 IDLE = Load(rps=0.0, inflight=0.0, cpu=0.0, started_total=0.0)
 HELD = Load(rps=0.0, inflight=3.0, cpu=0.0, started_total=3.0)  # calls held by the proxy count as in flight
 
@@ -45,7 +44,7 @@ class Cluster:
     refreshed: list[TickReport]
 
     def scale_patches(self) -> int:
-        return self.api.count("PATCH", SCALE_PATH)
+        return self.api.replica_writes("sleepy")
 
 
 def provider(client: ApiClient) -> KubernetesProvider:

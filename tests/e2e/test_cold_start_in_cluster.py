@@ -64,7 +64,7 @@ class Stack:
         return f"{self.proxy.tail()}\n{self.controller.tail()}"
 
     def scale_writes(self) -> int:
-        return self.api.count("PATCH", SCALE_PATH) + self.api.count("PUT", SCALE_PATH)
+        return self.api.replica_writes(FN)
 
     async def call(self, index: int, *, path: str = "/echo", delay: float = 0.0) -> tuple[int, bytes, Any]:
         """POST a body unique to `index` after `delay` seconds; (status, sent body, JSON echo or text)."""

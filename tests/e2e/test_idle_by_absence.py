@@ -48,7 +48,7 @@ class World:
     started: float  # monotonic time the controller's loop started
 
     def scale_writes(self) -> int:
-        return self.api.count("PATCH", "/scale") + self.api.count("PUT", "/scale")
+        return self.api.replica_writes()
 
     async def at_zero(self, name: str, *, within: float) -> float:
         return await until(

@@ -54,7 +54,7 @@ class Cluster:
         )
 
     def scale_writes(self) -> int:
-        return self.api.count("PATCH", "/scale") + self.api.count("PUT", "/scale")
+        return self.api.replica_writes()
 
 
 @contextlib.asynccontextmanager

@@ -34,6 +34,32 @@ async def test_scale_patches_the_scale_subresource(api: FakeApiServer, provider:
     await eventually(lambda: provider.get(ECHO).replicas == 4, what="the watch to report 4 replicas")
 
 
+class TestAWakeUp:
+    """The proxy's wake-up writes only over zero: its cache may not have seen a newer scale yet."""
+
+    async def test_scales_a_function_at_zero_with_a_json_patch_conditional_on_zero(
+        self, api: FakeApiServer, make_provider: Callable[..., Any]
+    ) -> None:
+        api.add_deployment("echo", labels=fn_labels("echo"), replicas=0)
+        provider = await make_provider(api_timeout=0.5)
+
+        assert await provider.wake(ECHO, 2) is True
+
+        assert api.replicas("echo") == 2
+        [patch] = [r for r in api.requests if r.method == "PATCH"]
+        assert patch.content_type == "application/json-patch+json"
+
+    async def test_leaves_a_function_someone_else_scaled_up_as_it_is(
+        self, api: FakeApiServer, provider: Any
+    ) -> None:
+        await provider.scale(ECHO, 5)  # the controller's scale, which this caller's cache may not show yet
+
+        assert await provider.wake(ECHO, 1) is False
+
+        assert api.replicas("echo") == 5  # a plain scale would have written 1 over it
+        assert api.count("PATCH", r"/deployments/echo$") == 1  # one try: a failed test is not retried
+
+
 @pytest.mark.parametrize(("status", "retry_after"), [(500, None), (503, None), (429, 0.05), (409, None)])
 async def test_a_transient_failure_is_retried_until_the_scale_succeeds(
     api: FakeApiServer, provider: Any, status: int, retry_after: float | None

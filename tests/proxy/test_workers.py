@@ -34,7 +34,6 @@ pytestmark = pytest.mark.slow
 FN = "fn"
 KEY = f"{FN}.{NAMESPACE}"
 LISTENING = r"proxy listening on 127\.0\.0\.1:(\d+) \(admin (\d+), 2 workers\)"
-SCALE_PATH = rf"/namespaces/{NAMESPACE}/deployments/{FN}/scale$"
 TEST_SECONDS = 40  # every test's bound, start-up and shutdown included
 
 
@@ -66,7 +65,7 @@ class Workers:
         return list((await self.admin("/workers"))["workers"])
 
     def scale_writes(self) -> int:
-        return self.api.count("PATCH", SCALE_PATH) + self.api.count("PUT", SCALE_PATH)
+        return self.api.replica_writes(FN)
 
 
 def value(text: str, name: str, **labels: str) -> float:

@@ -109,6 +109,9 @@ def _error(e: ApiError) -> web.Response:
     return _json(status_body(e.code, str(e), reason=e.reason), status=e.code)
 
 
+JSON_PATCH = "application/json-patch+json"
+
+
 class FakeApiServer(Cluster):
     """Start with `async with FakeApiServer() as api:`; point the client at `api.configuration()`."""
 
@@ -216,6 +219,19 @@ class FakeApiServer(Cluster):
             if (method is None or r.method == method)
             and pattern.search(r.path)
             and (watch is None or _flag(r.query.get("watch")) == watch)
+        )
+
+    def replica_writes(self, name: str | None = None) -> int:
+        """Writes of a Deployment's replicas (of `name`, or any): PATCH or PUT of its scale
+        subresource, and the JSON patch of the Deployment a wake-up sends (conditional on zero)."""
+        deployment = re.escape(name) if name is not None else "[^/]+"
+        scale = re.compile(rf"/deployments/{deployment}/scale$")
+        whole = re.compile(rf"/deployments/{deployment}$")
+        return sum(
+            1
+            for r in self.requests
+            if (r.method in ("PATCH", "PUT") and scale.search(r.path))
+            or (r.method == "PATCH" and r.content_type == JSON_PATCH and whole.search(r.path))
         )
 
     async def wait_events(
@@ -410,7 +426,12 @@ class FakeApiServer(Cluster):
                 target = new
                 for part in parents:
                     target = target.setdefault(part, {})
-                if op["op"] in ("add", "replace"):
+                if op["op"] == "test":
+                    # kube-apiserver (handlers/patch.go interpretJSONPatchError, since 1.12): a failed
+                    # test is 422 Invalid with evanphx/json-patch's message, and nothing is applied.
+                    if last not in target or target[last] != op["value"]:
+                        raise ApiError(422, f"Testing value {op['path']} failed", reason="Invalid")
+                elif op["op"] in ("add", "replace"):
                     target[last] = op["value"]
                 elif op["op"] == "remove":
                     target.pop(last, None)

@@ -122,6 +122,13 @@ class FakeProvider:
         elif replicas == 0:
             await self._bring_down(fn)
 
+    async def wake(self, ref: FunctionRef, replicas: int) -> bool:
+        fn = self._functions.get(ref.key)
+        if fn is not None and fn.info.replicas > 0:
+            return False
+        await self.scale(ref, replicas)
+        return True
+
     async def record_event(
         self, ref: FunctionRef, *, reason: str, message: str, warning: bool = False
     ) -> None:

@@ -72,6 +72,12 @@ class MemoryProvider:
         )
         self.scaled.append((ref.key, replicas))
 
+    async def wake(self, ref: FunctionRef, replicas: int) -> bool:
+        if self.items[ref.key].replicas > 0:
+            return False
+        await self.scale(ref, replicas)
+        return True
+
     async def record_event(
         self, ref: FunctionRef, *, reason: str, message: str, warning: bool = False
     ) -> None:
