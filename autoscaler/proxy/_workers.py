@@ -10,8 +10,8 @@ counters as last scraped stay in the sums, so no counter goes backwards), `/read
 any worker is, `/workers` lists them (pid, restarts, ready, requests started).
 
 Wake-ups need no coordination: two workers holding requests for the same function at zero each
-scale it to the same max(1, min) replicas (the provider's scale writes `spec.replicas`, not an
-increment), so the second write changes nothing. A worker that exits after it was ready is logged
+wake it, and a wake-up writes `spec.replicas` only while it is 0 (`Provider.wake`), so the second
+changes nothing. A worker that exits after it was ready is logged
 and restarted after a capped back-off (policies.backoff); one that exits before it was ever ready
 at start-up ends the supervisor with its exit code, as a one-process proxy fails on a bad setting.
 SIGTERM or SIGINT drains every worker (each for `--shutdown-grace`) and then stops.
