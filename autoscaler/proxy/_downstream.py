@@ -87,6 +87,16 @@ class ProxyRequest(web.BaseRequest):
     def held_for(self, seconds: float) -> None:
         self._held = seconds
 
+    @property
+    def held(self) -> float | None:
+        """Seconds the request was held through a cold start, None if it was not held."""
+        return self._held
+
+    @property
+    def asks_upgrade(self) -> bool:
+        """aiohttp's parser saw an Upgrade (its answer may have to close the connection)."""
+        return bool(self._message.upgrade)
+
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         held = self._held
         if held is not None:

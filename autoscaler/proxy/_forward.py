@@ -25,6 +25,7 @@ from autoscaler.proxy._client import Connection, StreamBody
 from autoscaler.proxy._deadlines import Deadlines
 from autoscaler.proxy._http1 import ClientError, ConnectError
 from autoscaler.proxy._pool import Pool
+from autoscaler.proxy._respond import raw_answer
 from autoscaler.proxy._tunnel import splice, switched_to, switches_as_asked, upgrade_of
 from autoscaler.proxy._upgrades import protocols
 from autoscaler.tasks import Background
@@ -205,8 +206,8 @@ class Forwarder:
         self, request: web.BaseRequest, upstream: Connection, *, key: str, what: str | None = None
     ) -> web.StreamResponse:
         """Pass the function's status, headers and body back to the client."""
-        headers = response_headers(upstream.headers, connection=upstream.connection)
         if upstream.status == 101:
+            headers = response_headers(upstream.headers, connection=upstream.connection)
             if not switches_as_asked(request, upstream):
                 upstream.close()
                 self._pool.release(upstream)
@@ -224,7 +225,16 @@ class Forwarder:
                 self._pool.release(upstream)
             else:
                 body = await self._read_small(upstream, what=what or f"function {key}")
+            # The common case, written as bytes (`_respond`); aiohttp's response for the rest.
+            raw = raw_answer(
+                request, status=upstream.status, reason=upstream.reason, headers=upstream.headers,
+                connection=upstream.connection, body=body,
+            )  # fmt: skip
+            if raw is not None:
+                return raw
+            headers = response_headers(upstream.headers, connection=upstream.connection)
             return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+        headers = response_headers(upstream.headers, connection=upstream.connection)
         return await self._stream(request, upstream, headers, what=what or f"function {key}")
 
     async def _read_small(self, upstream: Connection, *, what: str) -> bytes:
