@@ -6,11 +6,15 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
 
 from autoscaler.errors import ProviderError
 from autoscaler.interfaces import FunctionRef
+from autoscaler.proxy._opening import RETRY
+from autoscaler.proxy._proxy import WAKE_RETRY_WINDOW
 from tests.proxy.conftest import MakeProxy, VirtualClock, base, wait_held
 from tests.support.fakeprovider import FakeProvider
+from tests.support.virtual_time import virtual_loop
 
 
 async def test_500_concurrent_requests_to_a_cold_function_are_answered_in_arrival_order_with_one_wake_up(
@@ -77,16 +81,26 @@ async def test_a_function_already_scaled_up_but_not_ready_is_waited_for_and_not_
     assert provider.scale_calls == [(ref, 4)]
 
 
-async def test_connect_errors_right_after_a_wake_up_are_retried_until_the_replica_listens(
+@pytest.mark.virtual_time
+async def test_connect_errors_right_after_a_wake_up_are_retried_until_the_replica_listens_seconds_later(
     make_proxy: MakeProxy, provider: FakeProvider, client: aiohttp.ClientSession
 ) -> None:
-    provider.endpoint_lag = 0.4  # ready and listed 0.4 s before the server accepts connections
-    ref = await provider.add("laggy", warm=False, ready_delay=0.05)
+    lag = WAKE_RETRY_WINDOW - 2  # ready and listed 8 s before the server accepts connections
+    provider.endpoint_lag = lag
+    ref = await provider.add("laggy", warm=False, ready_delay=3.0)
     proxy = await make_proxy()
-    responses = await asyncio.gather(
-        *(client.post(base(proxy) + "/function/laggy/", data=b"x") for _ in range(10))
-    )
-    assert [r.status for r in responses] == [200] * 10
+    loop = virtual_loop()
+    start = loop.time()
+
+    async def call() -> tuple[int, float]:
+        async with client.post(base(proxy) + "/function/laggy/", data=b"x") as response:
+            await response.read()
+            return response.status, loop.time() - start
+
+    answers = await asyncio.gather(*(call() for _ in range(10)))
+    assert [status for status, _ in answers] == [200] * 10
+    # Served at the first retry once it listens: never before, and one back-off step late at most.
+    assert all(3.0 + lag <= took <= 3.0 + lag + RETRY.maximum for _, took in answers), answers
     upstream = provider.upstream(ref)
     assert upstream is not None
     assert len(upstream.received) == 10

@@ -8,6 +8,8 @@ import aiohttp
 import pytest
 
 from autoscaler.config import ProxySettings
+from autoscaler.proxy._opening import RETRY
+from autoscaler.proxy._proxy import CONNECT_RETRY_WINDOW
 from tests.proxy.conftest import MakeProxy, base
 from tests.support.fakeprovider import FakeProvider
 from tests.support.virtual_time import virtual_loop
@@ -40,17 +42,23 @@ async def test_a_function_that_resets_a_streamed_response_cuts_the_client_connec
         assert response.status == 200
 
 
-async def test_a_warm_function_that_refuses_connections_gives_502_naming_it(
+@pytest.mark.virtual_time
+async def test_a_warm_function_that_refuses_connections_gives_502_naming_it_after_the_retry_window(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
     ref = await provider.add("gone")
     upstream = provider.upstream(ref)
     assert upstream is not None
     await upstream.stop()  # the replica died; the endpoint is still listed
-    proxy = await make_proxy(hold_timeout=0.5)  # refused connections are retried up to this long
+    proxy = await make_proxy()  # the shipped hold timeout, longer than the warm path's retry window
+    loop = virtual_loop()
+    start = loop.time()
     async with client.get(base(proxy) + "/function/gone/") as response:
         assert response.status == 502
         assert "function gone.openfaas-fn is unreachable" in await response.text()
+    waited = loop.time() - start
+    # Refused connections are retried, backing off, for the window and not past it.
+    assert CONNECT_RETRY_WINDOW - RETRY.maximum < waited <= CONNECT_RETRY_WINDOW, waited
     assert proxy.invocation_stats()[ref.key].inflight == 0
 
 
