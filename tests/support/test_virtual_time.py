@@ -23,8 +23,9 @@ def on_virtual_time(main: Callable[[], Awaitable[_T]]) -> _T:
 
 
 def test_sleepers_wake_in_order_at_their_exact_virtual_times_in_a_few_real_milliseconds() -> None:
-    async def main() -> list[tuple[str, float]]:
+    async def main() -> tuple[list[tuple[str, float]], int]:
         loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualTimeLoop)
         woke: list[tuple[str, float]] = []
 
         async def sleeper(name: str, seconds: float) -> None:
@@ -32,12 +33,13 @@ def test_sleepers_wake_in_order_at_their_exact_virtual_times_in_a_few_real_milli
             woke.append((name, loop.time() - START))
 
         await asyncio.gather(sleeper("hold", 60), sleeper("keep-alive", 75), sleeper("header", 10))
-        return woke
+        return woke, loop.jumps
 
     began = time.monotonic()
-    woke = on_virtual_time(main)
+    woke, jumps = on_virtual_time(main)
 
     assert woke == [("header", 10.0), ("hold", 60.0), ("keep-alive", 75.0)]
+    assert jumps == 3, "time went in steps, not straight to each timer"
     assert time.monotonic() - began < 1.0
 
 

@@ -15,13 +15,16 @@ milliseconds, with real sockets and real HTTP servers on loopback:
 - Everything on the loop sees the same clock: the proxy, aiohttp's client and server, the fake
   provider's replica start-up, the test's own sleeps and timeouts. `time.time()` and
   `time.monotonic()` are not virtual; a timeout measured with them is not covered.
+- A peer in another process or thread (not an executor call) that takes longer than `settle` to
+  answer is not waited for: time may jump past it. Tests with such peers stay on the real clock.
 
 This is the "fake event-loop clock" of issue 11, item 4, written for loopback I/O. looptime (PyPI)
 fast-forwards the same way but covers the test function only, not its async fixtures (the proxy is
 started in one), so timers armed on the real clock would then sit in another time line.
 
-A test opts in with the `virtual_time` marker; `loop_factories` is the pytest-asyncio hook's body
-for a conftest (see tests/proxy/conftest.py).
+A test opts in with the `virtual_time` marker. A conftest offers it by registering `MARKER_HELP`
+and answering pytest-asyncio's `pytest_asyncio_loop_factories` hook with `loop_factories` (see
+tests/proxy/conftest.py); the test's async fixtures then run on the same loop and clock.
 """
 
 from __future__ import annotations
