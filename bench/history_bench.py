@@ -76,6 +76,7 @@ class Run:
     stdout: str
     doc: dict[str, Any]
     peak_rss_mb: float
+    cpu_seconds: float  # user + system, the command's and its worker processes'
 
 
 class LoggedPrometheus(PrometheusServer):
@@ -169,7 +170,8 @@ def simulate(argv: list[str], *, json_path: Path, jobs: int) -> Run:
     if child.returncode != 0:
         raise SystemExit(f"error: {' '.join(command)} exited {child.returncode}:\n{stderr[-2000:]}")
     doc = json.loads(json_path.read_text(encoding="utf-8"))
-    return Run(seconds, stdout, doc, usage.ru_maxrss / 1024.0)  # Linux: ru_maxrss in KiB
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(seconds, stdout, doc, usage.ru_maxrss / 1024.0, cpu)  # Linux: ru_maxrss in KiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +258,21 @@ def iso(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def print_times(ours: Run, base: Run) -> None:
+    """Each run's wall time (simulating, and reading the calls), CPU and peak RSS, and the ratios."""
+    for name, run in (("ours:    ", ours), ("baseline:", base)):
+        simulated = float(run.doc["elapsed_s"])
+        print(
+            f"{name} {run.seconds:.1f} s wall, of which simulating {simulated:.1f} s and reading the calls "
+            f"(with start-up) {run.seconds - simulated:.1f} s; {run.cpu_seconds:.1f} s CPU; "
+            f"peak RSS {run.peak_rss_mb:.0f} MB"
+        )
+    print(
+        f"ratio ours/baseline: {ours.seconds / base.seconds:.2f}x wall time, "
+        f"{ours.cpu_seconds / base.cpu_seconds:.2f}x CPU"
+    )
+
+
 def compare(
     label: str,
     *,
@@ -287,13 +304,7 @@ def compare(
     print(f"identical results: {'yes' if not found else 'NO'}")
     for line in found[:20]:
         print(f"  differs: {line}")
-    for name, run in (("ours:    ", ours), ("baseline:", base)):
-        simulated = float(run.doc["elapsed_s"])
-        print(
-            f"{name} {run.seconds:.1f} s wall, of which simulating {simulated:.1f} s and reading the calls "
-            f"(with start-up) {run.seconds - simulated:.1f} s; peak RSS {run.peak_rss_mb:.0f} MB"
-        )
-    print(f"ratio ours/baseline: {ours.seconds / base.seconds:.2f}x time")
+    print_times(ours, base)
     under = all(q.points <= 11_000 for q in queries)
     print(
         f"range queries: {len(queries)} (points per series at most 11,000 each: {'yes' if under else 'NO'})"
@@ -366,6 +377,7 @@ def main() -> int:
 
 
 def _run(args: argparse.Namespace, *, binary: str, work: Path) -> int:
+    begun = time.perf_counter()
     functions = pick(args.trace, args.functions)
     end = (math.floor(time.time() / 3600) - 2) * 3600.0  # two hours ago, on the hour
     first = end - args.days * DAY * 60.0
@@ -398,6 +410,7 @@ def _run(args: argparse.Namespace, *, binary: str, work: Path) -> int:
     finally:
         prometheus.stop()
     print("\nreplay of the history equals the trace replay" if same else "\nREPLAYS DIFFER")
+    print(f"whole benchmark: {time.perf_counter() - begun:.0f} s wall")
     return 0 if same else 1
 
 
