@@ -368,7 +368,9 @@ def cold(proxy: subprocess.Popen[str], port: int, count: int) -> None:
 
     if CPUS > 1:  # the client shares the load CPU with the function, as wrk does
         os.sched_setaffinity(0, {int(LOAD_CPU)})
+    cpu = Burst(proxy.pid)
     ok, done, started = uvloop.run(cold_burst(port, count))
+    cold_cpu = cpu.done(count)
     assert proxy.stdout is not None
     ready_at = json.loads(proxy.stdout.readline())["ready_at"]
     last = max(done) if done else float("nan")
@@ -379,11 +381,31 @@ def cold(proxy: subprocess.Popen[str], port: int, count: int) -> None:
     print(f"readiness -> last held request answered: {cold_ms:.1f} ms (goal < 100 ms)")
     # Baseline: the same burst to the same function, now warm (its pool holds the burst's connections):
     # the time from the first request sent to the last answer, with nothing held.
+    cpu = Burst(proxy.pid)
     ok, done, started = uvloop.run(cold_burst(port, count))
+    warm_cpu = cpu.done(count)
     warm_ms = (max(done) - started) * 1000 if done else float("nan")
     print(f"baseline, the same {count} requests to the function warm: first sent -> last answered "
           f"{warm_ms:.1f} ms (answered 200: {ok}/{count})")  # fmt: skip
     print(f"ratio cold (from readiness) / warm = {cold_ms / warm_ms:.2f}x")
+    print("CPU per request over each burst (own connection each: connect, request, close), in us:")
+    print(f"    cold: proxy {cold_cpu[0]:6.1f}   this client {cold_cpu[1]:6.1f}")
+    print(f"    warm: proxy {warm_cpu[0]:6.1f}   this client {warm_cpu[1]:6.1f}")
+
+
+class Burst:
+    """CPU time of the proxy process and of this client from now until `done`."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._proxy = cpu_seconds(pid)
+        self._client = time.process_time()
+
+    def done(self, count: int) -> tuple[float, float]:
+        """(proxy, client) CPU microseconds per request of the `count` just answered."""
+        proxy = cpu_seconds(self._pid) - self._proxy
+        client = time.process_time() - self._client
+        return proxy * 1e6 / count, client * 1e6 / count
 
 
 # -- profile --------------------------------------------------------------------------------------

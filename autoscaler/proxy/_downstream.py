@@ -24,11 +24,8 @@ half-close and write back-pressure are passed to the splice (`tunnel`) instead o
 A request for another protocol switch (`h2c`, `foo/1`), which aiohttp's parsers do not stop parsing
 HTTP for (`_upgrades`), has its head parsed alone; what the client sends after it is held, unparsed
 (`upgrade_held`), until the function answers: a 101 hands it to the splice (`start_tunnel`), any
-other answer closes the connection (`ProxyRequest`). Held bytes pause reading at aiohttp's
+other answer closes the connection (`_respond.ProxyRequest`). Held bytes pause reading at aiohttp's
 `read_bufsize`, like its own; a half-close while held is kept for the splice.
-
-`ProxyRequest` adds what a response of the proxy says about itself: `X-Autoscaler-Cold-Start`, the
-seconds a request was held through a cold start (KEDA's HTTP add-on marks cold starts the same way).
 
 Timeouts are checked by one sweep over the connections (`resolution` seconds apart), not a timer
 per request: the hot path only records when a head began and when writing paused.
@@ -51,7 +48,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
-from autoscaler.proxy._upgrades import Feed, asked_upgrade, must_close
+from autoscaler.proxy._upgrades import Feed, asked_upgrade
 
 log = logging.getLogger("autoscaler.proxy")
 
@@ -67,7 +64,6 @@ WARN_EVERY = 10.0
 LINGER = 2.0
 
 _OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE})
-COLD_START_HEADER = "X-Autoscaler-Cold-Start"
 _HEAD_END = b"\r\n\r\n"
 
 
@@ -77,34 +73,6 @@ class TunnelEnd(Protocol):
     def client_writable(self, writable: bool) -> None: ...
 
     def client_eof(self) -> None: ...
-
-
-class ProxyRequest(web.BaseRequest):
-    """aiohttp's request; a response to a request held through a cold start says how long it waited."""
-
-    _held: float | None = None  # an attribute, not a request key: no KeyError raised per request
-
-    def held_for(self, seconds: float) -> None:
-        self._held = seconds
-
-    @property
-    def held(self) -> float | None:
-        """Seconds the request was held through a cold start, None if it was not held."""
-        return self._held
-
-    @property
-    def asks_upgrade(self) -> bool:
-        """aiohttp's parser saw an Upgrade (its answer may have to close the connection)."""
-        return bool(self._message.upgrade)
-
-    async def _prepare_hook(self, response: web.StreamResponse) -> None:
-        held = self._held
-        if held is not None:
-            response.headers[COLD_START_HEADER] = f"{held:.3f}"
-        if self._message.upgrade and response.status != 101 and must_close(self.version, self.headers):
-            # It asked to switch, and did not: nothing it sent since is read (`_upgrades`).
-            response.force_close()
-            response.headers["Connection"] = "close"
 
 
 @dataclass(frozen=True, slots=True)

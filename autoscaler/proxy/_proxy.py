@@ -28,10 +28,6 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_parser import RawRequestMessage
-from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
@@ -40,7 +36,7 @@ from autoscaler.errors import ConfigError
 from autoscaler.interfaces import FunctionRef, InvocationStats, Provider
 from autoscaler.proxy._admin import admin_app, error_response
 from autoscaler.proxy._bodies import BodyBudget, BodyRefused, read_body
-from autoscaler.proxy._downstream import ClientLimits, ClientServer, ProxyRequest, listen
+from autoscaler.proxy._downstream import ClientLimits, ClientServer, listen
 from autoscaler.proxy._eager import run_eagerly
 from autoscaler.proxy._forward import Forwarder, UpstreamError
 from autoscaler.proxy._hold import ColdStarts, FunctionState, HoldError
@@ -48,6 +44,7 @@ from autoscaler.proxy._intake import screen
 from autoscaler.proxy._metrics import StatsCollector
 from autoscaler.proxy._opening import Opener
 from autoscaler.proxy._passthrough import pass_through
+from autoscaler.proxy._respond import ProxyRequest, request_factory
 from autoscaler.proxy._routing import PREFIX, RouteError, Router
 from autoscaler.proxy._slots import concurrency_limit
 from autoscaler.routes import not_found
@@ -155,7 +152,7 @@ class Proxy:
                 send_timeout=settings.send_timeout,
                 body_timeout=settings.body_timeout,
             ),
-            request_factory=self._make_request,
+            request_factory=request_factory(max_body=settings.max_body),
             handler_cancellation=True,
             access_log=None,
             auto_decompress=False,
@@ -256,14 +253,6 @@ class Proxy:
         return state is not None and state.stats.inflight > 0
 
     # -- the data path -------------------------------------------------------------------------------
-
-    def _make_request(
-        self, message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
-        writer: AbstractStreamWriter, task: asyncio.Task[None],
-    ) -> web.BaseRequest:  # fmt: skip
-        return ProxyRequest(
-            message, payload, protocol, writer, task, protocol._loop, client_max_size=self._settings.max_body
-        )
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         refusal = screen(request)  # CONNECT, HTTP/0.9; a 100 Continue when one is owed

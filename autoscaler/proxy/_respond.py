@@ -15,22 +15,33 @@ application/octet-stream` for a non-empty body without one, `Date` and `Server` 
 proxy's `X-Autoscaler-Cold-Start` after a hold. Anything else (HEAD, 1xx, 204, 304, a request that
 asked for an Upgrade, a control character aiohttp would refuse) returns None: the caller then
 builds aiohttp's own response, which keeps its rules for those.
+
+`ProxyRequest` adds what a response of the proxy says about itself, on both paths:
+`X-Autoscaler-Cold-Start`, the seconds a request was held through a cold start (KEDA's HTTP add-on
+marks cold starts the same way), and `Connection: close` after a switch that was asked for and not
+made (`_upgrades`: what the client sent after such a head is not read).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.client_exceptions import ClientConnectionResetError
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
 
-from autoscaler.proxy._downstream import COLD_START_HEADER, ProxyRequest
+from autoscaler.proxy._upgrades import must_close
 
 # aiohttp's guard against header injection (http_writer._FORBIDDEN_HEADER_CHARS_RE): CR and LF are
 # allowed here only as the line breaks this module writes itself, which are checked by count.
+COLD_START_HEADER = "X-Autoscaler-Cold-Start"
 _FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HOP_BY_HOP = frozenset(
     {
@@ -45,6 +56,48 @@ _EMPTY_BODY_STATUS = frozenset({204, 304})
 _NONE: frozenset[str] = frozenset()
 _TOKENS: dict[str, frozenset[str]] = {}
 _TOKENS_KEPT = 64
+
+
+class ProxyRequest(web.BaseRequest):
+    """aiohttp's request; a response to a request held through a cold start says how long it waited."""
+
+    _held: float | None = None  # an attribute, not a request key: no KeyError raised per request
+
+    def held_for(self, seconds: float) -> None:
+        self._held = seconds
+
+    @property
+    def held(self) -> float | None:
+        """Seconds the request was held through a cold start, None if it was not held."""
+        return self._held
+
+    @property
+    def asks_upgrade(self) -> bool:
+        """aiohttp's parser saw an Upgrade (its answer may have to close the connection)."""
+        return bool(self._message.upgrade)
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        held = self._held
+        if held is not None:
+            response.headers[COLD_START_HEADER] = f"{held:.3f}"
+        if self._message.upgrade and response.status != 101 and must_close(self.version, self.headers):
+            # It asked to switch, and did not: nothing it sent since is read (`_upgrades`).
+            response.force_close()
+            response.headers["Connection"] = "close"
+
+
+def request_factory(*, max_body: int) -> Callable[..., web.BaseRequest]:
+    """aiohttp's `request_factory` for the data port: every request is a `ProxyRequest`."""
+
+    def make(
+        message: RawRequestMessage, payload: StreamReader, protocol: RequestHandler,
+        writer: AbstractStreamWriter, task: asyncio.Task[None],
+    ) -> web.BaseRequest:  # fmt: skip
+        return ProxyRequest(
+            message, payload, protocol, writer, task, protocol._loop, client_max_size=max_body
+        )
+
+    return make
 
 
 class RawResponse(web.StreamResponse):
