@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    from autoscaler.telemetry import configure_logging
+    from autoscaler.logs import configure_logging
 
     configure_logging(level=args.log_level, json_lines=args.log_format == "json")
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-import yarl
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -238,6 +237,8 @@ class ProxySettings(_Base):
         # (invariant 4), so it must be a plain http(s) origin with at most a base path.
         if value is None or not value.strip():
             return None  # unset (an empty AUTOSCALER_PROVIDER_URL too): other paths are 404
+        import yarl  # only to check a URL given, not to build the parser
+
         url = yarl.URL(value.strip())
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(
@@ -323,6 +324,8 @@ class QueueSettings(_Base):
     def _nats_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
+        import yarl  # only to check a URL given, not to build the parser
+
         for part in value.split(","):
             url = yarl.URL(part.strip())
             if url.scheme not in ("nats", "tls", "ws", "wss") or not url.host:
@@ -394,6 +397,8 @@ class QueueWorkerSettings(_Base):
     @field_validator("proxy_url")
     @classmethod
     def _proxy_url(cls, value: str) -> str:
+        import yarl  # only to check a URL given, not to build the parser
+
         url = yarl.URL(value.strip())
         if url.scheme not in ("http", "https") or not url.host or url.query_string or url.fragment:
             raise ValueError("expected http://HOST:PORT of the wake-up proxy, e.g. http://127.0.0.1:8080")

@@ -7,10 +7,7 @@ tick itself, and functions that disappear drop out of the output by themselves.
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -18,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+# The log format lives in autoscaler.logs (no Prometheus client); still importable from here.
+from autoscaler.logs import JsonFormatter as JsonFormatter
 from policies.model import Decision, ScalingSpec
 
 log = logging.getLogger("autoscaler")
@@ -102,37 +101,6 @@ class ControllerMetrics:
         )
         self.functions = _FunctionCollector()
         self.registry.register(self.functions)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: what log shippers and `kubectl logs | jq` want."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def configure_logging(*, level: str = "info", json_lines: bool = True) -> None:
-    """Send the add-on's logs to stderr, as JSON lines (default) or plain text."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 def log_decision(*, key: str, decision: Decision, dry_run: bool, patched: bool) -> None:

@@ -108,16 +108,16 @@ def _result(spec: ScalingSpec, decision: Decision, **extra: Any) -> dict[str, An
 
 
 async def _explain_live(args: argparse.Namespace) -> dict[str, Any]:
-    from autoscaler.interfaces import FunctionRef
-    from autoscaler.metrics import PrometheusReader
-    from autoscaler.providers.kubernetes import KubernetesProvider
-
     metrics: MetricsSettings = settings(args, MetricsSettings)
     providers: ProviderSettings = settings(args, ProviderSettings)
     if not metrics.prometheus_url:
         raise ConfigError(
             "explain NAME needs --prometheus-url (or AUTOSCALER_PROMETHEUS_URL) to read the load"
         )
+    from autoscaler.interfaces import FunctionRef
+    from autoscaler.metrics import PrometheusReader  # the cluster's clients: once the flags are good
+    from autoscaler.providers.kubernetes import KubernetesProvider
+
     ref = FunctionRef.parse(args.function, default_namespace=providers.namespaces[0])
     providers = providers.model_copy(update={"namespaces": [ref.namespace], "namespaces_annotated": None})
     provider = await KubernetesProvider.create(settings=providers)

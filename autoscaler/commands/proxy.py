@@ -10,6 +10,7 @@ this command again with its settings in the environment (`autoscaler.proxy._work
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -18,6 +19,10 @@ from autoscaler.config import ProviderSettings, ProxySettings, QueueSettings
 
 # Seconds the proxy waits for NATS at start-up before serving (async calls are 503 until it is up).
 NATS_START_WAIT = 5.0
+# Where a worker of `--workers N` finds what its supervisor resolved (`autoscaler.proxy._workers`
+# sets and reads it; a test holds the two names equal). Looked at before the proxy's modules (aiohttp)
+# are imported, so that a bad flag of the command is refused without loading them.
+WORKER_ENV = "_AUTOSCALER_PROXY_WORKER"
 
 
 async def serve(
@@ -76,9 +81,11 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autoscaler.proxy._workers import worker_config
+    worker = None
+    if WORKER_ENV in os.environ:
+        from autoscaler.proxy._workers import worker_config
 
-    worker = worker_config()
+        worker = worker_config()
     if worker is not None:  # a worker of `--workers N`: its supervisor resolved the settings
         proxy = ProxySettings(**{**worker["proxy"], "port": worker["port"], "admin_port": 0})
         return run_loop(

@@ -15,14 +15,16 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoscaler.commands._flags import GoDuration, PositiveGoDuration, add_settings_flags, command, settings
 from autoscaler.config import MetricsSettings
 from autoscaler.errors import ConfigError
-from autoscaler.simulate import DEFAULT_TRACE, Simulation, assumptions, simulate
-from autoscaler.simulate.policies import POLICY_NAMES, SWEEP, SimSettings, check_policy
-from autoscaler.simulate.trace import Trace, TraceFunction, read_trace
+
+if TYPE_CHECKING:  # the simulator (numpy, rich) is imported when the command runs, not to build the parser
+    from autoscaler.simulate import Simulation
+    from autoscaler.simulate.policies import SimSettings
+    from autoscaler.simulate.trace import Trace, TraceFunction
 
 # The loop's settings a history replay shares (the rest of its options are the simulator's own: a
 # `--rate-window` here is the simulated loop's, not the env var AUTOSCALER_RATE_WINDOW).
@@ -30,10 +32,22 @@ _LOOP_SETTINGS = ("query_started",)
 
 
 def _policy(text: str) -> str:
+    from autoscaler.simulate.policies import check_policy
+
     try:
         return check_policy(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+class _PolicyHelp(str):
+    """`--policy`'s help, naming the simulator's policies: they live with its numpy code, so they are
+    read when the help is shown, not whenever a parser is built (every command builds this one)."""
+
+    def __mod__(self, params: Any) -> str:
+        from autoscaler.simulate.policies import POLICY_NAMES
+
+        return str.__mod__(str(self), {**params, "policy_names": ", ".join(POLICY_NAMES)})
 
 
 def add_parser(subparsers: Any) -> None:
@@ -55,8 +69,10 @@ def add_parser(subparsers: Any) -> None:
         dest="policies",
         action="append",
         type=_policy,
-        help=f"a policy to simulate (repeat; default: {', '.join(POLICY_NAMES)}); also fixed-<N>m "
-        "(keep warm N minutes) and adaptive-p<P> (keep warm to the P-th percentile of the idle times)",
+        help=_PolicyHelp(
+            "a policy to simulate (repeat; default: %(policy_names)s); also fixed-<N>m "
+            "(keep warm N minutes) and adaptive-p<P> (keep warm to the P-th percentile of the idle times)"
+        ),
     )
     parser.add_argument(
         "--sweep",
@@ -118,6 +134,9 @@ def _add_history(parser: argparse.ArgumentParser) -> None:
 def _trace(args: argparse.Namespace) -> tuple[Trace, dict[str, Any]]:
     """The trace to replay (a directory, or the history in Prometheus) and what the report says of it."""
     if args.prometheus_url is None:
+        from autoscaler.simulate import DEFAULT_TRACE
+        from autoscaler.simulate.trace import read_trace
+
         trace = read_trace(args.trace or DEFAULT_TRACE, functions=args.functions)
         return trace, {}
     if args.trace is not None:
@@ -192,6 +211,8 @@ def _simulate(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from autoscaler.simulate import simulate
+
     columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("functions"))
     with Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("simulate", total=len(trace.functions))
@@ -214,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    from autoscaler.simulate import assumptions
+    from autoscaler.simulate.policies import POLICY_NAMES, SWEEP, SimSettings
+
     trace, source = _trace(args)
     keep = _check(args, trace)
     chosen = (*(args.policies or ()), *SWEEP) if args.sweep else (args.policies or POLICY_NAMES)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoscaler.simulate.account import SERVICE_MODEL
 from autoscaler.simulate.policies import (
@@ -28,9 +28,11 @@ from autoscaler.simulate.policies import (
     prior_for,
     simulate_chunk,
 )
-from autoscaler.simulate.report import PolicyResult, summarize
 from autoscaler.simulate.trace import ARRIVAL_RULE, Trace
 from autoscaler.simulate.views import CONCURRENCY_MODEL, PROMETHEUS_MODEL
+
+if TYPE_CHECKING:  # the report (rich) is imported by a simulation, not by the CLI's parser of its flags
+    from autoscaler.simulate.report import PolicyResult
 
 DEFAULT_TRACE = Path(__file__).resolve().parent.parent / "data" / "traces" / "azure2019-sample"
 
@@ -84,6 +86,8 @@ def simulate(
     advance: Callable[[int], None] | None = None,
 ) -> Simulation:
     """Run `policies` over every function of `trace` in `jobs` processes (1: in this process)."""
+    from autoscaler.simulate.report import summarize
+
     started = time.perf_counter()
     indexed = list(enumerate(trace.functions))
     # Small interleaved batches: busy functions spread over the workers, the progress bar moves.
