@@ -88,6 +88,9 @@ class HistogramConfig:
     # let two idle times that agree decide). With the current windows: 6 gives x0.76 and x0.89, 10
     # x0.70 and x0.90, 16 x0.67 and x0.92.
     min_conditional: int = 10
+    # False: the paper's windows only, from the whole histogram, never from the idle times still
+    # possible past a burst (`adaptive-paper` in the simulator, with the paper's 99th percentile).
+    conditional: bool = True
     # What one cold start is worth in idle memory (GB-s), for a policy told the function's memory
     # (`HybridHistogram(memory_gb=...)`); 0 (the default) is the policy above, memory-blind. With a
     # price the keep-alive is the one that costs least over the idle times seen (see `_tail_bin`), and
@@ -213,7 +216,7 @@ class HybridHistogram:
         if self._cached is None:
             self._cached, self._mode = self._compute(0)
             self._conditional.clear()
-        if self._mode != "histogram" or self.last_call is None:
+        if self._mode != "histogram" or self.last_call is None or not self.config.conditional:
             return self._cached
         elapsed = int((now - self.last_call) // self.config.bin_width)
         if elapsed <= 0:
@@ -236,7 +239,7 @@ class HybridHistogram:
         """The next time `windows` may answer differently without a new call (a bin with idle times
         falls behind the elapsed idle time), or None."""
         self.windows(now=now)
-        if self.last_call is None or self._mode != "histogram":
+        if self.last_call is None or self._mode != "histogram" or not self.config.conditional:
             return None
         elapsed = max(0, int((now - self.last_call) // self.config.bin_width))
         ahead = np.flatnonzero(self.counts[elapsed:])
@@ -303,13 +306,17 @@ class HybridHistogram:
         # An idle time of k bins is k empty minutes between two minutes with calls: the calls were
         # between k and k + 2 minutes apart. Pre-warm from the shortest, keep warm to the longest
         # (k + 1 left calls in consecutive minutes, up to 2 minutes apart, cold half the time).
-        if self._priced:
-            tail_bin = max(self._tail_bin(remaining, elapsed), head_bin)
+        tail_bin = max(self._choose_tail(remaining, elapsed, tail_bin), head_bin)
         head = head_bin * cfg.bin_width
         tail = (tail_bin + 2) * cfg.bin_width
         prewarm = head * (1 - cfg.margin)
         keepalive = tail * (1 + cfg.margin) - prewarm
         return prewarm, keepalive
+
+    def _choose_tail(self, remaining: npt.NDArray[np.int64], elapsed: int, percentile_bin: int) -> int:
+        """The keep-alive's bin: the tail percentile's, or with a price the cheapest (subclasses
+        such as `policies.share.ShareTarget` choose otherwise)."""
+        return self._tail_bin(remaining, elapsed) if self._priced else percentile_bin
 
     def _tail_bin(self, remaining: npt.NDArray[np.int64], elapsed: int) -> int:
         """The keep-alive bin that costs least over the idle times in `remaining` (from bin `elapsed`).

@@ -98,6 +98,8 @@ class DecideDriver:
                 picks[calls[np.concatenate([[True], minutes[1:] != minutes[:-1]])]] = True
                 run = np.cumsum(active & ~before)[calls]
                 picks[calls[np.concatenate([run[1:] != run[:-1], [True]])]] = True
+                if hasattr(self.state.keepalive, "count_calls"):
+                    picks[calls] = True  # it learns from every sighting of calls (policies.share)
             # Where a run of active scrapes goes on, its end is a candidate: `next_change` may say so.
             every = _first_ticks(np.arange(active.size), scrape=scrape, tick=tick)
             self._active_until = self._run_ends(active, first_ticks=every)

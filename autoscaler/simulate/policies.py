@@ -27,6 +27,7 @@ from policies.adaptive import HistogramConfig, HybridHistogram
 from policies.baselines import KedaHpa, KnativeKPA
 from policies.model import ScalingSpec
 from policies.prior import IdlePrior
+from policies.share import Hopeless, ShareTarget
 
 # The project's policies as labels on a function (OpenFaaS Pro defaults for everything not given:
 # type rps, target 50, target-proportion 0.90, min 1, max 20, zero-duration 15m; see
@@ -50,6 +51,9 @@ PRIOR = "adaptive-prior"
 # p75-function cold starts on the first 300 functions of the 1,000-function day).
 PRICED = "adaptive-priced"
 PRICED_DEFAULT = 100_000.0
+# Shahrad et al.'s hybrid histogram as published: keep-alive to the 99th percentile, windows from the
+# whole histogram only (`HistogramConfig(conditional=False)`).
+PAPER = "adaptive-paper"
 DESCRIPTIONS = {
     "adaptive": "policies.engine.decide + policies.adaptive.HybridHistogram (labels "
     + ", ".join(f"{k}={v}" for k, v in PROJECT_LABELS["adaptive"].items())
@@ -108,6 +112,10 @@ SWEEP = (
 _FIXED = re.compile(r"fixed-(\d+)m")
 _ADAPTIVE = re.compile(r"adaptive-p(\d+)")
 _PRICED = re.compile(r"adaptive-(gbs|share)(\d+)|adaptive-priced")
+# The adaptive keep-alive aimed at a target share of cold calls (policies.share): `adaptive-target<T>`
+# keeps a function that cannot reach T % to the percentile, `adaptive-target<T>-short` lets it go;
+# `-gbs<P>` after either: while learning, a function back after an empty minute is kept warm P GB-s.
+_TARGET = re.compile(r"adaptive-target(\d+)(-short)?(?:-gbs(\d+)(?:-back(\d))?)?")
 
 
 def check_policy(name: str) -> str:
@@ -122,16 +130,19 @@ def check_policy(name: str) -> str:
     fixed, adaptive = _FIXED.fullmatch(name), _ADAPTIVE.fullmatch(name)
     if (
         name in POLICY_NAMES
-        or name == PRIOR
+        or name in (PRIOR, PAPER)
         or (fixed is not None and 1 <= int(fixed.group(1)) <= 1440)
         or (adaptive is not None and HistogramConfig().head_percentile < int(adaptive.group(1)) <= 100)
         or _PRICED.fullmatch(name) is not None
+        or _target(name) is not None
     ):
         return name
     raise ValueError(
         f"unknown policy {name!r}: choose from {', '.join(POLICY_NAMES)}, {PRIOR}, {PRICED}, fixed-<N>m "
         "(N minutes, 1 to 1440), adaptive-p<P> (P the idle-time percentile kept warm, 6 to 100) or "
-        "adaptive-share<P> / adaptive-gbs<P> (a cold start worth P GB-s of idle memory)"
+        "adaptive-share<P> / adaptive-gbs<P> (a cold start worth P GB-s of idle memory), "
+        f"{PAPER} (Shahrad et al.'s as published), adaptive-target<T>[-short][-gbs<P>[-back<N>]] "
+        "(a keep-alive aimed at T % of calls cold, 1 to 99)"
     )
 
 
@@ -139,7 +150,12 @@ def family(name: str) -> str:
     """`fixed`, `adaptive` or the policy itself: the curve a policy's point belongs to."""
     if _FIXED.fullmatch(name):
         return "fixed"
-    if name == "adaptive" or _ADAPTIVE.fullmatch(name) or _PRICED.fullmatch(name):
+    if (
+        name in ("adaptive", PAPER)
+        or _ADAPTIVE.fullmatch(name)
+        or _PRICED.fullmatch(name)
+        or _TARGET.fullmatch(name)
+    ):
         return "adaptive"
     return name
 
@@ -148,6 +164,11 @@ def describe(name: str) -> str:
     """What a policy is, for the JSON report's assumptions."""
     if name in DESCRIPTIONS:
         return DESCRIPTIONS[name]
+    if name == PAPER:
+        return (
+            f"{DESCRIPTIONS['adaptive']} as Shahrad et al. publish it: keep-alive to the 99th percentile, "
+            "windows from the whole histogram only (none from the idle times still possible past a burst)"
+        )
     priced = _PRICED.fullmatch(name)
     if priced is not None:
         price = float(priced.group(2) or PRICED_DEFAULT)
@@ -157,6 +178,20 @@ def describe(name: str) -> str:
             f"GB-s of idle memory shared by {per}; the keep-alive that costs least over the idle times seen, "
             "and while the histogram cannot decide (once the function is back after an empty minute) "
             "warm for price / memory, within the fixed window and the 4 h range"
+        )
+    target = _target(name)
+    if target is not None:
+        let_go = "let go once the head allows" if target[1] == "short" else "kept to the 75th percentile"
+        return (
+            f"{DESCRIPTIONS['adaptive']} with policies.share.ShareTarget: the shortest keep-alive under "
+            f"which the idle times seen would leave at most {target[0]:.0%} of the calls seen cold; a "
+            f"function that cannot get there is {let_go}"
+            + (
+                f"; while learning, back after an empty minute, warm for {target[2]:g} GB-s / memory "
+                "(within 10 m and 4 h)"
+                if target[2]
+                else ""
+            )
         )
     if _FIXED.fullmatch(name):
         labels = _labels(name)
@@ -175,9 +210,19 @@ def _labels(name: str) -> dict[str, str]:
     fixed = _FIXED.fullmatch(name)
     if fixed is not None:
         return {ZERO: "true", ZERO_DURATION: f"{int(fixed.group(1))}m"}
-    if _ADAPTIVE.fullmatch(name) or _PRICED.fullmatch(name) or name == PRIOR:
+    if family(name) == "adaptive" or name == PRIOR:
         return PROJECT_LABELS["adaptive"]
     return PROJECT_LABELS[name]
+
+
+def _target(name: str) -> tuple[float, Hopeless, float, int] | None:
+    """(target share, what a function that cannot reach it gets, GB-s bought while learning) of an
+    `adaptive-target<T>[-short][-gbs<P>]` name."""
+    match = _TARGET.fullmatch(name)
+    if match is None or not 1 <= int(match.group(1)) <= 99:
+        return None
+    hopeless: Hopeless = "short" if match.group(2) else "percentile"
+    return int(match.group(1)) / 100, hopeless, float(match.group(3) or 0), int(match.group(4) or 1)
 
 
 def _tail_percentile(name: str) -> float:
@@ -231,14 +276,26 @@ def make_driver(name: str, inputs: _Inputs, *, per_pod: int) -> Driver:
     """A fresh policy object (no memory of other functions) wired to this function's inputs."""
     if is_project(name):
         spec = project_spec(name)
-        keepalive = None
-        if family(name) == "adaptive":
+        keepalive: HybridHistogram | None = None
+        aim = _target(name)
+        if aim is not None:
+            keepalive = ShareTarget(
+                fixed_keepalive=spec.zero_duration,
+                target=aim[0],
+                hopeless=aim[1],
+                config=HistogramConfig(cold_start_price=aim[2]),
+                memory_gb=inputs.fn.memory_mb / 1024.0,
+                buy_after=aim[3],
+            )
+        elif family(name) == "adaptive":
             priced = _PRICED.fullmatch(name)
             if priced is not None:
                 config = HistogramConfig(
                     cold_start_price=float(priced.group(2) or PRICED_DEFAULT),
                     price_per_call=priced.group(1) != "gbs",
                 )
+            elif name == PAPER:
+                config = HistogramConfig(tail_percentile=99.0, conditional=False)
             else:
                 config = HistogramConfig(tail_percentile=_tail_percentile(name))
             keepalive = HybridHistogram(

@@ -165,3 +165,27 @@ def test_the_knobs_change_what_the_replay_does() -> None:
             for fn in functions()
         )
         assert differs, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["adaptive-target15", "adaptive-target15-gbs10000-back2", "adaptive-paper"])
+def test_the_share_target_and_the_published_hybrid_replay_alike_both_ways(name: str) -> None:
+    from autoscaler.simulate.policies import SimSettings, simulate_function
+
+    end, differs = HOURS * 3600.0, False
+    for fn in functions():
+        fast, slow = (
+            simulate_function(
+                fn,
+                policies=(name, "adaptive"),
+                settings=SimSettings(),
+                end=end,
+                every_tick=tick,
+                keep_changes=True,
+            )
+            for tick in (False, True)
+        )
+        assert fast[name].changes == slow[name].changes, fn.key
+        assert fast[name].evaluations < slow[name].evaluations
+        differs |= fast[name].changes != fast["adaptive"].changes
+    assert differs  # the policy changed some decisions: the comparison was not vacuous
