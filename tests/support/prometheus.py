@@ -143,6 +143,10 @@ class PrometheusServer(ChildServer):
                 stdin=subprocess.DEVNULL,
             )
 
+    def release(self) -> None:
+        """Stop for good (the test is over); a pooled server also closes its relays."""
+        self.stop()
+
     def _wait_ready(self, *, timeout: float) -> None:
         self.wait_http(f"{self.url}/-/ready", timeout=timeout, poll=0.1)
 
@@ -214,6 +218,14 @@ class PrometheusFactory:
         self.servers: list[PrometheusServer] = []
 
     def start(self, *, targets: Sequence[str], scrape_interval: float = 1.0) -> PrometheusServer:
+        """A server scraping `targets`, from the warm pool (`prometheus_pool`) unless it is off."""
+        from tests.support.prometheus_pool import POOL  # the pool subclasses PrometheusServer
+
+        if POOL.enabled and targets:
+            pooled = POOL.take(targets=targets, scrape_interval=scrape_interval, binary=self.binary)
+            self.servers.append(pooled)
+            pooled.check_marked()
+            return pooled
         server = PrometheusServer(
             data_dir=self.base_dir / f"prometheus-{len(self.servers)}",
             targets=targets,
@@ -225,7 +237,7 @@ class PrometheusFactory:
 
     def close(self) -> None:
         for server in self.servers:
-            server.stop()
+            server.release()
 
 
 def _factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusFactory]:
