@@ -39,9 +39,9 @@ from aiohttp.web_protocol import RequestHandler
 
 from autoscaler.proxy._upgrades import must_close
 
+COLD_START_HEADER = "X-Autoscaler-Cold-Start"
 # aiohttp's guard against header injection (http_writer._FORBIDDEN_HEADER_CHARS_RE): CR and LF are
 # allowed here only as the line breaks this module writes itself, which are checked by count.
-COLD_START_HEADER = "X-Autoscaler-Cold-Start"
 _FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _HOP_BY_HOP = frozenset(
     {
@@ -56,6 +56,11 @@ _EMPTY_BODY_STATUS = frozenset({204, 304})
 _NONE: frozenset[str] = frozenset()
 _TOKENS: dict[str, frozenset[str]] = {}
 _TOKENS_KEPT = 64
+_STATUS_LINES: dict[tuple[int, int, str], str] = {}
+# What one look-up tells of a function's header: dropped, passed, or passed and one aiohttp adds.
+_PASS, _DATE, _SERVER, _TYPE, _DROPPED = 0, 1, 2, 4, -1
+_KIND = {name: _DROPPED for name in _DROP} | {"date": _DATE, "server": _SERVER, "content-type": _TYPE}
+_SERVER_LINE = f"Server: {SERVER_SOFTWARE}"
 
 
 class ProxyRequest(web.BaseRequest):
@@ -65,16 +70,6 @@ class ProxyRequest(web.BaseRequest):
 
     def held_for(self, seconds: float) -> None:
         self._held = seconds
-
-    @property
-    def held(self) -> float | None:
-        """Seconds the request was held through a cold start, None if it was not held."""
-        return self._held
-
-    @property
-    def asks_upgrade(self) -> bool:
-        """aiohttp's parser saw an Upgrade (its answer may have to close the connection)."""
-        return bool(self._message.upgrade)
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         held = self._held
@@ -143,44 +138,38 @@ def raw_answer(
     body: bytes,
 ) -> RawResponse | None:
     """The function's answer (its raw `headers`, its Connection value) as bytes, or None (see above)."""
-    if (
-        not isinstance(request, ProxyRequest)
-        or status < 200
-        or status in _EMPTY_BODY_STATUS
-        or request.method == "HEAD"
-        or request.asks_upgrade
-    ):
+    if not isinstance(request, ProxyRequest):
         return None
-    version = request.version
-    lines = [f"HTTP/{version.major}.{version.minor} {status} {reason}"]
+    message = request._message
+    if status < 200 or status in _EMPTY_BODY_STATUS or message.method == "HEAD" or message.upgrade:
+        return None
+    minor = message.version.minor
+    lines = [_status_line(minor, status, reason)]
     append = lines.append
     extra = _connection_tokens(connection) if connection else _NONE
-    date = server = ctype = False
+    seen = 0  # bits of _KIND: which of Date, Server and Content-Type the function sent
+    kind_of = _KIND.get
     for name, value in headers:
         lower = name.lower()
-        if lower in _DROP or lower in extra:
+        kind = kind_of(lower, _PASS)
+        if kind == _DROPPED or (extra and lower in extra):
             continue
-        if lower == "date":
-            date = True
-        elif lower == "server":
-            server = True
-        elif lower == "content-type":
-            ctype = True
+        seen |= kind
         append(f"{name}: {value}")
     append(f"Content-Length: {len(body)}")
-    if body and not ctype:
+    if body and not seen & _TYPE:
         append("Content-Type: application/octet-stream")
-    if not date:
+    if not seen & _DATE:
         append(f"Date: {rfc822_formatted_time()}")
-    if not server:
-        append(f"Server: {SERVER_SOFTWARE}")
-    keep_alive = request.keep_alive
+    if not seen & _SERVER:
+        append(_SERVER_LINE)
+    keep_alive = not message.should_close
     if keep_alive:
-        if version.minor == 0:
+        if minor == 0:
             append("Connection: keep-alive")
-    elif version.minor == 1:
+    elif minor == 1:
         append("Connection: close")
-    held = request.held
+    held = request._held
     if held is not None:
         append(f"{COLD_START_HEADER}: {held:.3f}")
     text = "\r\n".join(lines) + "\r\n\r\n"
@@ -190,10 +179,21 @@ def raw_answer(
     return RawResponse(status, text.encode("utf-8", "surrogateescape") + body, keep_alive=keep_alive)
 
 
+def _status_line(minor: int, status: int, reason: str) -> str:
+    key = (minor, status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        line = f"HTTP/1.{minor} {status} {reason}"
+        if len(_STATUS_LINES) < _TOKENS_KEPT:  # functions answer with few distinct status lines
+            _STATUS_LINES[key] = line
+    return line
+
+
 def _connection_tokens(value: str) -> frozenset[str]:
     tokens = _TOKENS.get(value)
     if tokens is None:
-        tokens = frozenset(token.strip() for token in value.lower().split(","))
+        # Those dropped anyway (keep-alive, close) need no second look per header.
+        tokens = frozenset(token.strip() for token in value.lower().split(",")) - _DROP
         if len(_TOKENS) < _TOKENS_KEPT:  # a function's Connection value is nearly always the same
             _TOKENS[value] = tokens
     return tokens
