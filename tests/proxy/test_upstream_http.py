@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
+from autoscaler.config import ProxySettings
 from autoscaler.proxy._pool import Pool
 from autoscaler.tasks import Background
 from tests.proxy.conftest import MakeProxy, base
 from tests.support.fakeprovider import FakeProvider
+from tests.support.virtual_time import virtual_loop
 
 
 @dataclass
@@ -66,8 +68,8 @@ class RawServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def closed_by_proxy(self, conn: int) -> None:
-        async with asyncio.timeout(2), self._ending:
+    async def closed_by_proxy(self, conn: int, *, within: float = 2.0) -> None:
+        async with asyncio.timeout(within), self._ending:
             await self._ending.wait_for(lambda: conn in self.ended)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -579,16 +581,24 @@ async def test_with_one_connection_allowed_waiters_are_served_in_arrival_order(r
         pool.close()
 
 
-async def test_an_idle_kept_alive_connection_is_closed_and_its_origin_forgotten(raw: RawFactory) -> None:
+@pytest.mark.virtual_time
+async def test_an_idle_kept_alive_connection_is_closed_at_the_shipped_idle_timeout_and_its_origin_forgotten(
+    raw: RawFactory,
+) -> None:
+    idle_timeout = ProxySettings().upstream_idle_timeout  # 15 s, swept every third of it
     server = await raw(reply(OK))
-    pool = Pool(limit_per_origin=2, connect_timeout=1.0, idle_timeout=0.3)
+    pool = Pool(limit_per_origin=2, connect_timeout=1.0, idle_timeout=idle_timeout)
     background = Background()
     pool.start(background)
+    loop = virtual_loop()
     try:
         assert await call(pool, server.url, "/a") == b"ok"
         assert await call(pool, server.url, "/b") == b"ok"
+        last_used = loop.time()
         assert server.accepted == 1  # kept alive between the two
-        await server.closed_by_proxy(0)  # the sweep closes it once idle for idle_timeout
+        await server.closed_by_proxy(0, within=2 * idle_timeout)  # the sweep closes it once idle
+        idle = loop.time() - last_used
+        assert idle_timeout <= idle <= idle_timeout * 4 / 3, idle  # not before, one sweep late at most
         assert server.url not in pool._origins  # nothing left there: the origin is forgotten
         assert await call(pool, server.url, "/c") == b"ok"  # and a later request opens a new one
         assert server.accepted == 2
