@@ -96,6 +96,12 @@ class ProviderSettings(_Base):
     api_timeout: float = Field(
         default=5.0, gt=0, description="seconds per Kubernetes API request (keep below the lease slack)"
     )
+    start_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="seconds the first listing of every followed namespace may take before start-up fails "
+        "(controller-runtime's cache-sync timeout; 50,000 functions list in about a minute)",
+    )
     namespaces_annotated: str | None = Field(
         default=None,
         description="also every namespace with this annotation, KEY=VALUE (OpenFaaS: openfaas=1), "

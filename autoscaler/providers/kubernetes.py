@@ -78,7 +78,7 @@ class KubernetesProvider:
         api_client: k8s.ApiClient | None = None,
         retry: RetryPolicy | None = None,
         watch_timeout: float = 300.0,
-        start_timeout: float | None = 60.0,
+        start_timeout: float | None = None,  # default: settings.start_timeout
         mark_active_interval: float = 5.0,
         component: str = "autoscaler",
         budget: WriteBudget | None = None,
@@ -96,7 +96,7 @@ class KubernetesProvider:
         self._core = k8s.CoreV1Api(self.api_client)
         self._retry = retry or RetryPolicy()
         self._watch_timeout = watch_timeout
-        self._start_timeout = start_timeout
+        self._start_timeout = start_timeout if start_timeout is not None else settings.start_timeout
         self._followed: set[str] = set(settings.namespaces)
         self._cache = FunctionCache(self._followed)
         self.budget = budget or WriteBudget(qps=settings.api_qps, burst=settings.api_burst)

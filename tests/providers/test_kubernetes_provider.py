@@ -7,13 +7,16 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from kubernetes_asyncio.client import ApiClient
 
+from autoscaler.config import ProviderSettings
 from autoscaler.errors import ProviderError
 from autoscaler.interfaces import FunctionRef
+from autoscaler.providers.kubernetes import KubernetesProvider
 from autoscaler.tasks import restarting
 from tests.support.apiserver import FakeApiServer
 
-from .support import eventually, fn_labels
+from .support import FAST, eventually, fn_labels
 
 DEPLOYMENTS = r"/apis/apps/v1/namespaces/openfaas-fn/deployments$"
 
@@ -156,6 +159,17 @@ async def test_start_fails_with_a_clear_error_when_listing_is_forbidden(
     provider = await make_provider(start=False, start_timeout=0.5)
 
     with pytest.raises(ProviderError, match=r"HTTP 403.*RBAC"):
+        await provider.start()
+
+
+async def test_the_start_timeout_setting_bounds_the_first_listing(
+    api: FakeApiServer, api_client: ApiClient
+) -> None:
+    api.delay("GET", DEPLOYMENTS, seconds=3.0, times=100, watch=False)
+    settings = ProviderSettings(namespaces=["openfaas-fn"], api_timeout=2.0, start_timeout=0.5)
+    provider = KubernetesProvider(settings=settings, api_client=api_client, retry=FAST)
+
+    with pytest.raises(ProviderError, match=r"no first listing within 0\.5s"):
         await provider.start()
 
 
