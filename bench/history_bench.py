@@ -49,6 +49,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from autoscaler.errors import ConfigError  # noqa: E402
 from autoscaler.simulate.trace import TraceFunction, read_trace  # noqa: E402
 from tests.support.prometheus import PrometheusServer, find_binary  # noqa: E402
 
@@ -98,12 +99,12 @@ def pick(trace_dir: Path, count: int) -> list[Function]:
     """The first `count` functions of the trace, named as the gateway names them, sorted by name."""
     trace = read_trace(trace_dir, functions=count)
     if trace.minutes != DAY:
-        raise SystemExit(f"error: {trace_dir} has {trace.minutes} minutes; this benchmark tiles one day")
+        raise ConfigError(f"{trace_dir} has {trace.minutes} minutes; this benchmark tiles one day")
     if len(trace.functions) < count:
-        raise SystemExit(f"error: {trace_dir} has only {len(trace.functions)} functions")
+        raise ConfigError(f"{trace_dir} has only {len(trace.functions)} functions")
     picked = [_function(fn) for fn in trace.functions]
     if len({fn.key for fn in picked}) != len(picked):
-        raise SystemExit("error: two functions share a name prefix; the names would collide")
+        raise ConfigError("two functions share a name prefix; the names would collide")
     return sorted(picked, key=lambda fn: fn.key)  # the history reader's order
 
 
@@ -371,6 +372,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         return _run(args, binary=binary, work=work)
+    except ConfigError as e:  # a bad trace directory: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
