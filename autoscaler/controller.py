@@ -193,7 +193,7 @@ class Controller:
                 started = time.monotonic()
                 self._full = False
                 self._pending.clear()
-                await self._guarded(self.tick(now=self._clock()), kind="tick")
+                await self._stoppable(self.tick(now=self._clock()), stop)
                 elapsed = time.monotonic() - started
                 if elapsed < _MIN_SPACING:
                     await asyncio.sleep(_MIN_SPACING - elapsed)
@@ -201,7 +201,7 @@ class Controller:
             else:
                 pending, self._pending = self._pending, {}
                 for ref in pending.values():
-                    await self._guarded(self.refresh(ref, now=self._clock()), kind="tick")
+                    await self._stoppable(self.refresh(ref, now=self._clock()), stop)
             if self._pending or self._full:
                 continue
             waiters = [asyncio.ensure_future(self._poked.wait()), asyncio.ensure_future(stop.wait())]
@@ -211,6 +211,24 @@ class Controller:
             finally:
                 for waiter in waiters:
                     waiter.cancel()
+
+    async def _stoppable(self, work: Awaitable[TickReport], stop: asyncio.Event) -> None:
+        """Run one tick (or one function's refresh); `stop` cancels it in the middle.
+
+        A tick that changes thousands of functions waits for the write budget (20 writes a second by
+        default) for minutes; a leader told to stop must not keep the lease that long. The writes it
+        had not made yet are no loss: the next tick, or the next leader's first, decides them again.
+        """
+        tick = asyncio.ensure_future(self._guarded(work, kind="tick"))
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([tick, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not tick.done():
+                tick.cancel()
+                await asyncio.gather(tick, return_exceptions=True)
+                log.info("stopped in the middle of a tick: the writes not made are the next tick's to decide")
 
     async def _guarded(self, work: Awaitable[TickReport], *, kind: str) -> None:
         try:

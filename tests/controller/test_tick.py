@@ -11,7 +11,7 @@ from prometheus_client import generate_latest
 
 from autoscaler.config import ControllerSettings
 from autoscaler.controller import Controller
-from autoscaler.interfaces import LoadSnapshot
+from autoscaler.interfaces import FunctionRef, LoadSnapshot
 from autoscaler.telemetry import JsonFormatter
 from policies.model import Load, Reason
 from tests.support.memory import MemoryProvider, StaticReader
@@ -276,6 +276,27 @@ class TestRunning:
         assert reader.reads == 2
         stop.set()
         await asyncio.wait_for(task, 5)
+
+    async def test_a_stop_ends_a_tick_that_is_still_waiting_to_write(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
+        provider, reader = world
+        for i in range(3):
+            provider.add(f"fn-{i}")
+        reader.loads = {f"fn-{i}.openfaas-fn": load(200) for i in range(3)}
+        writing = asyncio.Event()
+        blocked = asyncio.Event()  # never set: a write budget that has no token for minutes
+
+        async def slow_scale(ref: FunctionRef, replicas: int) -> None:
+            writing.set()
+            await blocked.wait()
+
+        provider.scale = slow_scale  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        task = asyncio.create_task(controller(provider, reader).run(stop=stop))
+        await asyncio.wait_for(writing.wait(), 5)
+        stop.set()
+        await asyncio.wait_for(task, 1)  # returns at once, the other writes left undone
 
     async def test_the_loop_survives_a_reader_that_raises(
         self, world: tuple[MemoryProvider, StaticReader]
