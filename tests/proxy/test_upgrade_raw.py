@@ -46,6 +46,32 @@ def _stop_reading(writer: asyncio.StreamWriter) -> None:
     transport.pause_reading()
 
 
+class Flood:
+    """A client writing 1 MiB blocks (NUL bytes: as HTTP, a malformed request) until it is held back."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.sent = 0
+        self._writer = writer
+        self.task = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        block = bytes(1024 * 1024)
+        while True:
+            self._writer.write(block)
+            await self._writer.drain()  # blocks while the proxy stops reading
+            self.sent += len(block)
+
+    async def until_stalled(self) -> None:
+        """Until the writes stop advancing; fails if the connection was cut instead."""
+        seen = -1
+        for _ in range(100):
+            if self.sent == seen:
+                break
+            seen = self.sent
+            await asyncio.sleep(0.3)
+        assert not self.task.done()  # held back, not cut
+
+
 @pytest.fixture
 async def tcp_function() -> AsyncIterator[str]:
     server = await asyncio.start_server(_tcp_function, "127.0.0.1", 0)
@@ -149,28 +175,12 @@ async def test_a_function_that_reads_nothing_holds_the_client_back_instead_of_fi
             b"GET /function/deaf/ HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
         )
         assert (await reader.readline()).startswith(b"HTTP/1.1 101 ")
-        sent = 0
-        block = bytes(1024 * 1024)
-
-        async def send() -> None:
-            nonlocal sent
-            while True:
-                writer.write(block)
-                await writer.drain()  # blocks while the proxy stops reading
-                sent += len(block)
-
-        sender = asyncio.create_task(send())
-        seen = -1
-        for _ in range(100):  # until the client's writes stall
-            if sent == seen:
-                break
-            seen = sent
-            await asyncio.sleep(0.3)
-        assert not sender.done()  # held back, not cut
+        flood = Flood(writer)
+        await flood.until_stalled()
         assert proxy.busy(ref.key)
-        sender.cancel()
+        flood.task.cancel()
         writer.transport.abort()
-        assert sent < 64 * 1024 * 1024, f"the client sent {sent} bytes to a function reading none"
+        assert flood.sent < 64 * 1024 * 1024, f"the client sent {flood.sent} bytes to a function reading none"
     finally:
         server.close()
 
@@ -262,28 +272,13 @@ async def test_a_client_that_sends_on_before_the_101_is_held_back_instead_of_fil
     proxy = await make_proxy()
     _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(FOO)
-    sent = 0
-    block = bytes(1024 * 1024)  # NUL bytes: as HTTP, a malformed request
-
-    async def send() -> None:
-        nonlocal sent
-        while True:
-            writer.write(block)
-            await writer.drain()  # blocks while the proxy stops reading
-            sent += len(block)
-
-    sender = asyncio.create_task(send())
-    seen = -1
-    for _ in range(100):  # until the client's writes stall
-        if sent == seen:
-            break
-        seen = sent
-        await asyncio.sleep(0.3)
-    assert not sender.done()  # held back, not cut
+    flood = Flood(writer)
+    await flood.until_stalled()
     assert proxy.invocation_stats()[ref.key].held == 1
-    assert sent < 16 * 1024 * 1024, f"the client sent {sent} bytes before any answer"
-    sender.cancel()
+    assert flood.sent < 16 * 1024 * 1024, f"the client sent {flood.sent} bytes before any answer"
+    flood.task.cancel()
     provider.ready_now(ref)  # the function switches: everything the client sent reaches it
+    sent = flood.sent
     await until(lambda: len(fn.tunnelled) >= sent, within=10, what=lambda: f"{len(fn.tunnelled)} of {sent}")
     assert not any(fn.tunnelled)  # all of it the client's bytes, none of it parsed as HTTP
     writer.transport.abort()
