@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from autoscaler.config import ProxySettings
 from autoscaler.errors import SpecError
 from autoscaler.proxy import Proxy
 from autoscaler.spec import FROM_ENV, FROM_LABEL, MAX_INFLIGHT, limit_source, max_inflight, parse_limit
@@ -154,18 +155,22 @@ async def test_beyond_the_queue_room_a_caller_gets_429_with_retry_after(
     assert await asyncio.gather(*calls) == [200] * 3
 
 
-async def test_a_request_queued_past_the_hold_timeout_gets_504_saying_so(
+@pytest.mark.virtual_time
+async def test_a_request_queued_past_the_shipped_hold_timeout_gets_504_saying_so_at_exactly_that_time(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
 ) -> None:
     ref = await provider.add("sloth", labels={MAX_INFLIGHT: "1"})
-    proxy = await make_proxy(hold_timeout=0.3)
-    url = base(proxy) + "/function/sloth/slow?seconds=0.6"
+    proxy = await make_proxy()  # the shipped hold timeout
+    hold_timeout = ProxySettings().hold_timeout
+    url = base(proxy) + f"/function/sloth/slow?seconds={2 * hold_timeout:g}"
     upstream = provider.upstream(ref)
     assert upstream is not None
     first = asyncio.ensure_future(client.get(url))
     await until(lambda: upstream.busy == 1, within=5, what="the first call to take the only slot")
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
     async with client.get(url) as response:
-        assert response.status == 504
+        assert (response.status, loop.time() - sent) == (504, hold_timeout)
         assert "had no free slot (concurrency limit 1 per replica)" in await response.text()
     async with await first as response:
         assert response.status == 200
