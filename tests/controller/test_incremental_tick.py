@@ -1,7 +1,7 @@
 """The incremental tick decides exactly what the full tick decides, on random workloads over many ticks.
 
 The controller reuses a function's last decision where its inputs repeat and no policy timer is due
-(`autoscaler.controller._Memo`). These tests run two controllers side by side over the same random
+(`autoscaler.controller._memo.Memo`). These tests run two controllers side by side over the same random
 world, one reusing decisions and one deciding every function at every tick, and require the same
 decisions (messages included), patches, Events, per-function gauges and remembered state at every
 tick. The workloads repeat their inputs often (that is when reuse happens) and mix in what breaks a

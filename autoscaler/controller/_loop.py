@@ -7,7 +7,7 @@ the current replicas, a log line, an Event and an error count. A wake-up from th
 loop for that one function: it is decided at once, alone, instead of waiting for the next tick.
 
 At 50,000 functions most decisions repeat the last one. A function's decision is reused, not made
-again, only where that is provably the same (`_Memo`): the same labels, load figures, replicas,
+again, only where that is provably the same (`Memo`): the same labels, load figures, replicas,
 activity mark and busy flag as the two decisions before, no replica change called for, and no timer
 of the policy due (`policies.engine.next_change`); the idle timer still moves as `decide` moves it
 (`policies.engine.observe`). Its FunctionView is reused with it.
@@ -20,11 +20,11 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
 from autoscaler.config import ControllerSettings
+from autoscaler.controller._memo import TIMED, Entry, Inputs, Memo, Pass, TickReport
 from autoscaler.errors import AutoscalerError, ProviderError, SpecError
 from autoscaler.interfaces import FunctionInfo, FunctionRef, LoadReader, LoadSnapshot, Provider
 from autoscaler.providers._k8s_budget import scale_priority
@@ -38,69 +38,6 @@ log = logging.getLogger("autoscaler.controller")
 
 _PATCH_CONCURRENCY = 16
 _MIN_SPACING = 0.1  # seconds between ticks at the least, however often the loop is poked
-
-
-@dataclass(slots=True)
-class TickReport:
-    """What one tick saw and did."""
-
-    decisions: dict[str, Decision] = field(default_factory=dict)
-    patched: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # key -> error text for patches that failed
-    queries: int = 0
-    seconds: float = 0.0
-    finished_at: float = 0.0  # unix time the tick ended
-    metrics_error: str | None = None
-
-
-@dataclass(slots=True)
-class _Pass:
-    """What deciding some functions calls for: views, patches, and Events once per change."""
-
-    views: dict[str, FunctionView] = field(default_factory=dict)
-    changes: list[tuple[FunctionInfo, Decision]] = field(default_factory=list)
-    invalid: list[tuple[FunctionInfo, SpecError]] = field(default_factory=list)
-    warned: list[tuple[FunctionInfo, tuple[str, str]]] = field(default_factory=list)
-
-
-# Decisions whose message says how long something has lasted ("held at 3 by the 60s scale-down delay
-# (12s so far)"): reused, they would say a stale figure, so they are made again. A function at zero says
-# since when it is idle ("idle since 2026-12-01T16:10:12Z"), which holds while its inputs repeat.
-_TIMED = frozenset({Reason.STABILIZING})
-_Inputs = tuple[Load | None, int, bool, float | None]  # load, replicas, busy, activity mark
-
-
-@dataclass(frozen=True, slots=True)
-class _Memo:
-    """The inputs of a function's last decision and, where it may be reused, the decision itself.
-
-    A decision is reused at `now` only when all of these hold (each is what makes it the same):
-    - the inputs (load figures, replicas, busy flag, activity mark) equal those of the decision that
-      made it, and those equal the inputs of the one before: `observe` then finds nothing new (no
-      counter change, no new mark, the same in-flight and pending figures), so the only state it
-      changes is the idle timer, which the reuse moves by calling `observe` itself;
-    - that decision changed nothing (a change is acted on, logged and told: it is always made);
-    - `at <= now < until`, `until` being `next_change` after it: no timer of the policy is due;
-    - its message holds no elapsed time (`_TIMED`).
-    The labels are the same by construction: a memo lives on its `_Entry`, made anew on a label change.
-    """
-
-    inputs: _Inputs
-    reuse: tuple[Decision, FunctionView] | None = None
-    at: float = 0.0
-    until: float = 0.0
-
-
-@dataclass(slots=True)
-class _Entry:
-    labels: Mapping[str, str]
-    spec: ScalingSpec | None
-    error: SpecError | None
-    state: FunctionState
-    reported_error: str | None = None
-    notes: tuple[tuple[str, str], ...] = ()  # (Event reason, message) the labels call for, once parsed
-    reported_notes: tuple[tuple[str, str], ...] = ()  # (reason, message) warnings already told
-    memo: _Memo | None = None  # the last decision's inputs, and the decision if reusable
 
 
 class Controller:
@@ -129,7 +66,7 @@ class Controller:
         self._incremental = incremental  # reuse provably unchanged decisions (False: decide every one)
         self.reused = 0  # decisions the last tick reused rather than made
         self.metrics = ControllerMetrics(registry)
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._poked = asyncio.Event()
         self._full = False  # a full tick is asked for (poke without a function)
         self._pending: dict[str, FunctionRef] = {}  # functions poked since the last decision
@@ -243,7 +180,7 @@ class Controller:
         except Exception as e:  # a reader bug or outage is "no data", never zero (invariant 1)
             return LoadSnapshot(loads={}, error=f"load read failed: {e}")
 
-    def _entry(self, key: str, info: FunctionInfo) -> _Entry:
+    def _entry(self, key: str, info: FunctionInfo) -> Entry:
         entry = self._entries.get(key)
         if entry is not None and entry.labels == info.labels:
             return entry
@@ -260,7 +197,7 @@ class Controller:
             state.keepalive = None
         note = None if spec is None else unsupported(spec)
         notes = () if note is None else (("UnsupportedScalingType", note),)
-        entry = _Entry(labels=dict(info.labels), spec=spec, error=error, state=state, notes=notes)
+        entry = Entry(labels=dict(info.labels), spec=spec, error=error, state=state, notes=notes)
         self._entries[key] = entry
         return entry
 
@@ -277,7 +214,7 @@ class Controller:
         self._loads = snapshot.loads
         self.reused = 0
         functions = self._provider.functions()
-        work = _Pass()
+        work = Pass()
         for key, info in functions.items():
             report.decisions[key] = self._decide(key, info, now=now, work=work)
         for key in self._entries.keys() - functions.keys():
@@ -298,7 +235,7 @@ class Controller:
         report = TickReport()
         info = self._provider.get(ref)
         if info is not None:
-            work = _Pass()
+            work = Pass()
             report.decisions[ref.key] = self._decide(ref.key, info, now=now, work=work)
             self.views = {**self.views, **work.views}
             self.metrics.functions.views = self.views
@@ -307,7 +244,7 @@ class Controller:
         report.finished_at = time.time()
         return report
 
-    def _decide(self, key: str, info: FunctionInfo, *, now: float, work: _Pass) -> Decision:
+    def _decide(self, key: str, info: FunctionInfo, *, now: float, work: Pass) -> Decision:
         """The decision for one function; what it calls for (a patch, an Event) goes into `work`."""
         entry = self._entry(key, info)
         if entry.spec is None:
@@ -335,7 +272,7 @@ class Controller:
             and memo.at <= now < memo.until
             and memo.inputs == inputs
         ):
-            # Provably the decision `decide` would make (see `_Memo`); the idle timer moves as it would.
+            # Provably the decision `decide` would make (see `Memo`); the idle timer moves as it would.
             observe(state=entry.state, load=load, now=now, busy=inputs[2], last_wake=info.last_active)
             self.reused += 1
             work.views[key] = memo.reuse[1]
@@ -359,17 +296,17 @@ class Controller:
         )
         return decision
 
-    def _memo(self, entry: _Entry, inputs: _Inputs, view: FunctionView, *, now: float, repeat: bool) -> _Memo:
-        """What to remember of a decision just made: its inputs, and itself where `_Memo` allows reuse."""
+    def _memo(self, entry: Entry, inputs: Inputs, view: FunctionView, *, now: float, repeat: bool) -> Memo:
+        """What to remember of a decision just made: its inputs, and itself where `Memo` allows reuse."""
         decision = view.decision
-        if not self._incremental or not repeat or decision.changed or decision.reason in _TIMED:
-            return _Memo(inputs=inputs)
+        if not self._incremental or not repeat or decision.changed or decision.reason in TIMED:
+            return Memo(inputs=inputs)
         if entry.spec is None:
-            return _Memo(inputs=inputs)
+            return Memo(inputs=inputs)
         until = next_change(spec=entry.spec, state=entry.state, now=now)
-        return _Memo(inputs, (decision, view), at=now, until=math.inf if until is None else until)
+        return Memo(inputs, (decision, view), at=now, until=math.inf if until is None else until)
 
-    async def _finish(self, work: _Pass, report: TickReport) -> None:
+    async def _finish(self, work: Pass, report: TickReport) -> None:
         for info, error in work.invalid:
             self._report_invalid(info, error)
         for info, note in work.warned:
