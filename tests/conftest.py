@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Generator, Iterable
 
 import pytest
@@ -41,6 +42,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for name in markers_for(getattr(item, "fixturenames", ())):
             if item.get_closest_marker(name) is None:
                 item.add_marker(name)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Warm the Prometheus pool's common shapes in a process that will run Prometheus tests."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and session.config.getoption("numprocesses", None):
+        return  # pytest-xdist's controller: its workers run the tests
+    if not any(item.get_closest_marker("prometheus") for item in session.items):
+        return
+    from tests.support.prometheus import find_binary
+    from tests.support.prometheus_pool import COMMON_SHAPES, POOL
+
+    binary = find_binary()
+    if binary is not None and POOL.enabled:
+        POOL.prewarm(COMMON_SHAPES, binary=binary)
 
 
 @pytest.hookimpl(wrapper=True)
