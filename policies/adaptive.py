@@ -159,6 +159,11 @@ class HybridHistogram:
 
     # -- learning ------------------------------------------------------------------------------
 
+    counts_calls = False  # it learns from when calls come, not how many (policies.share does count)
+
+    def count_calls(self, *, calls: float) -> None:
+        """Ignored: the histogram learns idle times, one sighting at a time."""
+
     def observe_call(self, *, now: float) -> None:
         """A started invocation (or a batch of them) was seen at `now`; record the idle time before it."""
         last = self.last_call

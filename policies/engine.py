@@ -38,6 +38,13 @@ class KeepAlivePolicy(Protocol):
         """A started invocation (or a batch of them) was seen at `now`."""
 
     @property
+    def counts_calls(self) -> bool:
+        """Whether it weighs its choice by how many calls started (then every sighting matters)."""
+
+    def count_calls(self, *, calls: float) -> None:
+        """`calls` more calls started, at the sighting the next `observe_call` reports."""
+
+    @property
     def last_call(self) -> float | None:
         """When the last call it knows of started (history it was seeded from included), or None."""
 
@@ -88,12 +95,13 @@ def observe(
                 active = True
                 state.last_call = now
                 if state.keepalive is not None:
-                    count = getattr(state.keepalive, "count_calls", None)
-                    if count is not None:
+                    if state.keepalive.counts_calls:
                         # How many calls, for a policy that weighs its cold starts by them (policies.share):
                         # the counter's increase, or after a reset what it counts since.
                         previous = state.last_started_total
-                        count(calls=started - previous if started > previous else started)
+                        state.keepalive.count_calls(
+                            calls=started - previous if started > previous else started
+                        )
                     state.keepalive.observe_call(now=now)
             state.last_started_total = started
         if load.inflight is not None and load.inflight > 0:

@@ -73,6 +73,8 @@ class ShareTarget(HybridHistogram):
             self._sighted = now
         super().observe_call(now=now)
 
+    counts_calls = True
+
     def count_calls(self, *, calls: float) -> None:
         """`calls` more calls started (the counter's increase at the sighting `observe_call` gets)."""
         if calls > 0:

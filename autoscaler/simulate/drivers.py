@@ -98,7 +98,7 @@ class DecideDriver:
                 picks[calls[np.concatenate([[True], minutes[1:] != minutes[:-1]])]] = True
                 run = np.cumsum(active & ~before)[calls]
                 picks[calls[np.concatenate([run[1:] != run[:-1], [True]])]] = True
-                if hasattr(self.state.keepalive, "count_calls"):
+                if self.state.keepalive.counts_calls:
                     picks[calls] = True  # it learns from every sighting of calls (policies.share)
             # Where a run of active scrapes goes on, its end is a candidate: `next_change` may say so.
             every = _first_ticks(np.arange(active.size), scrape=scrape, tick=tick)

@@ -150,8 +150,13 @@ class FixedWindows:
         self.prewarm, self.keep, self.calls = prewarm, keep, 0
         self.last_call = last_call  # a seeded model knows a call from before the loop started
 
+    counts_calls = False
+
     def observe_call(self, *, now: float) -> None:
         self.calls += 1
+
+    def count_calls(self, *, calls: float) -> None:
+        raise AssertionError("a policy that does not count calls is never told how many")
 
     def windows(self, *, now: float) -> tuple[float, float]:
         return self.prewarm, self.keep
