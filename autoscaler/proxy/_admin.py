@@ -25,7 +25,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from autoscaler.proxy._metrics import GoFamily, exposition
+from autoscaler.proxy._metrics import Families, GoFamily, exposition
 from autoscaler.routes import error_response
 
 __all__ = ["Snapshot", "admin_app", "error_response", "exposition_of", "merge", "snapshot", "worker_app"]
@@ -151,14 +151,6 @@ def families(snap: Snapshot) -> list[Metric]:
     return out
 
 
-class _Fixed(Collector):
-    def __init__(self, metrics: list[Metric]) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterable[Metric]:
-        return self._metrics
-
-
 def exposition_of(snap: Snapshot) -> bytes:
     """The text a scrape gets for a (merged) snapshot, written as one process's `exposition`."""
-    return exposition(_Fixed(families(snap)))
+    return exposition(Families(families(snap)))

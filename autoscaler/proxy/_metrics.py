@@ -202,7 +202,9 @@ def _go_text(family: GoFamily) -> str:
     return "".join(lines)
 
 
-class _Families(Collector):
+class Families(Collector):
+    """Metric families made already, as a collector (a merged snapshot, or the non-Go part of one)."""
+
     def __init__(self, families: list[Metric]) -> None:
         self._families = families
 
@@ -221,7 +223,7 @@ def exposition(registry: Collector) -> bytes:
                 go.append(_go_text(family))
         else:
             others.append(family)
-    return "".join(go).encode() + generate_latest(_Families(others))
+    return "".join(go).encode() + generate_latest(Families(others))
 
 
 class StatsCollector(Collector):
