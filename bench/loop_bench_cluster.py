@@ -16,7 +16,6 @@ format) serves N faas-netes-shaped functions in another process, and the control
 from __future__ import annotations
 
 import asyncio
-import copy
 import multiprocessing
 import multiprocessing.connection
 import time
@@ -32,7 +31,6 @@ from autoscaler.interfaces import FunctionInfo
 from autoscaler.metrics import PrometheusReader
 from autoscaler.providers._k8s_budget import Priority, WriteBudget
 from autoscaler.providers.kubernetes import KubernetesProvider
-from tests.support._apiserver_store import selector_matches
 from tests.support.apiserver import FakeApiServer
 
 
@@ -43,32 +41,6 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def index_listings(api: FakeApiServer) -> None:
-    """Make the fake server's listings cost what one namespace holds, as a real API server's do.
-
-    Its store sorts every object it holds on each list (fine for tests, O(N log N) per request), so
-    1,000 listings of 500 namespaces would measure the fake server, not the controller. Here a list
-    reads an index by (kind, namespace), rebuilt when objects come or go.
-    """
-    store = api.store
-    plain = store.list
-    index: dict[tuple[Any, str], list[tuple[Any, str, str]]] = {}
-    size = [-1]
-
-    def listed(kind: Any, namespace: str | None, selector: Any) -> list[Any]:
-        if namespace is None:
-            return list(plain(kind, namespace, selector))
-        if size[0] != len(store.objects):
-            index.clear()
-            for key in sorted(store.objects, key=lambda k: k[1:]):
-                index.setdefault((key[0], key[1]), []).append(key)
-            size[0] = len(store.objects)
-        found = (store.objects.get(key) for key in index.get((kind, namespace), ()))
-        return [copy.deepcopy(obj) for obj in found if obj is not None and selector_matches(selector, obj)]
-
-    store.list = listed  # type: ignore[method-assign]
-
-
 def serve_cluster(
     keys: list[str], labels: list[dict[str, str]], conn: multiprocessing.connection.Connection
 ) -> None:
@@ -76,7 +48,6 @@ def serve_cluster(
 
     async def serve() -> None:
         async with FakeApiServer() as api:
-            index_listings(api)
             for i, (key, extra) in enumerate(zip(keys, labels, strict=True)):
                 name, _, namespace = key.partition(".")
                 zero = extra.get("com.openfaas.scale.zero") == "true"

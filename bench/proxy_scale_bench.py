@@ -31,13 +31,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
 
-from tests.support._apiserver_store import Obj, selector_matches
 from tests.support.apiserver import FakeApiServer
 from tests.support.cluster_processes import ServiceProcess
 from tests.support.upstream import Upstream
@@ -61,33 +59,6 @@ def function_name(i: int) -> str:
     return f"fn-{i:05d}"
 
 
-def index_listings(api: FakeApiServer) -> None:
-    """Lists that cost what one namespace holds, as a real API server's do (its store sorts all).
-
-    The fake store's `list` sorts every object it holds on each call: 1,000 listings over 100,000
-    objects would measure the fake server. Here a namespaced list reads an index by (kind,
-    namespace), built again whenever objects were added or removed since.
-    """
-    store = api.store
-    plain = store.list
-    index: dict[tuple[Any, str], list[tuple[Any, str, str]]] = {}
-    built_at = [-1]
-
-    def listed(kind: Any, namespace: str | None, selector: Any) -> list[Obj]:
-        if namespace is None:
-            return plain(kind, namespace, selector)
-        if built_at[0] != len(store.objects):
-            index.clear()
-            for key in sorted(store.objects, key=lambda k: k[1:]):
-                index.setdefault((key[0], key[1]), []).append(key)
-            built_at[0] = len(store.objects)
-        found = (store.objects.get(key) for key in index.get((kind, namespace), ()))
-        # json.dumps copies on the way out: no deep copy needed for a list nobody mutates.
-        return [obj for obj in found if obj is not None and selector_matches(selector, obj)]
-
-    store.list = listed  # type: ignore[method-assign]
-
-
 def serve_cluster(
     functions: int,
     namespaces: int,
@@ -102,7 +73,6 @@ def serve_cluster(
 
     async def serve() -> None:
         async with FakeApiServer() as api:
-            index_listings(api)
             started = time.perf_counter()
             for i in range(functions):
                 name, namespace = function_name(i), namespace_name(i % namespaces)
