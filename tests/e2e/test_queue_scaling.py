@@ -97,7 +97,10 @@ async def test_a_backlog_at_zero_wakes_the_function_to_its_share_and_it_sleeps_o
 
                 worker.set_pending(KEY, 12)  # ceil(12 / 5) = 3
                 await replicas(api, 3, within=LAG + 2, log=controller)
-                [(_, woken)] = [e for e in scale_events(api) if e[0] == "Wake"]
+                [wake] = await api.wait_events(  # written just after the scale it reports
+                    lambda e: e["involvedObject"]["name"] == FN and e["reason"] == "Wake", what="Wake"
+                )
+                woken = wake["message"]
                 assert woken.startswith("Scaled from 0 to 3 replicas: 12 pending calls / (target 5 x 1)")
                 assert woken.endswith("wake to 3 for its backlog")
 
