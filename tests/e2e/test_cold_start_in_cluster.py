@@ -23,6 +23,7 @@ import pytest
 
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION
 from tests.support.apiserver import FakeApiServer
+from tests.support.child import stable_port
 from tests.support.cluster_processes import (
     Pods,
     ProxyProcess,
@@ -31,7 +32,7 @@ from tests.support.cluster_processes import (
     start_controller,
     start_proxy,
 )
-from tests.support.prometheus import PrometheusFactory, PrometheusServer, free_port
+from tests.support.prometheus import PrometheusFactory, PrometheusServer
 from tests.support.upstream import Upstream
 from tests.support.waiting import until
 
@@ -117,7 +118,7 @@ async def stack(prometheus_factory: PrometheusFactory, tmp_path: Path) -> AsyncI
     # The exit stack closes in reverse order whatever failed, before the API server goes away.
     async with FakeApiServer() as api, contextlib.AsyncExitStack() as cleanup:
         api.add_deployment(FN, labels=LABELS, replicas=0)
-        upstream = Upstream(name=FN, port=free_port())
+        upstream = Upstream(name=FN, port=stable_port())
         api.set_backend(FN, host="127.0.0.1", port=upstream.port, ready_delay=READY_DELAY)
         pods = Pods(api=api, name=FN, upstream=upstream, termination_grace=0.25)
         pods.start()

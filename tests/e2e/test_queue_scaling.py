@@ -28,7 +28,7 @@ from aiohttp import web
 
 from tests.queue.worker_exporter import WorkerExporter
 from tests.support.apiserver import FakeApiServer
-from tests.support.child import free_port
+from tests.support.child import free_port, stable_port
 from tests.support.cluster_processes import NAMESPACE, Pods, ServiceProcess, replica_history, start_controller
 from tests.support.exporter import GatewayExporter
 from tests.support.nats import NatsServer, nats_server  # noqa: F401 - fixture
@@ -218,7 +218,7 @@ async def async_stack(
     """
     async with FakeApiServer() as api, contextlib.AsyncExitStack() as cleanup:
         api.add_faas_netes_function(FN, labels=LABELS, replicas=0)
-        upstream = Upstream(name=FN, port=free_port())
+        upstream = Upstream(name=FN, port=stable_port())
         api.set_backend(FN, host="127.0.0.1", port=upstream.port, ready_delay=0.5)
         pods = Pods(api=api, name=FN, upstream=upstream, termination_grace=0.25)
         pods.start()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -32,6 +33,43 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default range starts here
+
+
+_handed_out: set[int] = set()
+
+
+def stable_port(host: str = "127.0.0.1") -> int:
+    """A free port below the kernel's ephemeral range, for a server that stops and listens on it again.
+
+    A port from `free_port` comes out of the ephemeral range, so while its server is down any outgoing
+    connection on the machine may be given it as its local port, and the restart fails with "address
+    already in use" (a replica scaled to zero and woken again). The kernel never hands out ports below
+    the range on its own. Each xdist worker draws from its own band, and no process is given the same
+    port twice, so tests running side by side do not draw one another's ports either.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    low, high = 20000, min(_ephemeral_low(), 32768)
+    band = max((high - low) // 16, 64)
+    start = low + (index % 16) * band
+    for candidate in random.sample(range(start, min(start + band, high)), k=min(band, high - start)):
+        if candidate in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, candidate))
+            except OSError:
+                continue
+        _handed_out.add(candidate)
+        return candidate
+    return free_port(host)  # the band is used up: fall back to the kernel's choice
 
 
 def find_binary(*, env: str, name: str, debian_path: str) -> str | None:

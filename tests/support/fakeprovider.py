@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from autoscaler.errors import NotFoundError, ProviderError
 from autoscaler.interfaces import FunctionInfo, FunctionRef
-from tests.support.prometheus import free_port
+from tests.support.child import stable_port
 from tests.support.upstream import Upstream
 
 
@@ -180,7 +180,7 @@ class FakeProvider:
 
     async def _bring_up(self, fn: _Function, *, replicas: int, lag: float) -> None:
         if fn.url is None:
-            fn.upstream = Upstream(name=fn.info.ref.name, port=free_port() if lag > 0 else 0)
+            fn.upstream = Upstream(name=fn.info.ref.name, port=stable_port() if lag > 0 else 0)
             if lag <= 0:
                 await fn.upstream.start()
         fn.listed = True

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.child import ChildServer, free_port, require
+from tests.support.child import ChildServer, require, stable_port
 from tests.support.child import find_binary as find
 
 INSTALL_HINT = "the nats-server binary is missing: install it with apt-get install -y nats-server"
@@ -76,8 +76,8 @@ class NatsServer(ChildServer):
     def _spawn(self, *, fresh_ports: bool) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if fresh_ports:
-            self.port = free_port()
-            self.monitor_port = free_port()
+            self.port = stable_port()
+            self.monitor_port = stable_port()
         store = self.data_dir / "store"
         config = self.data_dir / "nats.conf"
         config.write_text(
