@@ -6,7 +6,7 @@ a history replay of at least 100 functions from a real Prometheus; this builds o
 
 Set-up, all in one run on loopback:
   * the first `--functions` functions (file order, default 150) of the Azure 2019 day
-    (`/work/shared/traces/azure2019-1000`) are named `fn-<hash prefix>.openfaas-fn`; their calls per
+    (`../shared/traces/azure2019-1000`) are named `fn-<hash prefix>.openfaas-fn`; their calls per
     minute become the gateway's started counter (`gateway_function_invocation_started{function_name}`,
     one sample a minute), written as OpenMetrics over `--days` days (default 7: the trace has one day,
     so the week is that same day repeated) ending two hours ago, and backfilled with
@@ -53,7 +53,7 @@ from autoscaler.errors import ConfigError  # noqa: E402
 from autoscaler.simulate.trace import TraceFunction, read_trace  # noqa: E402
 from tests.support.prometheus import PrometheusServer, find_binary  # noqa: E402
 
-DEFAULT_TRACE = Path("/work/shared/traces/azure2019-1000")
+DEFAULT_TRACE = ROOT.parent / "shared" / "traces" / "azure2019-1000"  # ../shared beside the project
 NAMESPACE = "openfaas-fn"
 METRIC = "gateway_function_invocation_started"
 DAY = 1440  # minutes

@@ -19,7 +19,7 @@ from autoscaler.simulate import simulate
 from autoscaler.simulate.policies import POLICY_NAMES, SimSettings, simulate_function
 from autoscaler.simulate.trace import read_trace
 
-DEFAULT = Path("/work/shared/traces/azure2019-1000")
+DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "traces" / "azure2019-1000"  # ../shared
 
 
 def main() -> int:
