@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import math
 import sys
 import time
 import tracemalloc
@@ -124,14 +125,24 @@ async def test_a_function_with_a_ready_endpoint_costs_the_cache_under_a_kib() ->
     assert grown / 1000 < 1024  # 1.9 KiB before: an asyncio.Event per function, keys kept 4 times
 
 
+def slice_sync_seconds(functions: int, namespaces: int) -> tuple[float, FunctionCache]:
+    """The fastest of three first syncs of every namespace's EndpointSlices, and the last cache."""
+    lists = listings(functions, namespaces)
+    best, cache = math.inf, FunctionCache(set(lists))
+    for _ in range(3):
+        cache = FunctionCache(set(lists))
+        started = time.perf_counter()
+        for namespace, (_, slices) in lists.items():
+            cache.sync_slices(namespace, slices)
+        best = min(best, time.perf_counter() - started)
+    return best, cache
+
+
 async def test_listing_the_endpoint_slices_of_many_namespaces_costs_what_they_hold_not_all_of_it() -> None:
-    lists = listings(2000, 20)
-    cache = FunctionCache(set(lists))
-    started = time.perf_counter()
-    for namespace, (_, slices) in lists.items():
-        cache.sync_slices(namespace, slices)
-    took = time.perf_counter() - started
+    small, _ = slice_sync_seconds(200, 20)
+    large, cache = slice_sync_seconds(2000, 20)
 
     assert len(cache._endpoints) == 2000
-    # Linear: about 0.03 s here; the scan of every slice per slice took 2 s before (38 s at 10,000).
-    assert took < 0.5
+    # Ten times the slices, about ten times the time: the scan of every slice per slice (2 s here
+    # before, 38 s at 10,000) made it a hundred. A ratio in one process, not a time of this machine.
+    assert large / small < 40.0
