@@ -8,10 +8,12 @@ must give the same per-policy results as replaying the same calls from a trace d
 
 from __future__ import annotations
 
+import http.server
 import math
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from autoscaler.simulate.history import (
 from autoscaler.simulate.policies import POLICY_NAMES, SimSettings
 from autoscaler.simulate.trace import read_trace
 from tests.simulate.support import write_trace
+from tests.support.cli import run_cli
 from tests.support.prometheus import PrometheusServer, free_port, require_binary
 
 QUERY = "sum by (function_name) (gateway_function_invocation_started)"
@@ -84,7 +87,38 @@ class TestFlags:
         with pytest.raises(ConfigError, match="--sizes"):
             read_sizes(path, duration=0.1, memory_mb=128)
 
-    @pytest.mark.slow
+    def test_a_busy_answer_is_asked_again_and_the_next_answer_is_read(self) -> None:
+        # Prometheus's query_range answers in this shape (docs: HTTP API, range queries); the first
+        # is a 503, as a Prometheus behind a restarting proxy gives.
+        answers = [(503, b"busy"), (200, b'{"status":"success","data":{"resultType":"matrix","result":[]}}')]
+        paths: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                paths.append(self.path.split("?")[0])
+                status, body = answers.pop(0) if answers else (500, b"asked too often")
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as server:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            url = f"http://127.0.0.1:{server.server_address[1]}/"
+            with pytest.raises(ConfigError, match="has no series"):  # the second answer, read: empty
+                read_history(url=url, query="up", start=0.0, end=3600.0)
+            server.shutdown()
+        assert paths == ["/api/v1/query_range"] * 2  # asked twice, at the API's own path
+
+    def test_a_refused_connection_is_reported_at_once(self, caplog: pytest.LogCaptureFixture) -> None:
+        url = f"http://127.0.0.1:{free_port()}"
+        with pytest.raises(MetricsError, match="cannot read the history"):
+            read_history(url=url, query="up", start=0.0, end=3600.0)
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")] == []
+
     def test_an_unreachable_prometheus_exits_with_one_line(self) -> None:
         url = f"http://127.0.0.1:{free_port()}"
         done = subprocess.run(
@@ -107,12 +141,7 @@ class TestFlags:
     )
     def test_bad_history_flags_exit_2(self, argv: list[str], expected: str) -> None:
         url = f"http://127.0.0.1:{free_port()}"
-        done = subprocess.run(
-            [sys.executable, "-m", "autoscaler", "simulate", "--prometheus-url", url, *argv],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_cli("simulate", "--prometheus-url", url, *argv)
         assert done.returncode == 2, done.stderr
         assert expected in done.stderr
         assert "Traceback" not in done.stderr
