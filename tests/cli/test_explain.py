@@ -1,4 +1,7 @@
-"""`autoscaler explain` and `--help`, run as a real process the way a user types them."""
+"""`autoscaler explain` and `--help`, through the command line's entry point (tests/support/cli.py).
+
+A closed stdout is a process's matter, so that one test starts `python -m autoscaler`.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,11 @@ import sys
 
 import pytest
 
+from tests.support.cli import run_cli
+
 
 def autoscaler(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "autoscaler", *args], capture_output=True, text=True, timeout=60, check=False
-    )
+    return run_cli(*args)
 
 
 def test_explain_prints_the_decision_as_json() -> None:

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 
 from autoscaler.config import ProviderSettings, build
 from autoscaler.errors import ConfigError
+from tests.support.cli import run_cli
 
 
 def autoscaler(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "autoscaler", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
+    return run_cli(*args, env=env)
 
 
 @pytest.mark.parametrize("value", ["openfaas", "=1", "open faas=1", "-openfaas=1"])

@@ -7,25 +7,17 @@ flag: each is a message that names what is wrong, never a stack trace.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from autoscaler.functionsfile import load
+from tests.support.cli import run_cli
 
 
 def demo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "autoscaler", "--log-format", "text", "demo", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
+    return run_cli("--log-format", "text", "demo", *args, env=env)
 
 
 def refused(done: subprocess.CompletedProcess[str]) -> str:

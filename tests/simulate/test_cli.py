@@ -13,6 +13,7 @@ import pytest
 from autoscaler.commands import simulate
 from autoscaler.errors import ConfigError
 from tests.simulate.support import write_trace
+from tests.support.cli import run_cli
 
 RESULT_KEYS = {
     "policy",
@@ -160,13 +161,7 @@ def test_the_command_runs_in_worker_processes_and_prints_the_table(tmp_path: Pat
     ],
 )
 def test_wrong_flag_values_exit_2_with_a_clear_message(argv: tuple[str, ...], expected: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "autoscaler", "simulate", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli("simulate", *argv)
     assert done.returncode == 2
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
