@@ -6,15 +6,14 @@ operator: owned by a Function whose spec is in an annotation) and as hand-writte
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
 
 from tests.support.apiserver import FakeApiServer
+from tests.support.cli import run_cli_async
 from tests.support.exporter import GatewayExporter
 from tests.support.prometheus import PrometheusFactory
 
@@ -26,13 +25,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 async def explain(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "autoscaler", "explain", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    done = await run_cli_async("explain", *args)
+    return done.returncode, done.stdout, done.stderr
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
