@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from autoscaler.config import ControllerSettings, ProviderSettings, ProxySettings, build
 from autoscaler.errors import ConfigError
+from tests.support.cli import run_cli
 
 
 def test_environment_variables_set_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,14 +52,7 @@ def test_proxy_settings_out_of_range_are_refused_saying_the_bound(field: str, va
 
 
 def test_a_bad_environment_variable_exits_2_with_its_name() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "autoscaler", "run", "--prometheus-url", "http://127.0.0.1:9"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "AUTOSCALER_INTERVAL": "often"},
-        check=False,
-    )
+    done = run_cli("run", "--prometheus-url", "http://127.0.0.1:9", env={"AUTOSCALER_INTERVAL": "often"})
     assert done.returncode == 2
     assert "AUTOSCALER_INTERVAL" in done.stderr
     assert "'often'" in done.stderr

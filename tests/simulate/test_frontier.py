@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from autoscaler.commands import simulate
 from autoscaler.simulate.frontier import against, summary
 from autoscaler.simulate.policies import SWEEP, check_policy, family, project_spec
 from autoscaler.simulate.report import PolicyResult
+from tests.support.cli import run_cli
 
 
 def row(policy: str, memory: float, cold: float) -> PolicyResult:
@@ -58,12 +57,7 @@ class TestSweptPolicies:
             check_policy(name)
 
     def test_a_bad_policy_flag_exits_2_with_one_line(self) -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "autoscaler", "simulate", "--policy", "fixed-0m"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run_cli("simulate", "--policy", "fixed-0m")
         assert done.returncode == 2
         assert "unknown policy 'fixed-0m'" in done.stderr
         assert "Traceback" not in done.stderr
