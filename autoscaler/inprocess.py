@@ -59,7 +59,7 @@ class ProxyLoadReader:
         for key, counters in stats().items():
             self._samples[key] = collections.deque([(self._since, counters.completed_total)])
 
-    async def read(self) -> LoadSnapshot:
+    async def read(self, *, unused: frozenset[str] = frozenset()) -> LoadSnapshot:
         now = self._clock()
         current = dict(self._stats())
         watched = now - self._since >= self._window

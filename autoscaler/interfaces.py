@@ -127,8 +127,12 @@ class InvocationStats:
 
 
 class LoadReader(Protocol):
-    """Reads per-function load once per tick with a constant number of queries."""
+    """Reads per-function load once per tick with a constant number of queries.
 
-    async def read(self) -> LoadSnapshot: ...
+    `unused` names load figures (`Load` fields) that no function is scaled by this tick: a reader may
+    leave them out (they read None), and one that pays per figure should.
+    """
+
+    async def read(self, *, unused: frozenset[str] = frozenset()) -> LoadSnapshot: ...
 
     async def close(self) -> None: ...

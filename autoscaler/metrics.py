@@ -125,11 +125,12 @@ class PrometheusReader:
         """The Prometheus base URL, as used in error messages."""
         return str(self._base)
 
-    async def read(self) -> LoadSnapshot:
-        """Issue the queries concurrently; see the module docstring for what failure gives."""
+    async def read(self, *, unused: frozenset[str] = frozenset()) -> LoadSnapshot:
+        """Issue the queries concurrently, but none for an `unused` figure (it reads None); see the
+        module docstring for what failure gives."""
         started = time.perf_counter()
         now = self._clock()
-        names = list(self.queries)
+        names = [name for name in self.queries if name not in unused or name == PROVEN_BY]
         results = await asyncio.gather(*(self._instant(name, now=now) for name in names))
         if self._read_seconds is not None:
             self._read_seconds.observe(time.perf_counter() - started)

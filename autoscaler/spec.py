@@ -267,12 +267,22 @@ def _scale_type(labels: Mapping[str, str]) -> tuple[ScaleType, str]:
     raw = labels.get(TYPE)
     if raw is None:
         return ScaleType.RPS, ""
-    value = raw.strip().lower()
+    value = _type_value(raw)
     if not value:
         raise SpecError(TYPE, raw, "one of " + ", ".join(_MEASURED))
     if value == ScaleType.UNSUPPORTED.value or value not in {t.value for t in ScaleType}:
         return ScaleType.UNSUPPORTED, raw.strip()
     return ScaleType(value), ""
+
+
+def _type_value(raw: str) -> str:
+    return raw.strip().lower()
+
+
+def scaled_by_cpu(labels: Mapping[str, str]) -> bool:
+    """Whether `parse_labels` would give these labels the CPU type (read without parsing the rest)."""
+    raw = labels.get(TYPE)
+    return raw is not None and _type_value(raw) == ScaleType.CPU.value
 
 
 def unsupported(spec: ScalingSpec) -> str | None:

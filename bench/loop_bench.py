@@ -152,9 +152,9 @@ class TimedReader:
         self.last_seconds = 0.0
         self.last_snapshot: LoadSnapshot | None = None
 
-    async def read(self) -> LoadSnapshot:
+    async def read(self, *, unused: frozenset[str] = frozenset()) -> LoadSnapshot:
         started = time.perf_counter()
-        self.last_snapshot = await self.reader.read()
+        self.last_snapshot = await self.reader.read(unused=unused)
         self.last_seconds = time.perf_counter() - started
         return self.last_snapshot
 

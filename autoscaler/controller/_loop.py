@@ -19,7 +19,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry
 
@@ -28,7 +28,7 @@ from autoscaler.controller._memo import TIMED, Entry, Inputs, Memo, Pass, TickRe
 from autoscaler.errors import AutoscalerError, ProviderError, SpecError
 from autoscaler.interfaces import FunctionInfo, FunctionRef, LoadReader, LoadSnapshot, Provider
 from autoscaler.providers._k8s_budget import scale_priority
-from autoscaler.spec import parse_labels, unsupported
+from autoscaler.spec import parse_labels, scaled_by_cpu, unsupported
 from autoscaler.tasks import Background
 from autoscaler.telemetry import ControllerMetrics, FunctionView, log_decision
 from policies.engine import FunctionState, KeepAlivePolicy, decide, next_change, observe
@@ -174,9 +174,9 @@ class Controller:
             log.exception("%s failed; the next tick will retry", kind)
             self.metrics.errors_total.labels(kind=kind).inc()
 
-    async def _read(self) -> LoadSnapshot:
+    async def _read(self, *, unused: frozenset[str]) -> LoadSnapshot:
         try:
-            return await self._reader.read()
+            return await self._reader.read(unused=unused)
         except Exception as e:  # a reader bug or outage is "no data", never zero (invariant 1)
             return LoadSnapshot(loads={}, error=f"load read failed: {e}")
 
@@ -204,7 +204,8 @@ class Controller:
     async def tick(self, *, now: float) -> TickReport:
         """One pass over every known function; returns what it decided and did."""
         started = time.perf_counter()
-        snapshot = await self._read()
+        functions = self._provider.functions()
+        snapshot = await self._read(unused=unused_figures(functions.values()))
         report = TickReport(queries=snapshot.queries, metrics_error=snapshot.error)
         if snapshot.error:
             log.warning(
@@ -213,7 +214,6 @@ class Controller:
             self.metrics.errors_total.labels(kind="metrics").inc()
         self._loads = snapshot.loads
         self.reused = 0
-        functions = self._provider.functions()
         work = Pass()
         for key, info in functions.items():
             report.decisions[key] = self._decide(key, info, now=now, work=work)
@@ -403,3 +403,16 @@ class Controller:
     async def close(self) -> None:
         """Wait for background Events still being written."""
         await self._background.wait()
+
+
+CPU_ONLY = frozenset({"cpu"})
+
+
+def unused_figures(functions: Iterable[FunctionInfo]) -> frozenset[str]:
+    """The load figures no function is scaled by, which the reader need not ask for.
+
+    Only CPU qualifies: every function's idleness reads its rps, in-flight, started and pending
+    figures whatever its type, while CPU is read for `type=cpu` alone, and its query is the costliest
+    of the five (at 50,000 functions 641 of the 1,478 ms Prometheus spends evaluating them).
+    """
+    return frozenset() if any(scaled_by_cpu(info.labels) for info in functions) else CPU_ONLY

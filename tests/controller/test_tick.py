@@ -305,7 +305,7 @@ class TestRunning:
         provider.add("fn", replicas=3)
 
         class BrokenReader(StaticReader):
-            async def read(self) -> LoadSnapshot:
+            async def read(self, *, unused: frozenset[str] = frozenset()) -> LoadSnapshot:
                 raise RuntimeError("boom")
 
         report = await controller(provider, BrokenReader()).tick(now=0)
@@ -386,3 +386,19 @@ class TestLabelConflicts:
             ("ConflictingScalingLabels", said),
             ("ConflictingScalingLabels", said.replace("9", "7")),
         ]
+
+
+class TestWhatIsRead:
+    async def test_cpu_is_not_asked_for_until_a_function_is_scaled_by_it(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
+        provider, reader = world
+        provider.add("web", labels={"com.openfaas.scale.type": "capacity"})
+        provider.add("plain")
+        loop = controller(provider, reader)
+        await loop.tick(now=0)
+        assert reader.unused == frozenset({"cpu"})
+
+        provider.add("crunch", labels={"com.openfaas.scale.type": " CPU "})  # as the label parser reads it
+        await loop.tick(now=2)
+        assert reader.unused == frozenset()

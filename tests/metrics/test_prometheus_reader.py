@@ -65,6 +65,22 @@ async def test_every_read_costs_five_queries_whatever_the_function_count(live: L
     assert after - before == 5
 
 
+async def test_a_figure_no_function_uses_costs_no_query_and_the_others_read_the_same(live: Live) -> None:
+    async with PrometheusReader(settings=live.settings()) as reader:
+        full = await reader.read()
+        before = await query_requests_served(live)
+        lean = await reader.read(unused=frozenset({"cpu"}))
+        after = await query_requests_served(live)
+
+    assert (lean.queries, after - before) == (4, 4)
+    assert lean.loads[ECHO].cpu is None  # not asked: no data, never 0
+    assert full.loads[ECHO].cpu == pytest.approx(250.0, rel=0.1)
+    for key in (ECHO, IDLE, NO_CPU):
+        assert lean.loads[key].inflight == full.loads[key].inflight
+        assert lean.loads[key].rps == pytest.approx(full.loads[key].rps, rel=0.1)
+        assert (lean.loads[key].started_total is None) == (full.loads[key].started_total is None)
+
+
 async def test_a_series_missing_for_one_function_leaves_that_figure_none_for_it_alone(live: Live) -> None:
     async with PrometheusReader(settings=live.settings()) as reader:
         snapshot = await reader.read()

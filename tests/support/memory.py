@@ -103,10 +103,12 @@ class StaticReader:
         self.loads: dict[str, Load] = {}
         self.error: str | None = None
         self.reads = 0
+        self.unused: frozenset[str] = frozenset()  # what the last read was told no function uses
         self.read_event = asyncio.Event()
 
-    async def read(self) -> LoadSnapshot:
+    async def read(self, *, unused: frozenset[str] = frozenset()) -> LoadSnapshot:
         self.reads += 1
+        self.unused = unused
         self.read_event.set()
         if self.error:
             return LoadSnapshot(loads={}, error=self.error, queries=4)
