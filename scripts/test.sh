@@ -25,12 +25,12 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 echo "== ruff";          python3 -m ruff check autoscaler policies tests bench
 echo "== mypy --strict"; python3 -m mypy  # autoscaler, policies and tests (pyproject.toml)
 echo "== import layers"; lint-imports
-# Four workers on 2 cores: most tests wait on real processes (Prometheus scrapes, replicas starting),
-# so four overlap their waits (on a quiet 2-core machine: 336 s with 2 workers, 197 s with 4, 190 s
-# with 6); a file's tests stay on one worker, so a module-scoped Prometheus starts once, and files are
-# handed out longest first (tests/durations.json; `--no-loadscope-reorder` keeps that order instead of
-# ordering by the number of tests, which started the longest file last). Bytecode is written (some
-# environments turn that off), so the many `python -m autoscaler` processes and each worker's
-# collection compile once.
+# Six workers on 2 cores: many tests wait on real processes (Prometheus scrapes, replicas starting),
+# so six overlap their waits and keep both cores busy (on a quiet 2-core machine: 182 s with 4
+# workers, 170 s with 6). A file's tests stay on one worker, so a module-scoped
+# Prometheus starts once, and files are handed out longest first (tests/durations.json;
+# `--no-loadscope-reorder` keeps that order instead of ordering by the number of tests, which started
+# the longest file last). Bytecode is written (some environments turn that off), so the many
+# `python -m autoscaler` processes and each worker's collection compile once.
 unset PYTHONDONTWRITEBYTECODE
-echo "== pytest";        python3 -m pytest -q -n "${PYTEST_WORKERS:-4}" --dist loadscope --no-loadscope-reorder "$@"
+echo "== pytest";        python3 -m pytest -q -n "${PYTEST_WORKERS:-6}" --dist loadscope --no-loadscope-reorder "$@"
