@@ -24,7 +24,7 @@ people reading it, not for deciding, so clock skew between nodes cannot cause tw
 and the sleep are one injectable pair (`clock`, `sleep`), so the lease's timing can be tested on
 virtual time. A candidate that cannot reach the API backs off by `policies.backoff`, from the retry
 period up to the renew deadline; API errors are mapped, and calls bounded, by the provider's one
-mapping (`autoscaler.providers._k8s_calls.call`, one attempt: this loop is the retry).
+mapping (`autoscaler.providers.kubernetes._calls.call`, one attempt: this loop is the retry).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient, CoordinationV1Api, V1Lease, V1LeaseSpec, V1ObjectMeta
 
 from autoscaler.errors import ConfigError, ConflictError, NotFoundError, ProviderError
-from autoscaler.providers._k8s_calls import RetryPolicy, call
+from autoscaler.providers.kubernetes._calls import RetryPolicy, call
 from policies.backoff import Backoff
 
 API_CALLS: tuple[tuple[str, str, str], ...] = (

@@ -29,8 +29,8 @@ from autoscaler.config import ControllerSettings, MetricsSettings, ProviderSetti
 from autoscaler.controller import Controller
 from autoscaler.interfaces import FunctionInfo
 from autoscaler.metrics import PrometheusReader
-from autoscaler.providers._k8s_budget import Priority, WriteBudget
 from autoscaler.providers.kubernetes import KubernetesProvider
+from autoscaler.providers.kubernetes._budget import Priority, WriteBudget
 from tests.support.apiserver import FakeApiServer
 
 

@@ -27,7 +27,7 @@ from autoscaler.config import ControllerSettings
 from autoscaler.controller._memo import TIMED, Entry, Inputs, Memo, Pass, TickReport
 from autoscaler.errors import AutoscalerError, ProviderError, SpecError
 from autoscaler.interfaces import FunctionInfo, FunctionRef, LoadReader, LoadSnapshot, Provider
-from autoscaler.providers._k8s_budget import scale_priority
+from autoscaler.providers.kubernetes._budget import scale_priority
 from autoscaler.spec import parse_labels, scaled_by_cpu, unsupported
 from autoscaler.tasks import Background
 from autoscaler.telemetry import ControllerMetrics, FunctionView, log_decision

@@ -20,8 +20,8 @@ from kubernetes_asyncio.client import ApiClient
 from autoscaler.config import ControllerSettings, ProviderSettings
 from autoscaler.controller import Controller, TickReport
 from autoscaler.interfaces import FunctionRef
-from autoscaler.providers._k8s_calls import RetryPolicy
 from autoscaler.providers.kubernetes import KubernetesProvider
+from autoscaler.providers.kubernetes._calls import RetryPolicy
 from policies.model import Load, Reason
 from tests.support.apiserver import FakeApiServer
 from tests.support.memory import MemoryProvider, StaticReader

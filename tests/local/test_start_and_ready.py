@@ -12,7 +12,7 @@ import pytest
 
 from autoscaler.errors import NotFoundError
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionRef
-from autoscaler.providers._local_replica import ReplicaState, ReplicaTiming
+from autoscaler.providers.local._replica import ReplicaState, ReplicaTiming
 from tests.support.waiting import until
 
 from .support import READY, REF, MakeProvider

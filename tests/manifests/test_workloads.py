@@ -152,7 +152,7 @@ def test_the_service_monitor_scrapes_the_admin_port_of_both_services(base: list[
 
 
 def test_the_example_function_carries_scaling_labels_the_autoscaler_accepts(example: list[Obj]) -> None:
-    from autoscaler.providers._k8s_objects import function_info
+    from autoscaler.providers.kubernetes._objects import function_info
     from autoscaler.spec import parse_labels
 
     deployment = only(example, "Deployment", "figlet")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from autoscaler.providers._k8s_calls import RetryPolicy
+from autoscaler.providers.kubernetes._calls import RetryPolicy
 from tests.support.waiting import until
 
 # Retries and reconnects in milliseconds, so failure tests stay fast; Retry-After is capped at 1 s.

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionRef
-from autoscaler.providers._k8s_cache import FunctionCache
+from autoscaler.providers.kubernetes._cache import FunctionCache
 from tests.support._apiserver_cluster import DEPLOYMENTS, ENDPOINT_SLICES, Cluster
 from tests.support._apiserver_store import Obj
 from tests.support.apiserver import FakeApiServer

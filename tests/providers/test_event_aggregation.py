@@ -14,8 +14,8 @@ import pytest
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
 from autoscaler.interfaces import FunctionRef
-from autoscaler.providers._k8s_budget import WriteBudget
-from autoscaler.providers._k8s_events import (
+from autoscaler.providers.kubernetes._budget import WriteBudget
+from autoscaler.providers.kubernetes._events import (
     AGGREGATE_INTERVAL,
     AGGREGATE_MAX_EVENTS,
     AGGREGATE_PREFIX,

@@ -14,7 +14,7 @@ import pytest
 
 from autoscaler.errors import ProviderError
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionRef
-from autoscaler.providers._k8s_marks import WRITERS
+from autoscaler.providers.kubernetes._marks import WRITERS
 from tests.support.apiserver import FakeApiServer
 
 from .support import FAST, eventually, fn_labels

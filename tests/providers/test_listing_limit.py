@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from autoscaler.providers._k8s_watch import LISTS_AT_ONCE, Obj, Reflector
+from autoscaler.providers.kubernetes._watch import LISTS_AT_ONCE, Obj, Reflector
 from tests.support.waiting import until
 
 from .support import FAST

@@ -299,7 +299,7 @@ class TestTheFunctionsEnvironment:
         ref_env = {"configMapKeyRef": {"name": "limits", "key": "indirect"}}
         with_environment(api, "indirect", [{"name": "max_inflight", "valueFrom": ref_env}])
 
-        with caplog.at_level(logging.DEBUG, logger="autoscaler.providers._k8s_objects"):
+        with caplog.at_level(logging.DEBUG, logger="autoscaler.providers.kubernetes._objects"):
             info = info_of(await make_provider(), "indirect")
 
         assert info.env_max_inflight is None

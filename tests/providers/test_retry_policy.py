@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoscaler.providers._k8s_calls import RetryPolicy
+from autoscaler.providers.kubernetes._calls import RetryPolicy
 from policies.backoff import Backoff
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from autoscaler.interfaces import FunctionRef
-from autoscaler.providers._k8s_budget import Priority, WriteBudget, scale_priority
+from autoscaler.providers.kubernetes._budget import Priority, WriteBudget, scale_priority
 from tests.support.apiserver import FakeApiServer
 
 from .support import eventually, fn_labels

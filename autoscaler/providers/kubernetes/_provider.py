@@ -1,14 +1,14 @@
 """Functions as Kubernetes Deployments: the provider the controller and the proxy use in a cluster.
 
 Reads never hit the API server: a list-then-watch of Deployments (and of the functions'
-EndpointSlices) in each configured namespace keeps a local cache (`_k8s_cache`), so a tick or a
+EndpointSlices) in each configured namespace keeps a local cache (`_cache`), so a tick or a
 proxied request costs no API call, and `wait_ready()` wakes on the watch event, not by polling.
 Writes are few and small: a strategic merge patch (the client's default for a dict body; on these
 maps it is a plain JSON merge patch) of the `scale` subresource and of the last-active annotation
-(at most one write per function per `mark_active_interval`, by a few writer tasks: `_k8s_marks`),
-and core/v1 Events (aggregated like client-go's recorder: `_k8s_events`). Every write first takes a
-token of the write budget (`_k8s_budget`: `api_qps`, `api_burst`), wake-ups first and Events last;
-every call is retried and wrapped by `_k8s_calls`, so callers only ever see `autoscaler.errors`.
+(at most one write per function per `mark_active_interval`, by a few writer tasks: `_marks`),
+and core/v1 Events (aggregated like client-go's recorder: `_events`). Every write first takes a
+token of the write budget (`_budget`: `api_qps`, `api_burst`), wake-ups first and Events last;
+every call is retried and wrapped by `_calls`, so callers only ever see `autoscaler.errors`.
 
 Namespaces are the configured ones plus, with `--namespaces-annotated KEY=VALUE`, every namespace
 carrying that annotation (OpenFaaS's multiple namespaces: `kubectl annotate namespace NAME
@@ -35,13 +35,13 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 from autoscaler.config import ProviderSettings
 from autoscaler.errors import ConfigError, ProviderError
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionInfo, FunctionRef
-from autoscaler.providers._k8s_budget import Priority, WriteBudget, scale_priority
-from autoscaler.providers._k8s_cache import FunctionCache
-from autoscaler.providers._k8s_calls import RetryPolicy, call
-from autoscaler.providers._k8s_events import EVENT_SERIES_WINDOW, EventRecorder
-from autoscaler.providers._k8s_marks import MarkWriter
-from autoscaler.providers._k8s_objects import SERVICE_NAME_LABEL, Obj, format_last_active
-from autoscaler.providers._k8s_watch import Reflector, read_list
+from autoscaler.providers.kubernetes._budget import Priority, WriteBudget, scale_priority
+from autoscaler.providers.kubernetes._cache import FunctionCache
+from autoscaler.providers.kubernetes._calls import RetryPolicy, call
+from autoscaler.providers.kubernetes._events import EVENT_SERIES_WINDOW, EventRecorder
+from autoscaler.providers.kubernetes._marks import MarkWriter
+from autoscaler.providers.kubernetes._objects import SERVICE_NAME_LABEL, Obj, format_last_active
+from autoscaler.providers.kubernetes._watch import Reflector, read_list
 from autoscaler.tasks import restarting
 
 __all__ = ["API_CALLS", "EVENT_SERIES_WINDOW", "KubernetesProvider"]
@@ -398,7 +398,7 @@ class KubernetesProvider:
         return True
 
     async def mark_active(self, ref: FunctionRef, when: float) -> None:
-        """Write the last-active annotation, at most once per `mark_active_interval` (see `_k8s_marks`)."""
+        """Write the last-active annotation, at most once per `mark_active_interval` (see `_marks`)."""
         await self._marks.mark(ref, when)
 
     async def _write_mark(self, ref: FunctionRef, when: float) -> None:

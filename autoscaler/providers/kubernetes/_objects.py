@@ -37,7 +37,7 @@ from typing import Any
 from kubernetes_asyncio.client import CoreV1Event, V1EventSource, V1ObjectMeta, V1ObjectReference
 
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionInfo, FunctionRef
-from autoscaler.providers._k8s_shared import Shared
+from autoscaler.providers.kubernetes._shared import Shared
 from autoscaler.spec import MAX_INFLIGHT_ENV
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def env_max_inflight(pod: Mapping[str, Any], *, name: str) -> str | None:
 def function_info(obj: Obj, shared: Shared | None = None) -> FunctionInfo | None:
     """The cache entry for a Deployment, or None when it is not a function.
 
-    With `shared`, the entry's strings and common maps are the cache's one copy (`_k8s_shared`).
+    With `shared`, the entry's strings and common maps are the cache's one copy (`_shared`).
     """
     meta = obj.get("metadata") or {}
     spec, status = obj.get("spec") or {}, obj.get("status") or {}

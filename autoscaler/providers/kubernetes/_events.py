@@ -28,8 +28,8 @@ from typing import Any
 
 from autoscaler.errors import NotFoundError, ProviderError
 from autoscaler.interfaces import FunctionRef
-from autoscaler.providers._k8s_calls import RetryPolicy, call
-from autoscaler.providers._k8s_objects import EVENT_MESSAGE_LIMIT, event_body, rfc3339
+from autoscaler.providers.kubernetes._calls import RetryPolicy, call
+from autoscaler.providers.kubernetes._objects import EVENT_MESSAGE_LIMIT, event_body, rfc3339
 
 log = logging.getLogger("autoscaler.providers.kubernetes")
 

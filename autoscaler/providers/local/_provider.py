@@ -24,7 +24,8 @@ import aiohttp
 from autoscaler.errors import NotFoundError, ProviderError
 from autoscaler.functionsfile import FunctionsFile, LocalFunction
 from autoscaler.interfaces import LAST_ACTIVE_ANNOTATION, FunctionInfo, FunctionRef
-from autoscaler.providers._local_replica import (
+from autoscaler.providers._subscribers import Subscribers
+from autoscaler.providers.local._replica import (
     LIVE_GROUPS,
     Replica,
     ReplicaState,
@@ -32,7 +33,6 @@ from autoscaler.providers._local_replica import (
     ReplicaView,
     signal_group,
 )
-from autoscaler.providers._subscribers import Subscribers
 from autoscaler.spec import MAX_INFLIGHT_ENV
 from autoscaler.tasks import spawn
 

@@ -23,7 +23,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
 
 from autoscaler.errors import ProviderError
-from autoscaler.providers._k8s_calls import RetryPolicy, wrap
+from autoscaler.providers.kubernetes._calls import RetryPolicy, wrap
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 At 50,000 functions the watch cache is the controller's and the proxy's largest structure. A
 function's record (`FunctionInfo`) is already small: its labels, its annotations less the big ones
-(`_k8s_objects`), where each label came from, replicas and owner; but built naively every record
+(`_objects`), where each label came from, replicas and owner; but built naively every record
 holds its own copy of strings and maps that most functions share: label keys (`faas_function`,
 `com.openfaas.scale.max`), common values (`true`, `5m`), a `label_sources` map (nearly always the
 same few keys, all from the pod template) and annotations (faas-netes writes

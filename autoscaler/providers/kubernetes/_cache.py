@@ -1,13 +1,13 @@
 """The provider's memory of the cluster: functions, endpoints and readiness, kept by the watches.
 
 `functions()`, `endpoints()` and `wait_ready()` are answered from here, so a tick or a proxied
-request costs no API call. The watches (`_k8s_watch.Reflector`) feed it: a listing replaces what it
+request costs no API call. The watches (`_watch.Reflector`) feed it: a listing replaces what it
 held for that namespace, an event changes one object, and every change of a function notifies the
 provider's subscribers (how the loop hears of a wake-up). Objects of a namespace no longer followed
 are ignored: its watches may deliver late. Per function it keeps a `FunctionInfo` (what the callers
 read: labels, annotations less the big ones, replicas, owner), the Deployment's uid and the ready
 endpoints' URLs, never the Deployment itself; the strings and maps functions have in common are kept
-once (`_k8s_shared`), so 50,000 functions cost tens of MiB, not hundreds. A readiness event exists
+once (`_shared`), so 50,000 functions cost tens of MiB, not hundreds. A readiness event exists
 only while someone waits for a function that has no ready endpoint, not one per function.
 
 Every upkeep step costs what it changes, not what the cache holds: functions and EndpointSlices are
@@ -29,9 +29,9 @@ import dataclasses
 import sys
 
 from autoscaler.interfaces import FunctionInfo, FunctionRef
-from autoscaler.providers._k8s_objects import Obj, function_info, ref_of, slice_urls
-from autoscaler.providers._k8s_shared import Shared
 from autoscaler.providers._subscribers import Subscribers
+from autoscaler.providers.kubernetes._objects import Obj, function_info, ref_of, slice_urls
+from autoscaler.providers.kubernetes._shared import Shared
 
 
 class FunctionCache:
