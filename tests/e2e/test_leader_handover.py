@@ -5,10 +5,10 @@ Both controllers run for real against the wire-format API server (which stores t
 Prometheus. The follower ticks without patching, so its idle timers and windows are warm when it takes
 over; the test checks that from the replica history the API server recorded, for four kinds of
 function whose right replicas are known (`HandoverWorld`): a burst (rising load: replicas only go
-up), steady ones already at their right replicas, idle ones allowed to go to zero only after 2m, and
-busy ones (requests in flight, no completions) that may never go to zero. A "wrong decision" is any
-scale the old leader would not have made on the same load: every change of a steady, idle or busy
-function, and every step down of a burst. `bench/failover_bench.py` runs the same at 5,000 functions.
+up; it has a down window, see BURSTING), steady ones already at their right replicas, idle ones
+allowed to go to zero only after 2m, and busy ones (requests in flight, no completions) that may
+never go to zero. A "wrong decision" is any scale the old leader would not have made on the same
+load: every change of a steady, idle or busy function, and every step down of a burst. `bench/failover_bench.py` runs the same at 5,000 functions.
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ NAMESPACE = "openfaas-fn"
 ZERO = {"com.openfaas.scale.zero": "true"}
 BURST, GROWN = 300.0, 600.0  # the burst's rps before and during the handover (45 rps per replica)
 STEADY_RPS = 60.0  # 2 replicas
+# A bursting function's down window, as a platform gives one (HPA's stabilisation, 300 s by default):
+# rate() over a ramp dips when a scrape runs late on a busy machine, and with no window every leader
+# steps down on the dip. With one, a step down in the burst is wrong: it means the new leader's window
+# was not warm (the follower records recommendations while it waits).
+BURSTING = {"com.openfaas.scale.down.window": "10s"}
 
 
 async def scale_total(controller: ServiceProcess) -> float:
@@ -115,7 +120,11 @@ async def handover_world(
     async with FakeApiServer() as api:
         api.store.log = deque(maxlen=4 * functions + 2000)  # every replica change stays readable
         for kind, names in kinds.items():
-            labels = {"idle": {**ZERO, "com.openfaas.scale.zero-duration": "2m"}, "busy": {**ZERO}}
+            labels = {
+                "idle": {**ZERO, "com.openfaas.scale.zero-duration": "2m"},
+                "busy": {**ZERO},
+                "burst": BURSTING,
+            }
             replicas = 2 if kind == "steady" else 1
             for name in names:
                 api.add_deployment(
