@@ -64,6 +64,10 @@ class NatsLink:
         self._last_error = "not connected yet"
         self._streams_ready = False
         self._closing = False
+        # Bumped at each connection and reconnection: a pull subscription made before a reconnection
+        # may be silent after it (nats-io/nats.py#504: the server forgot the pull it held), so a
+        # consumer makes its subscription again when this moved.
+        self.generation = 0
 
     @property
     def where(self) -> str:
@@ -86,6 +90,7 @@ class NatsLink:
                 log.warning("NATS at %s disconnected; reconnecting", self.where)
 
         async def on_reconnected() -> None:
+            self.generation += 1
             self._connected.set()
             log.info("NATS at %s reconnected", self.where)
 
@@ -103,6 +108,7 @@ class NatsLink:
             reconnected_cb=on_reconnected,
         )
         self._js = self._client.jetstream(timeout=self._settings.publish_timeout)
+        self.generation += 1
         self._connected.set()
         log.info("NATS at %s connected", self.where)
 

@@ -147,6 +147,7 @@ class QueueWorker:
             codes=CALLBACK_CODES,
         )
         self.completed = 0  # calls acknowledged (done, final failure or dead-lettered)
+        self.subscriptions = 0  # pull subscriptions made (again after each reconnection to NATS)
         self._consumed: set[str] = set()  # functions with a durable consumer, as last listed
         self._listed = -math.inf  # monotonic time of that listing
 
@@ -249,11 +250,13 @@ class QueueWorker:
         while not self._stopping.is_set():
             try:
                 js = self._link.jetstream()
+                generation = self._link.generation
                 sub = await js.pull_subscribe(
                     subject(queue, fn.ref), durable=durable(fn.ref), stream=queue, config=config
                 )
+                self.subscriptions += 1
                 try:
-                    while not self._stopping.is_set():
+                    while not self._stopping.is_set() and self._link.generation == generation:
                         free = fn.concurrency.limit - fn.inflight
                         if free <= 0:
                             fn.changed.clear()

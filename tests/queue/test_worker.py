@@ -247,8 +247,9 @@ class TestARestartedNatsServer:
         ]
         stack.nats.stop()  # file storage: the accepted calls are on disk
         stack.nats.start()
-        await make_worker()
+        worker = await make_worker()
         await until(lambda: len(callback.seen) == 3, within=15, what="the calls accepted before the restart")
+        subscribed = worker.subscriptions
         stack.nats.stop()
         stack.nats.start()
         after = []
@@ -266,6 +267,8 @@ class TestARestartedNatsServer:
                 await asyncio.sleep(0.1)
         await until(lambda: len(callback.seen) == 6, within=15, what="the calls accepted after the restart")
         assert sorted(seen.headers["X-Call-Id"] for seen in callback.seen) == sorted(before + after)
+        # Subscribed again after the reconnection, not trusting the old pull (nats-io/nats.py#504).
+        assert worker.subscriptions > subscribed
 
 
 class TestABatch:
