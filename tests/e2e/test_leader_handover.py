@@ -8,7 +8,8 @@ function whose right replicas are known (`HandoverWorld`): a burst (rising load:
 up; it has a down window, see BURSTING), steady ones already at their right replicas, idle ones
 allowed to go to zero only after 2m, and busy ones (requests in flight, no completions) that may
 never go to zero. A "wrong decision" is any scale the old leader would not have made on the same
-load: every change of a steady, idle or busy function, and every step down of a burst. `bench/failover_bench.py` runs the same at 5,000 functions.
+load: every change of a steady, idle or busy function, and every step down of a burst.
+`bench/failover_bench.py` runs the same at 5,000 functions.
 """
 
 from __future__ import annotations
