@@ -256,6 +256,7 @@ def _rate(labels: Mapping[str, str], label: str, *, allowed: str) -> float:
 
 
 _MEASURED = tuple(t.value for t in ScaleType if t.measured)
+_TYPE_VALUES = frozenset(t.value for t in ScaleType)
 
 
 def _scale_type(labels: Mapping[str, str]) -> tuple[ScaleType, str]:
@@ -270,7 +271,7 @@ def _scale_type(labels: Mapping[str, str]) -> tuple[ScaleType, str]:
     value = _type_value(raw)
     if not value:
         raise SpecError(TYPE, raw, "one of " + ", ".join(_MEASURED))
-    if value == ScaleType.UNSUPPORTED.value or value not in {t.value for t in ScaleType}:
+    if value == ScaleType.UNSUPPORTED.value or value not in _TYPE_VALUES:
         return ScaleType.UNSUPPORTED, raw.strip()
     return ScaleType(value), ""
 
