@@ -53,7 +53,9 @@ async def test_a_function_the_source_knows_but_never_saw_called_reads_as_zero_ca
     assert never.cpu is None  # the source says nothing of CPU: still no data
     ce = snapshot.loads[CE_ONLY]
     assert ce.inflight == 0.0
-    assert ce.rps == pytest.approx(2.0, rel=0.2)
+    # Its rate comes through: over a 2 s window of 0.5 s scrapes one late scrape on a loaded machine
+    # moves it by a quarter or more (0.2 failed once under six workers), so the bound is loose.
+    assert ce.rps == pytest.approx(2.0, rel=0.5)
     assert ce.started_total is not None
     assert ce.started_total > 0
 
@@ -94,7 +96,7 @@ async def test_a_failed_started_query_proves_nothing_and_nothing_reads_as_zero(s
     assert NEVER not in snapshot.loads
     ce = snapshot.loads[CE_ONLY]
     assert (ce.started_total, ce.inflight) == (None, None)
-    assert ce.rps == pytest.approx(2.0, rel=0.2)
+    assert ce.rps == pytest.approx(2.0, rel=0.5)  # it came, with its value (a loose bound: see above)
 
 
 async def test_the_source_costs_no_query_of_its_own(shared: Live) -> None:
