@@ -33,4 +33,4 @@ echo "== import layers"; lint-imports
 # the longest file last). Bytecode is written (some environments turn that off), so the many
 # `python -m autoscaler` processes and each worker's collection compile once.
 unset PYTHONDONTWRITEBYTECODE
-echo "== pytest";        python3 -m pytest -q -n "${PYTEST_WORKERS:-6}" --dist loadscope --no-loadscope-reorder "$@"
+echo "== pytest";        python3 -m pytest -q -n "${PYTEST_WORKERS:-6}" --dist loadscope --no-loadscope-reorder --durations=15 "$@"

@@ -343,7 +343,7 @@ async def test_a_worker_killed_and_nats_server_restarted_mid_run_lose_no_call(
     nats_server: NatsServer,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    calls, inflight = 2_000, 5
+    calls, inflight = 1_000, 5  # about 3 s of work at full speed: each interruption lands mid-run
     async with async_stack(
         prometheus_factory=prometheus_factory, nats_url=nats_server.url, tmp_path=tmp_path, calls=calls,
         max_inflight=inflight, worker_flags=("--ack-wait", "2"),
