@@ -94,6 +94,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Warm the Prometheus pool's common shapes in a process that will run Prometheus tests."""
     if os.environ.get("PYTEST_XDIST_WORKER") is None and session.config.getoption("numprocesses", None):
         return  # pytest-xdist's controller: its workers run the tests
+    if session.config.option.collectonly:
+        return  # nothing will run
     if not any(item.get_closest_marker("prometheus") for item in session.items):
         return
     from tests.support.prometheus import find_binary
