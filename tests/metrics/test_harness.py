@@ -51,14 +51,15 @@ def test_a_removed_function_and_a_dropped_series_disappear_from_the_text() -> No
 
 
 def render_seconds(functions: int) -> tuple[float, str]:
-    """The fastest of three renders of `functions` functions, and the text."""
+    """The least CPU of five renders of `functions` functions (this thread's: the machine's other
+    processes do not count), and the text."""
     exporter = GatewayExporter()
     exporter.set_functions([f"fn-{i}.load" for i in range(functions)], rps=1.0, inflight=2, cpu=0.1)
     best, text = math.inf, ""
-    for _ in range(3):
-        started = time.perf_counter()
+    for _ in range(5):
+        started = time.thread_time()
         text = exporter.render()
-        best = min(best, time.perf_counter() - started)
+        best = min(best, time.thread_time() - started)
     return best, text
 
 
