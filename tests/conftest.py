@@ -130,7 +130,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     scopes: dict[str, float] = {}
     for nodeid, seconds in _durations.items():
-        scopes[scope_of(nodeid)] = scopes.get(scope_of(nodeid), 0.0) + seconds
+        scope = scope_of(nodeid)
+        scopes[scope] = scopes.get(scope, 0.0) + seconds
     kept = {scope: round(seconds, 1) for scope, seconds in sorted(scopes.items()) if seconds >= 1.0}
     DURATIONS.write_text(json.dumps(kept, indent=1) + "\n")
 

@@ -43,7 +43,6 @@ _DAYS = re.compile(r"(\d+)d(.*)")
 # Prometheus's answer (422) to a query over more samples than its --query.max-samples (50,000,000 by
 # default: about 2,500 functions' 10,000 points, as `sum by` holds each input and output sample).
 TOO_MANY_SAMPLES = "query processing would load too many samples into memory"
-RETRY_STATUSES = (408, 429, 500, 502, 503, 504)  # answers worth asking again (the client's own list)
 
 
 def parse_span(text: str, *, flag: str) -> float:
@@ -182,11 +181,12 @@ def _read(
     """Each series' samples, in chunks of at most MAX_POINTS; a chunk refused as too many samples in
     halves (Prometheus's --query.max-samples caps points x series, so many functions need fewer points)."""
     from prometheus_api_client import PrometheusConnect
+    from prometheus_api_client.prometheus_connect import RETRY_ON_STATUS
     from urllib3.util.retry import Retry
 
     # The client's own default retries a refused connection three times over 6 s, logging each: an
     # address nobody answers at is a mistake to report at once. Busy answers (429, 5xx) are retried.
-    retry = Retry(total=3, connect=0, backoff_factor=0.5, status_forcelist=RETRY_STATUSES)
+    retry = Retry(total=3, connect=0, backoff_factor=0.5, status_forcelist=RETRY_ON_STATUS)
     client = PrometheusConnect(url=url.rstrip("/"), disable_ssl=True, retry=retry)
     samples: dict[str, npt.NDArray[np.float64]] = {}
     offset, chunk = 0, MAX_POINTS

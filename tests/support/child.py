@@ -59,7 +59,8 @@ def stable_port(host: str = "127.0.0.1") -> int:
     low, high = 20000, min(_ephemeral_low(), 32768)
     band = max((high - low) // 16, 64)
     start = low + (index % 16) * band
-    for candidate in random.sample(range(start, min(start + band, high)), k=min(band, high - start)):
+    candidates = range(start, min(start + band, high))  # empty where the range starts below 20000
+    for candidate in random.sample(candidates, len(candidates)):
         if candidate in _handed_out:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
