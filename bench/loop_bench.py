@@ -17,7 +17,8 @@ series: measured at 50,000 functions they bought no time, so the manifests do no
 Prometheus's and the exporter's CPU share is printed while idle and during the ticks, with each
 query's own timings (`stats=all`) and this process's decoding (`loop_bench_prometheus`). We then time
   * ours: `Controller.tick()` (PrometheusReader.read() + a decision per function + patching), and
-    `PrometheusReader.read()` alone;
+    `PrometheusReader.read()` alone, after `autoscaler.runtime.settle_collector()` as `autoscaler run`
+    calls it; the `--ticks` ticks before it, with CPython's default collector, are its baseline;
   * baseline: one instant query per function (its rps figure), issued one after another on a
     keep-alive session, for a fixed sample of functions (default 200) and extrapolated to N, plus the
     same decision time as ours.
@@ -56,6 +57,7 @@ from autoscaler.config import ControllerSettings, MetricsSettings
 from autoscaler.controller import Controller
 from autoscaler.interfaces import FunctionRef, LoadSnapshot
 from autoscaler.metrics import PrometheusReader
+from autoscaler.runtime import settle_collector
 from bench.loop_bench_cluster import cluster_figures, print_cluster
 from bench.loop_bench_prometheus import (
     RulesPrometheus,
@@ -180,21 +182,15 @@ async def measure(args: argparse.Namespace, prometheus: PrometheusServer, export
             provider=provider, reader=timed, settings=ControllerSettings(), registry=CollectorRegistry()
         )
         first = await controller.tick(now=time.time())  # patches every function whose load calls for it
-        reads, ticks, queries = [], [], set()
+        # The same-run baseline of the collector's set-up: ticks with CPython's default thresholds,
+        # then `settle_collector()`, as `autoscaler run` calls it once every function is listed.
+        own = time.process_time()
+        unsettled = await measured_ticks(controller, timed, args, prometheus.url)
+        unsettled_cpu = (time.process_time() - own) / args.ticks
+        settle_collector()
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         ticking, own = time.monotonic(), time.process_time()
-        for _ in range(args.ticks):
-            report = await controller.tick(now=time.time())
-            snapshot = timed.last_snapshot
-            if snapshot is None or snapshot.error or len(snapshot.loads) < args.functions:
-                got = "no snapshot" if snapshot is None else f"{len(snapshot.loads)} loads, {snapshot.error}"
-                health = await scrape_health(prometheus.url)  # a scrape past its timeout empties them
-                raise RuntimeError(f"read incomplete ({got}); last scrape: {health}")
-            if len(report.decisions) != args.functions:
-                raise RuntimeError(f"tick decided {len(report.decisions)} of {args.functions} functions")
-            ticks.append(report.seconds)
-            reads.append(timed.last_seconds)
-            queries.add(report.queries)
+        ticks, reads, queries = await measured_ticks(controller, timed, args, prometheus.url)
         spent = time.monotonic() - ticking
         busy = {name: (cpu_seconds(pid) - before[name]) / spent for name, pid in pids.items()}
         busy["this process"] = (time.process_time() - own) / spent
@@ -225,6 +221,17 @@ async def measure(args: argparse.Namespace, prometheus: PrometheusServer, export
     )
     print(f"          of which read() {read * 1000:.0f} ms, decisions {decide * 1000:.0f} ms (medians)")
     print(f"          queries per tick: {sorted(queries)}")
+    before_tick, before_read = statistics.median(unsettled[0]), statistics.median(unsettled[1])
+    before_decide = statistics.median(t - r for t, r in zip(unsettled[0], unsettled[1], strict=True))
+    print(
+        f"  the {args.ticks} ticks before, with CPython's default collector thresholds (no "
+        f"settle_collector): tick median {before_tick * 1000:.0f} ms, read() {before_read * 1000:.0f} ms, "
+        f"decisions {before_decide * 1000:.0f} ms, this process {unsettled_cpu:.2f} s CPU per tick"
+    )
+    print(
+        f"  ratio default collector / settled: {before_tick / tick:.2f}x tick, "
+        f"{before_decide / decide:.2f}x decisions, {unsettled_cpu / mine:.2f}x this process's CPU"
+    )
     print_query_stats(stats)
     if args.baseline:
         await one_query_per_function(
@@ -232,6 +239,26 @@ async def measure(args: argparse.Namespace, prometheus: PrometheusServer, export
         )
     ok = tick < 1.0 and max(queries) <= 5
     print(f"goal (tick < 1 s, <= 5 queries over {args.functions} functions): {'met' if ok else 'NOT met'}")
+
+
+async def measured_ticks(
+    controller: Controller, timed: TimedReader, args: argparse.Namespace, url: str
+) -> tuple[list[float], list[float], set[int]]:
+    """`--ticks` ticks, each checked complete: (tick seconds, read seconds, queries per tick)."""
+    ticks, reads, queries = [], [], set()
+    for _ in range(args.ticks):
+        report = await controller.tick(now=time.time())
+        snapshot = timed.last_snapshot
+        if snapshot is None or snapshot.error or len(snapshot.loads) < args.functions:
+            got = "no snapshot" if snapshot is None else f"{len(snapshot.loads)} loads, {snapshot.error}"
+            health = await scrape_health(url)  # a scrape past its timeout empties them
+            raise RuntimeError(f"read incomplete ({got}); last scrape: {health}")
+        if len(report.decisions) != args.functions:
+            raise RuntimeError(f"tick decided {len(report.decisions)} of {args.functions} functions")
+        ticks.append(report.seconds)
+        reads.append(timed.last_seconds)
+        queries.add(report.queries)
+    return ticks, reads, queries
 
 
 async def cpu_share(pids: dict[str, int], *, seconds: float) -> dict[str, float]:

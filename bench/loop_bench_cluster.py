@@ -31,6 +31,7 @@ from autoscaler.interfaces import FunctionInfo
 from autoscaler.metrics import PrometheusReader
 from autoscaler.providers.kubernetes import KubernetesProvider
 from autoscaler.providers.kubernetes._budget import Priority, WriteBudget
+from autoscaler.runtime import settle_collector
 from tests.support.apiserver import FakeApiServer
 
 
@@ -117,6 +118,7 @@ async def _controller_side(
         figures["list"] = time.perf_counter() - started
         figures["functions"] = len(provider.functions())
         figures["rss_cache"] = rss_mib()
+        settle_collector()  # as `autoscaler run` does once every function is listed
         metrics = MetricsSettings(prometheus_url=prometheus_url, rate_window="10s", query_timeout=60.0)
         async with PrometheusReader(settings=metrics) as reader:
             controller = Controller(

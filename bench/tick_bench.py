@@ -15,10 +15,12 @@ the process, so that none pays for the garbage collection of the others' objects
   * baseline: the general JSON decoding (`json.loads` + a dict per sample) and a decision per function,
     as before issue 15;
   * full: the fast decoding and a decision per function (`Controller(incremental=False)`);
-  * ours: the fast decoding and the reuse of provably unchanged decisions (the default);
-  * frozen: ours, with `gc.freeze()` once the provider has listed its functions, as `autoscaler run`
-    does (the garbage collector then no longer re-scans the 50,000 functions' cached objects);
-  * tuned: frozen, and young collections every 20,000 allocations instead of 700 (`gc.set_threshold`).
+  * ours: the fast decoding and the reuse of provably unchanged decisions (the default), with CPython's
+    default collector thresholds;
+  * frozen: ours, with `gc.freeze()` once the provider has listed its functions (the garbage collector
+    then no longer re-scans the 50,000 functions' cached objects);
+  * tuned: ours as `autoscaler run` runs it: `autoscaler.runtime.settle_collector()` once the provider
+    has listed (frozen, and young collections every 20,000 allocations instead of 700).
 A fifth of the functions (the ones allowed to go to zero) sit at zero replicas with no calls, as many
 functions of a large cluster do (`--no-zero`: none). Times are wall and CPU (this process)
 medians over `--ticks`, and the garbage collector's share (`gc.callbacks`), with the load average.
@@ -57,6 +59,7 @@ from autoscaler.config import ControllerSettings, MetricsSettings
 from autoscaler.controller import Controller
 from autoscaler.interfaces import FunctionRef
 from autoscaler.metrics import PrometheusReader
+from autoscaler.runtime import settle_collector
 from bench.loop_bench import TimedReader, function_keys, function_labels
 from tests.support.memory import MemoryProvider
 
@@ -168,7 +171,6 @@ def settings(port: int) -> MetricsSettings:
 
 
 KINDS = ("baseline", "full", "ours", "frozen", "tuned")
-GC_THRESHOLD = 20_000  # `tuned`: allocations between young collections (CPython's default: 700)
 
 
 class GcClock:
@@ -214,10 +216,10 @@ async def one(
         registry=CollectorRegistry(),
         incremental=kind != "full" and kind != "baseline",
     )
-    if kind in ("frozen", "tuned"):
-        gc.freeze()  # as `autoscaler run` does once the provider has listed the functions
+    if kind == "frozen":
+        gc.freeze()
     if kind == "tuned":
-        gc.set_threshold(GC_THRESHOLD, 50, 100)
+        settle_collector()  # as `autoscaler run` does once the provider has listed the functions
     clock = GcClock()
     gc.callbacks.append(clock)
     times: list[tuple[float, ...]] = []

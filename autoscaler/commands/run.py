@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from autoscaler.commands._flags import add_settings_flags, command, settings
 from autoscaler.config import ControllerSettings, MetricsSettings, ProviderSettings
 from autoscaler.errors import ConfigError, SpecError
+from autoscaler.runtime import settle_collector
 from autoscaler.spec import parse_labels
 from policies.model import KeepAlive
 
@@ -141,6 +142,7 @@ async def serve(
     try:
         await provider.start()
         await _seed(reader, provider, histories, seeded_at)
+        settle_collector()  # every function listed and seeded: their objects live on (autoscaler.runtime)
         health.started.set()
         if controller_settings.leader_election:
             leader, election = _elect(controller, controller_settings, provider)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import time
@@ -48,6 +47,7 @@ from autoscaler.proxy._respond import ProxyRequest, request_factory
 from autoscaler.proxy._routing import PREFIX, RouteError, Router
 from autoscaler.proxy._slots import concurrency_limit
 from autoscaler.routes import not_found
+from autoscaler.runtime import settle_collector
 from autoscaler.spec import zero_enabled
 from autoscaler.tasks import Background
 
@@ -60,8 +60,6 @@ CONNECT_RETRY_WINDOW = 5.0  # warm path: how long refused connections are retrie
 CLIENT_CLOSED = 499
 # The data port's listen backlog (the kernel caps it at net.core.somaxconn).
 LISTEN_BACKLOG = 4096
-# Allocations between young-generation collections in a proxy process (CPython's default is 700).
-GC_THRESHOLD = 20_000
 
 
 class AsyncAcceptor(Protocol):
@@ -424,11 +422,7 @@ async def serve_forever(proxy: Proxy, *, grace: float) -> int:
     try:
         if not proxy.ready():
             await proxy.start()
-        # A proxy process keeps thousands of live objects (connections, held requests); the default
-        # collector thresholds then spend a fifth of the CPU of a cold-start burst re-scanning them.
-        # Objects alive after start-up are frozen out of collection and young collections are rarer.
-        gc.freeze()
-        gc.set_threshold(GC_THRESHOLD, 50, 100)
+        settle_collector()  # thousands of live connections and held requests (autoscaler.runtime)
         await stop.wait()
         log.info("signal received: draining for up to %g s", grace)
         await proxy.drain(grace=grace)
