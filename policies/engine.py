@@ -22,7 +22,7 @@ from typing import Protocol
 from policies.knobs import bursting, delayed, rate_limited
 from policies.knobs import timers as knob_timers
 from policies.model import Decision, KeepAlive, Load, Reason, ScaleType, ScalingSpec
-from policies.replicas import desired_replicas, raw_replicas
+from policies.replicas import clamp, raw_replicas
 from policies.stabilize import stabilized
 
 # No policy sends a function to zero sooner than this (or its zero-duration, if shorter) after its
@@ -234,14 +234,10 @@ def decide(
     return _by_load(spec=spec, state=state, value=value, current=current, now=now, burst=burst)
 
 
-def _formula(spec: ScalingSpec, value: float) -> str:
-    per_replica = spec.target * spec.target_proportion
-    need = raw_replicas(spec=spec, load=value)
-    what = f"{value:.4g} pending calls" if spec.type is ScaleType.QUEUE else f"{spec.type} load {value:.4g}"
-    return (
-        f"{what} / (target {spec.target:g} x {spec.target_proportion:g}) "
-        f"= {value / per_replica:.4g} -> {need}, within [{max(spec.min_replicas, 1)}, {spec.max_replicas}]"
-    )
+def _formula(spec: ScalingSpec, value: float, need: int) -> str:
+    """The replica formula with its figures, `need` being `raw_replicas` of `value`."""
+    before, ratio, bounds = spec.formula_words
+    return f"{before}{value:.4g}{ratio}{value / (spec.target * spec.target_proportion):.4g} -> {need}{bounds}"
 
 
 def _without_load(*, spec: ScalingSpec, current: int, active: bool) -> Decision:
@@ -271,7 +267,8 @@ def _without_load(*, spec: ScalingSpec, current: int, active: bool) -> Decision:
 
 def _wake(*, spec: ScalingSpec, state: FunctionState, value: float) -> Decision:
     """The verdict for a function at zero that is active, or not allowed to stay at zero."""
-    formula = _formula(spec, value)
+    need = raw_replicas(spec=spec, load=value)
+    formula = _formula(spec, value, need)
     if spec.zero and spec.activation_threshold > 0 and value <= spec.activation_threshold:
         # KEDA's activationThreshold: the loop does not wake it on so little; a request still wakes it
         # through the proxy, which holds the request.
@@ -283,7 +280,7 @@ def _wake(*, spec: ScalingSpec, state: FunctionState, value: float) -> Decision:
         )
     state.recommendations.clear()
     state.lower_since = None
-    wanted = desired_replicas(spec=spec, load=value)
+    wanted = clamp(spec=spec, replicas=need)
     woken = max(wanted, spec.wake_replicas)
     extra = f" (activation-scale {spec.activation_scale})" if woken > wanted else ""
     if spec.type is ScaleType.QUEUE:
@@ -295,8 +292,9 @@ def _by_load(
     *, spec: ScalingSpec, state: FunctionState, value: float, current: int, now: float, burst: bool
 ) -> Decision:
     """The replica formula with the down window, the scale-down delay, burst mode and the rate limits."""
-    formula = _formula(spec, value)
-    wanted = desired_replicas(spec=spec, load=value)
+    need = raw_replicas(spec=spec, load=value)
+    formula = _formula(spec, value, need)
+    wanted = clamp(spec=spec, replicas=need)
     windowed = stabilized(
         history=state.recommendations, recommendation=wanted, now=now, window=spec.down_window
     )

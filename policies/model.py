@@ -6,7 +6,7 @@ Label parsing (strings -> ScalingSpec, with clear errors) lives in `autoscaler.s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -61,6 +61,16 @@ class ScalingSpec:
     burst_threshold: float = 0.0
     burst_window: float = 60.0
     activation_threshold: float = 0.0
+    # The fixed words of the replica formula in a decision's message ("capacity load 12 / (target 5 x
+    # 0.9) = 2.667 -> 3, within [1, 50]"), made once per spec: a decision formats only its figures.
+    formula_words: tuple[str, str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        before = "" if self.type is ScaleType.QUEUE else f"{self.type} load "
+        unit = " pending calls" if self.type is ScaleType.QUEUE else ""
+        ratio = f"{unit} / (target {self.target:g} x {self.target_proportion:g}) = "
+        bounds = f", within [{max(self.min_replicas, 1)}, {self.max_replicas}]"
+        object.__setattr__(self, "formula_words", (before, ratio, bounds))
 
     @property
     def static(self) -> bool:
