@@ -248,6 +248,11 @@ class ClientConnection(RequestHandler):
         return waiter is not None and not waiter.done() and self.transport is not None
 
     @property
+    def fresh(self) -> bool:
+        """Open, and no request head has come whole on it yet (a caller that has just connected)."""
+        return self._request_count == 0 and self.transport is not None
+
+    @property
     def idle_since(self) -> float:
         return self._next_keepalive_close_time  # aiohttp's: the end of the last response + keep-alive
 
@@ -339,6 +344,24 @@ class ClientServer(web.Server):
             connection.force_close()
         self.shed_total += len(idle)
         return len(idle)
+
+    def drain(self) -> None:
+        """Close the connections waiting between requests (called again and again while draining).
+
+        One mid-request is left to finish (its body still comes), and one that has just connected to
+        send its first request: a drain serves it, instead of cutting it before its request is read.
+        """
+        for connection in list(self._connections):
+            if isinstance(connection, ClientConnection) and connection.idle and not connection.fresh:
+                connection.close()
+
+    def fresh(self, *, since: float) -> int:
+        """Open connections accepted after `since` (loop time) still to send their first request head."""
+        return sum(
+            1
+            for c in self._connections
+            if isinstance(c, ClientConnection) and c.fresh and (c._head_since or since) > since
+        )
 
     def before_accept(self) -> None:
         """Past the learnt ceiling, a new connection replaces the longest idle one."""

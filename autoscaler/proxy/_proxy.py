@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -36,6 +38,7 @@ from autoscaler.interfaces import FunctionRef, InvocationStats, Provider
 from autoscaler.proxy._admin import admin_app, error_response
 from autoscaler.proxy._bodies import BodyBudget, BodyRefused, read_body
 from autoscaler.proxy._downstream import ClientLimits, ClientServer, listen
+from autoscaler.proxy._drain import serve_pending, settle
 from autoscaler.proxy._eager import run_eagerly
 from autoscaler.proxy._forward import Forwarder, UpstreamError
 from autoscaler.proxy._hold import ColdStarts, FunctionState, HoldError
@@ -123,6 +126,7 @@ class Proxy:
         self._runner: web.ServerRunner | None = None
         self._server: ClientServer | None = None
         self._site: web.BaseSite | None = None
+        self._listener: socket.socket | None = None  # the data port's listening socket
         self._admin_runner: web.AppRunner | None = None
         self._port = 0
         self._admin_port = 0
@@ -164,15 +168,11 @@ class Proxy:
         try:
             # aiohttp listens with a backlog of 128: a burst of callers would overflow it (SYN retries
             # of 1 s and more), as the functions' small queues overflow behind us.
-            self._site = await self._listen(
-                lambda: web.SockSite(
-                    runner,
-                    listen(server, settings.host, settings.port, reuse_port=settings.workers > 1),
-                    backlog=LISTEN_BACKLOG,
-                ),
-                "--port",
-                settings.port,
-            )
+            def data_site() -> web.BaseSite:
+                self._listener = listen(server, settings.host, settings.port, reuse_port=settings.workers > 1)
+                return web.SockSite(runner, self._listener, backlog=LISTEN_BACKLOG)
+
+            self._site = await self._listen(data_site, "--port", settings.port)
             self._port = _bound_port(runner)
             self._background.spawn(server.sweep(), name="client limits")
             await self._listen(
@@ -212,18 +212,14 @@ class Proxy:
     async def drain(self, *, grace: float) -> None:
         """Stop accepting, let in-flight and held requests finish for up to `grace` seconds."""
         self._draining = True
-        if self._site is not None:
-            await self._site.stop()  # closes the listener: new connections are refused
+        if self._site is not None and self._server is not None and self._listener is not None:
+            # The listen queue outlives the site's close in a duplicate: what it holds is served.
+            pending = socket.socket(fileno=os.dup(self._listener.fileno()))
+            await self._site.stop()  # new connections are refused (or go to the other workers)
             self._site = None
-        if self._runner is not None and self._runner.server is not None:
-            self._runner.server.pre_shutdown()  # idle keep-alive connections close after their request
-        if self._inflight > 0:
-            log.info("draining: waiting up to %g s for %d request(s)", grace, self._inflight)
-            self._idle.clear()
-            try:
-                await asyncio.wait_for(self._idle.wait(), timeout=grace)
-            except TimeoutError:
-                log.warning("drain grace of %g s is over; %d request(s) are cut", grace, self._inflight)
+            await serve_pending(self._server, pending)
+        if self._server is not None:
+            await settle(self._server, inflight=lambda: self._inflight, idle=self._idle, grace=grace)
 
     async def stop(self) -> None:
         """Close everything at once (after `drain` for a graceful stop)."""
