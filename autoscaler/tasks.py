@@ -85,3 +85,25 @@ def restarting(run: Callable[[], Awaitable[None]], *, name: str, restart_delay: 
             await asyncio.sleep(restart_delay)
 
     return asyncio.get_running_loop().create_task(guard(), name=name)
+
+
+async def stoppable(work: Awaitable[Any], stop: asyncio.Event) -> bool:
+    """Await `work` unless `stop` is set first, which cancels it; True when `work` ran to its end.
+
+    The one way a command lets a signal cut long work short (start-up against an API server that
+    does not answer, a tick waiting for the write budget). An exception of `work` propagates; when
+    cancelled it is awaited to its end before this returns, so nothing of it runs on afterwards.
+    """
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled():
+        return False
+    task.result()  # its exception, if it failed
+    return True

@@ -22,6 +22,7 @@ from autoscaler.config import ControllerSettings, MetricsSettings, ProviderSetti
 from autoscaler.errors import ConfigError, SpecError
 from autoscaler.runtime import settle_collector
 from autoscaler.spec import parse_labels
+from autoscaler.tasks import stoppable
 from policies.model import KeepAlive
 
 if TYPE_CHECKING:  # the running parts are imported when the command runs, not to build the parser
@@ -100,6 +101,14 @@ def _elect(
     return leader, asyncio.create_task(leader.run(on_started, on_stopped))
 
 
+async def _start_up(
+    reader: PrometheusReader, provider: KubernetesProvider, histories: dict[str, Any], seeded_at: float
+) -> None:
+    """List every function (the provider's first listings) and seed the adaptive ones' keep-alive."""
+    await provider.start()
+    await _seed(reader, provider, histories, seeded_at)
+
+
 async def _seed(
     reader: PrometheusReader, provider: KubernetesProvider, histories: dict[str, Any], end: float
 ) -> None:
@@ -140,8 +149,9 @@ async def serve(
     admin = await _admin(controller, controller_settings, health)
     tasks: list[asyncio.Task[None]] = []
     try:
-        await provider.start()
-        await _seed(reader, provider, histories, seeded_at)
+        if not await stoppable(_start_up(reader, provider, histories, seeded_at), stop):
+            log.info("stopped during start-up")
+            return 0
         settle_collector()  # every function listed and seeded: their objects live on (autoscaler.runtime)
         health.started.set()
         if controller_settings.leader_election:

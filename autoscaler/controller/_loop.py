@@ -29,7 +29,7 @@ from autoscaler.errors import AutoscalerError, ProviderError, SpecError
 from autoscaler.interfaces import FunctionInfo, FunctionRef, LoadReader, LoadSnapshot, Provider
 from autoscaler.providers.kubernetes._budget import scale_priority
 from autoscaler.spec import parse_labels, scaled_by_cpu, unsupported
-from autoscaler.tasks import Background
+from autoscaler.tasks import Background, stoppable
 from autoscaler.telemetry import ControllerMetrics, FunctionView, log_decision
 from policies.engine import FunctionState, KeepAlivePolicy, decide, next_change, observe
 from policies.model import Decision, KeepAlive, Load, Reason, ScalingSpec
@@ -156,16 +156,8 @@ class Controller:
         default) for minutes; a leader told to stop must not keep the lease that long. The writes it
         had not made yet are no loss: the next tick, or the next leader's first, decides them again.
         """
-        tick = asyncio.ensure_future(self._guarded(work, kind="tick"))
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait([tick, stopping], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not tick.done():
-                tick.cancel()
-                await asyncio.gather(tick, return_exceptions=True)
-                log.info("stopped in the middle of a tick: the writes not made are the next tick's to decide")
+        if not await stoppable(self._guarded(work, kind="tick"), stop):
+            log.info("stopped in the middle of a tick: the writes not made are the next tick's to decide")
 
     async def _guarded(self, work: Awaitable[TickReport], *, kind: str) -> None:
         try:

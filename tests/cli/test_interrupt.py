@@ -1,4 +1,5 @@
-"""Ctrl-C on `autoscaler proxy` whose API server is unreachable: a quiet exit, at any moment.
+"""Ctrl-C on `autoscaler proxy` whose API server is unreachable: a quiet exit, at any moment; and
+SIGTERM or SIGINT on `autoscaler run` in the same plight: it stops at once, not at its start timeout.
 
 The proxy cannot list its functions and keeps retrying; Ctrl-C may arrive while the modules are
 still loading, while the provider is starting or while it is retrying. Each is exit 130 (128 +
@@ -101,3 +102,38 @@ async def test_ctrl_c_on_a_proxy_without_its_api_server_exits_130_without_a_trac
     # 130, or killed by SIGINT itself where the event loop's runner let it act by default for a
     # moment: a shell reports both as 130.
     assert proxy.returncode in (130, -signal.SIGINT), text
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_while_run_waits_for_its_api_server_stops_it_at_once_and_quietly(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """It used to go on listing until --start-timeout (120 s by default) and then fail."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG.format(port=free_port()))  # nothing listens there
+    run = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "autoscaler", "--log-format", "text", "run",
+        "--kubeconfig", str(kubeconfig), "--prometheus-url", f"http://127.0.0.1:{free_port()}",
+        "--admin-port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_default_sigint,
+    )  # fmt: skip
+    try:
+        assert run.stderr is not None
+        seen = b""
+        async with asyncio.timeout(30):
+            while b"admin" not in seen.lower():  # its admin server is up: start-up is under way
+                line = await run.stderr.readline()
+                assert line, f"run ended before its start-up: {seen.decode()}"
+                seen += line
+        await asyncio.sleep(1.0)  # retrying its first listings
+        run.send_signal(signum)
+        _, err = await asyncio.wait_for(run.communicate(), timeout=10)
+    finally:
+        if run.returncode is None:
+            run.kill()
+            await run.wait()
+    text = seen.decode() + err.decode()
+    assert "Traceback" not in text
+    assert run.returncode == 0, text
+    assert "stopped during start-up" in text
