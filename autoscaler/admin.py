@@ -10,6 +10,8 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from autoscaler.errors import ConfigError
+
 
 class AdminServer:
     """Serves health and metrics; `healthy` and `ready` are asked on every probe."""
@@ -54,7 +56,14 @@ class AdminServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            await self._runner.cleanup()
+            raise ConfigError(
+                f"cannot listen on {self._host}:{self._port} ({e.strerror or e}); "
+                "choose another --admin-port (0 picks a free port)"
+            ) from e
         sockets = getattr(site._server, "sockets", None)
         if sockets:
             self.port = int(sockets[0].getsockname()[1])

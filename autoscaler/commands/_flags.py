@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -98,6 +99,22 @@ def run_loop(main: Coroutine[Any, Any, int]) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def number(*, at_least: float = 0.0, whole: bool = False) -> Callable[[str], Any]:
+    """An argparse `type`: a finite number of at least `at_least` (a whole one with `whole`)."""
+    what = "a whole number" if whole else "a number"
+
+    def parse(text: str) -> float | int:
+        try:
+            value: float | int = int(text) if whole else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value) or value < at_least:
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what} of at least {at_least:g}")
+        return value
+
+    return parse
 
 
 class GoDuration(argparse.Action):

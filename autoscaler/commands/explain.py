@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from autoscaler.commands._flags import GoDuration, add_settings_flags, command, settings
+from autoscaler.commands._flags import GoDuration, add_settings_flags, command, number, settings
 from autoscaler.config import MetricsSettings, ProviderSettings
 from autoscaler.errors import ConfigError, SpecError
 from autoscaler.spec import format_duration, knob_notes, parse_labels, unsupported
@@ -175,8 +175,8 @@ def add_parser(subparsers: Any) -> None:
     add = parser.add_argument
     add("function", nargs="?", help="NAME[.NAMESPACE] of a live function (needs a cluster)")
     add("--label", action="append", default=[], metavar="KEY=VALUE", help="a scaling label (repeat)")
-    add("--load", type=float, default=None, help="load in the function's scale type (offline)")
-    add("--replicas", type=int, default=1, help="current replicas (offline, default 1)")
+    add("--load", type=number(), default=None, help="load in the function's scale type (offline)")
+    add("--replicas", type=number(whole=True), default=1, help="current replicas (offline, default 1)")
     add(
         "--idle",
         action=GoDuration,

@@ -146,9 +146,10 @@ async def serve(
     )
     stop = _stop_on_signals()
     health = _Health(controller, controller_settings)
-    admin = await _admin(controller, controller_settings, health)
+    admin: AdminServer | None = None
     tasks: list[asyncio.Task[None]] = []
     try:
+        admin = await _admin(controller, controller_settings, health)
         if not await stoppable(_start_up(reader, provider, histories, seeded_at), stop):
             log.info("stopped during start-up")
             return 0
@@ -169,7 +170,8 @@ async def serve(
         await controller.close()
         await reader.close()
         await provider.close()
-        await admin.stop()
+        if admin is not None:
+            await admin.stop()
     return 0
 
 

@@ -17,7 +17,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoscaler.commands._flags import GoDuration, PositiveGoDuration, add_settings_flags, command, settings
+from autoscaler.commands._flags import (
+    GoDuration,
+    PositiveGoDuration,
+    add_settings_flags,
+    command,
+    number,
+    settings,
+)
 from autoscaler.config import MetricsSettings
 from autoscaler.errors import ConfigError
 
@@ -86,7 +93,7 @@ def add_parser(subparsers: Any) -> None:
     add("--json", dest="json_path", type=Path, default=None, help="write the report as JSON")
     add("--plot", type=Path, default=None, help="write a PNG comparing the policies")
     add("--function", dest="function_key", default=None, help="HashFunction to plot a timeline of")
-    add("--seed", type=int, default=0, help="seed of the arrival spreading (default 0)")
+    add("--seed", type=number(whole=True), default=0, help="seed of the arrival spreading (default 0)")
     add("--interval", action=PositiveGoDuration, default=2.0, help="the project loop's tick (default 2s)")
     add("--scrape-interval", action=PositiveGoDuration, default=15.0, help="Prometheus scrape (default 15s)")
     add("--rate-window", action=PositiveGoDuration, default=60.0, help="rate() window (default 1m)")
@@ -226,6 +233,21 @@ def _simulate(
         )
 
 
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def _outputs(args: argparse.Namespace) -> None:
+    """Refuse now what writing the report would fail on after the whole simulation has run."""
+    for flag, path in (("--json", args.json_path), ("--plot", args.plot)):
+        if path is not None and path.is_dir():
+            raise ConfigError(f"{flag} {path} is a directory: give a file in it, e.g. {path / 'report'}")
+    if args.plot is not None and args.plot.suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError(
+            f"--plot {args.plot}: the plot is written as PNG, SVG or PDF, by the file's suffix "
+            f"({', '.join(PLOT_SUFFIXES)})"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run `autoscaler simulate`; returns the exit code."""
     if args.rate_window < 2 * args.scrape_interval:
@@ -235,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    _outputs(args)
     from autoscaler.simulate import assumptions
     from autoscaler.simulate.policies import POLICY_NAMES, SWEEP, SimSettings
 

@@ -8,11 +8,13 @@ each call starts is the simulator's own, stated and seeded rule (`spread_arrival
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +24,9 @@ from autoscaler.errors import ConfigError
 INVOCATIONS = "invocations.csv"
 DURATIONS = "durations.csv"
 MEMORY = "memory.csv"
+# Calls of one function a replay holds (their start times, 8 bytes each): 400 MB; the Azure day's busiest
+# function has about 1.2 M.
+MAX_CALLS_PER_FUNCTION = 50_000_000
 ARRIVAL_RULE = (
     "each minute's N calls start at N independent uniform offsets inside the minute (a Poisson process "
     "conditioned on the count), drawn by numpy PCG64 seeded with [seed, crc32(HashFunction)]"
@@ -69,7 +74,7 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[dict[str, str]]:
             f"{path} not found: a trace directory needs {INVOCATIONS}, {DURATIONS} and {MEMORY} "
             "in the Azure Functions 2019 layout (see the trace README)"
         )
-    with path.open(newline="", encoding="utf-8") as handle:
+    with _text(path) as handle:
         reader = csv.reader(handle)
         header = [name.strip() for name in next(reader, [])]
         missing = [name for name in required if name not in header]
@@ -89,8 +94,18 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[dict[str, str]]:
             yield dict(zip(header, row, strict=True))
 
 
-def _minute_columns(path: Path) -> list[str]:
+@contextlib.contextmanager
+def _text(path: Path) -> Iterator[TextIO]:
+    """`path` open as UTF-8 text; bytes that are not UTF-8, wherever they come, are a TraceError."""
     with path.open(newline="", encoding="utf-8") as handle:
+        try:
+            yield handle
+        except UnicodeDecodeError as e:
+            raise TraceError(f"{path} is not UTF-8 text ({e.reason}): save it as UTF-8 CSV") from None
+
+
+def _minute_columns(path: Path) -> list[str]:
+    with _text(path) as handle:
         header = [name.strip() for name in next(csv.reader(handle), [])]
     minutes = sorted((name for name in header if name.isdigit()), key=int)
     if not minutes or [int(m) for m in minutes] != list(range(1, len(minutes) + 1)):
@@ -117,10 +132,16 @@ def read_trace(directory: Path, *, functions: int | None = None) -> Trace:
     for row in _rows(inv_path, ("HashApp", "HashFunction", *minutes)):
         try:
             counts = np.array([int(row[m]) for m in minutes], dtype=np.int64)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise TraceError(f"{inv_path}: function {row['HashFunction']} has a non-integer count") from None
         if (counts < 0).any():
             raise TraceError(f"{inv_path}: function {row['HashFunction']} has a negative count")
+        if counts.sum() > MAX_CALLS_PER_FUNCTION:
+            raise TraceError(
+                f"{inv_path}: function {row['HashFunction']} has {int(counts.sum()):,} calls, more than the "
+                f"{MAX_CALLS_PER_FUNCTION:,} a replay holds per function (8 bytes each in memory): "
+                "check its counts, or scale the trace down"
+            )
         picked.append((row["HashApp"], row["HashFunction"], row.get("Trigger", "unknown"), counts))
         if functions is not None and len(picked) >= functions:
             break

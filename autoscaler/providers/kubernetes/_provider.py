@@ -28,6 +28,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+import yaml
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.config_exception import ConfigException
@@ -140,10 +141,12 @@ class KubernetesProvider:
                 await k8s_config.load_kube_config(
                     config_file=settings.kubeconfig, client_configuration=configuration
                 )
-        except (ConfigException, OSError) as e:
+        except (ConfigException, OSError, yaml.YAMLError, TypeError, AttributeError) as e:
+            # (TypeError, AttributeError: a kubeconfig that is YAML but not a mapping, e.g. one word.)
             where = settings.kubeconfig or "~/.kube/config"
+            why = " ".join(str(e).split())  # YAML's errors span lines
             raise ConfigError(
-                f"no Kubernetes API configuration: not running in a cluster and {where} is unusable ({e}); "
+                f"no Kubernetes API configuration: not running in a cluster and {where} is unusable ({why}); "
                 "run inside a pod with a service account or pass --kubeconfig PATH"
             ) from e
         # Every followed namespace holds two watch connections open for good, and the client's default

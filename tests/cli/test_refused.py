@@ -1,0 +1,128 @@
+"""Mistakes found by trying the commands as a new user would: each is refused, never a stack trace.
+
+Numbers that are not finite or below their floor, report files the simulator could not write after a
+whole run, trace files that are not UTF-8 or hold more calls than a replay can, a kubeconfig that is
+not YAML (or not a mapping), and an admin port another program holds (`run` also closed nothing it
+had opened and logged an unclosed session after its error). A flag's type error is
+argparse's usage and one error line; everything else is one line. All exit 2.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_interrupt import KUBECONFIG
+from tests.support.child import free_port
+from tests.support.cli import run_cli
+
+SAMPLE = Path(__file__).resolve().parents[2] / "autoscaler" / "data" / "traces" / "azure2019-sample"
+
+
+def refused(done: subprocess.CompletedProcess[str], *, usage: bool = False) -> str:
+    """The error line of a refused command (exit 2, no traceback; argparse's usage before it)."""
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    if not usage:
+        assert len(lines) == 1, done.stderr
+    return lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("explain", "--load", "nan"), "--load"),
+        (("explain", "--load", "inf"), "--load"),
+        (("explain", "--load", "1e400"), "--load"),
+        (("explain", "--load", "-5"), "--load"),
+        (("explain", "--replicas", "-1", "--load", "1"), "--replicas"),
+        (("simulate", "--seed", "-1"), "--seed"),
+    ],
+)
+def test_a_number_that_is_not_finite_or_below_its_floor_is_a_usage_error_naming_the_flag(
+    args: tuple[str, ...], flag: str
+) -> None:
+    line = refused(run_cli(*args), usage=True)
+    assert f"argument {flag}:" in line
+    assert repr(args[args.index(flag) + 1]) in line
+
+
+def test_a_plot_file_of_a_format_that_cannot_be_drawn_is_refused_before_the_run(tmp_path: Path) -> None:
+    line = refused(run_cli("simulate", "--trace", str(SAMPLE), "--plot", str(tmp_path / "out.txt")))
+    assert "--plot" in line
+    assert ".png" in line
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_a_report_file_that_is_a_directory_is_refused_before_the_run(tmp_path: Path, flag: str) -> None:
+    line = refused(run_cli("simulate", "--trace", str(SAMPLE), flag, str(tmp_path)))
+    assert f"{flag} {tmp_path} is a directory" in line
+
+
+def _trace(tmp_path: Path) -> Path:
+    trace = tmp_path / "trace"
+    shutil.copytree(SAMPLE, trace)
+    for path in trace.iterdir():
+        path.chmod(0o644)
+    return trace
+
+
+def test_an_invocations_file_that_is_not_utf8_is_one_line_saying_so(tmp_path: Path) -> None:
+    trace = _trace(tmp_path)
+    invocations = trace / "invocations.csv"
+    lines = invocations.read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b",", b",\xff", 1)  # a byte that starts no UTF-8 character
+    invocations.write_bytes(b"\n".join(lines))
+    line = refused(run_cli("simulate", "--trace", str(trace), "--jobs", "1"))
+    assert "is not UTF-8 text" in line
+    assert str(invocations) in line
+
+
+def test_a_count_beyond_what_a_replay_holds_is_one_line_naming_the_function(tmp_path: Path) -> None:
+    trace = _trace(tmp_path)
+    invocations = trace / "invocations.csv"
+    lines = invocations.read_text().split("\n")
+    header, cells = lines[0].split(","), lines[1].split(",")
+    cells[header.index("1")] = "1000000000000"  # a trillion calls in its first minute
+    lines[1] = ",".join(cells)
+    invocations.write_text("\n".join(lines))
+    line = refused(run_cli("simulate", "--trace", str(trace), "--jobs", "1"))
+    assert cells[header.index("HashFunction")] in line
+    assert "a replay holds per function" in line
+
+
+@pytest.mark.parametrize("text", ["clusters: [x\n  - : :", "hello"])
+def test_a_kubeconfig_that_is_not_a_yaml_mapping_is_one_line_naming_it(tmp_path: Path, text: str) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(text)
+    for command in ("run", "proxy"):
+        args = ["--prometheus-url", "http://127.0.0.1:9"] if command == "run" else []
+        line = refused(run_cli(command, "--kubeconfig", str(kubeconfig), *args))
+        assert f"{kubeconfig} is unusable" in line
+
+
+def test_an_admin_port_another_program_holds_is_one_line_saying_to_pick_another(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG.format(port=free_port()))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        # A process of its own: `run` installs signal handlers, which only a main thread may.
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "autoscaler", "run", "--kubeconfig", str(kubeconfig),
+                "--prometheus-url", "http://127.0.0.1:9",
+                "--admin-host", "127.0.0.1", "--admin-port", str(port),
+            ],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    line = refused(done)
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+    assert "--admin-port" in line
