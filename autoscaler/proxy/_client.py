@@ -39,6 +39,7 @@ from autoscaler.proxy._http1 import (
     NotAccepted,
     StaleConnection,
     chunk_size,
+    head_end,
     parse_head,
 )
 
@@ -375,19 +376,19 @@ class Connection(asyncio.Protocol):
         buf = self._buf
         if state == HEAD and not buf:
             # The usual case: the whole head (often with its body) in one read, parsed without a copy.
-            end = data.find(b"\r\n\r\n")
+            end, after = head_end(data)
             if end >= 0:
                 self._parse_head(data[:end])
-                return data[end + 4 :]
+                return data[after:]
         buf += data
         if state == HEAD:
-            end = buf.find(b"\r\n\r\n")
+            end, after = head_end(buf)
             if end < 0:
                 if len(buf) > MAX_HEAD:
                     raise ClientError(f"the response head is larger than {MAX_HEAD} bytes")
                 return b""
             head = bytes(buf[:end])
-            rest = bytes(buf[end + 4 :])
+            rest = bytes(buf[after:])
             buf.clear()
             self._parse_head(head)
             return rest

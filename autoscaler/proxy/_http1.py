@@ -65,6 +65,22 @@ class Head:
     length: int | None = None
 
 
+def head_end(data: bytes | bytearray) -> tuple[int, int]:
+    """(where the head ends, where what follows begins) in `data`, or (-1, -1) while it is not whole.
+
+    A head ends at its first empty line. Lines end at CRLF, or at a bare LF, which RFC 9112 (2.2)
+    lets a recipient accept and Go's reader (the OpenFaaS gateway's) does: a function written by
+    hand that ends its lines with LF alone was left waiting for the upstream timeout.
+    """
+    crlf = data.find(b"\r\n\r\n")
+    limit = crlf + 1 if crlf >= 0 else len(data)  # a bare LF blank line can only come before it
+    bare = [at for at in (data.find(b"\n\n", 0, limit), data.find(b"\n\r\n", 0, limit)) if at >= 0]
+    if bare:
+        at = min(bare)
+        return at, at + (2 if data[at + 1] == 10 else 3)  # 10: LF
+    return (crlf, crlf + 4) if crlf >= 0 else (-1, -1)
+
+
 def parse_head(head: bytes, method: str, *, upgrade: bool = False) -> Head:
     """Parse a response head (without its final blank line) to a request of `method`.
 
@@ -73,7 +89,10 @@ def parse_head(head: bytes, method: str, *, upgrade: bool = False) -> Head:
     exchange: what follows is the new protocol's, read until the connection closes and never reused
     (see `_tunnel`). Raises ClientError for anything malformed or a switch nobody asked for.
     """
-    lines = head.decode(_ENC, "surrogateescape").split("\r\n")
+    text = head.decode(_ENC, "surrogateescape")
+    if "\n" in text.replace("\r\n", "") or text.endswith("\r"):  # bare LF line ends (see `head_end`)
+        text = text.removesuffix("\r").replace("\r\n", "\n").replace("\n", "\r\n")
+    lines = text.split("\r\n")
     status, reason, http11 = _status_line(lines[0])
     headers, connection, transfer, lengths = _fields(lines)
     joined = ", ".join(connection)

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from autoscaler.config import ProxySettings
+from autoscaler.proxy._http1 import head_end
 from autoscaler.proxy._pool import Pool
 from autoscaler.tasks import Background
 from tests.proxy.conftest import MakeProxy, base
@@ -177,6 +178,35 @@ async def test_a_content_length_body_sent_byte_by_byte_arrives_whole_with_its_he
         assert response.headers["X-Custom"] == "a b"
         assert await response.read() == b"hello world"
     assert server.requests[0].target == "/x?q=1"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\nContent-Length: 3\nX-Custom: lf\n\nlf\n",  # every line ends with a bare LF
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Custom: lf\n\r\nlf\n",  # CRLF and LF mixed
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Custom: lf\r\n\nlf\n",  # a bare LF blank line
+    ],
+)
+@pytest.mark.parametrize("byte_by_byte", [False, True])
+async def test_a_head_whose_lines_end_with_a_bare_lf_is_read_as_go_reads_it(
+    via: Via, client: aiohttp.ClientSession, head: bytes, byte_by_byte: bool
+) -> None:
+    """RFC 9112 2.2 lets a recipient take a bare LF for a line end, and the OpenFaaS gateway does; the
+    proxy used to wait for a CRLF blank line until its upstream timeout, then answer 504."""
+    server, url = await via(reply(head, byte_by_byte=byte_by_byte))
+    async with client.get(url) as response:
+        assert response.status == 200
+        assert response.headers["X-Custom"] == "lf"
+        assert await response.read() == b"lf\n"
+    assert await get(client, url) == (200, b"lf\n")
+    assert server.accepted == 1  # framed by its Content-Length: the link was reused
+
+
+def test_a_bare_lf_in_a_crlf_body_does_not_end_the_head_early() -> None:
+    data = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\na\n\nb"
+    assert head_end(data) == (data.index(b"\r\n\r\n"), data.index(b"a\n"))
+    assert head_end(b"HTTP/1.1 200 OK\r\nContent-Len") == (-1, -1)
 
 
 async def test_a_large_content_length_body_is_streamed_to_the_client_intact(
