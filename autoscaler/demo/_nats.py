@@ -20,6 +20,8 @@ from pathlib import Path
 
 import aiohttp
 
+from autoscaler.providers.local import die_with_parent
+
 INSTALL_HINT = "install nats-server (apt-get install nats-server) for asynchronous calls in the demo"
 _DEBIAN = "/usr/sbin/nats-server"
 
@@ -73,6 +75,11 @@ class EmbeddedNats:
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
+                # Its own session, as the replicas have: a Ctrl-C in the terminal reaches the demo, which
+                # closes its NATS clients and then stops the server, instead of the server dying under
+                # clients that then reconnect in a loop (the demo could hang in that loop on exit).
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         health = f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true"
         deadline = time.monotonic() + timeout

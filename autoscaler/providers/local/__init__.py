@@ -11,5 +11,6 @@ from autoscaler.providers.local._provider import (
     ReplicaTiming,
     ReplicaView,
 )
+from autoscaler.providers.local._replica import die_with_parent
 
-__all__ = ["MAX_REPLICAS", "LocalEvent", "LocalProvider", "ReplicaTiming", "ReplicaView"]
+__all__ = ["MAX_REPLICAS", "LocalEvent", "LocalProvider", "ReplicaTiming", "ReplicaView", "die_with_parent"]

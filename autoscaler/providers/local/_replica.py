@@ -81,7 +81,7 @@ def free_port() -> int:
         return port
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent() -> Callable[[], None] | None:
     """A preexec hook asking Linux to SIGKILL the replica when the add-on dies (even by SIGKILL)."""
     if not sys.platform.startswith("linux"):
         return None
@@ -198,7 +198,7 @@ class Replica:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),
+                preexec_fn=die_with_parent(),
             )
         except OSError as e:
             self.output.append(f"cannot start {self.fn.argv[0]!r}: {e}")
