@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import json
 import time
-from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from autoscaler.commands._flags import GoDuration, add_settings_flags, command, number, settings
@@ -100,7 +100,8 @@ def _result(spec: ScalingSpec, decision: Decision, **extra: Any) -> dict[str, An
     if notes:
         body["behaviour"] = notes  # what the knobs that are set do over time (one decision cannot show it)
     body.update(extra)
-    fields = asdict(spec)
+    # The settings the labels gave (what the spec is made from; not what it derives, e.g. its words).
+    fields = {f.name: getattr(spec, f.name) for f in dataclass_fields(spec) if f.init}
     if not fields["type_label"]:
         del fields["type_label"]  # only a custom type keeps the label as written
     body["spec"] = {k: (v.value if hasattr(v, "value") else v) for k, v in fields.items()}

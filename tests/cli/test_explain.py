@@ -5,6 +5,7 @@ A closed stdout is a process's matter, so that one test starts `python -m autosc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import sys
 
 import pytest
 
+from policies.model import ScalingSpec
 from tests.support.cli import run_cli
 
 
@@ -196,3 +198,11 @@ def test_explain_into_a_closed_pipe_stops_quietly() -> None:
         os.close(write)
     assert done.returncode == 141
     assert done.stderr == ""
+
+
+def test_explain_shows_the_settings_the_labels_give_and_nothing_the_spec_derives() -> None:
+    done = autoscaler("explain", "--label", "com.openfaas.scale.max=5", "--load", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    shown = set(json.loads(done.stdout)["spec"])
+    settings = {f.name for f in dataclasses.fields(ScalingSpec) if f.init} - {"type_label"}
+    assert shown == settings  # no `formula_words`: the message's fixed words, not a setting
