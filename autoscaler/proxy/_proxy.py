@@ -128,8 +128,7 @@ class Proxy:
         self._site: web.BaseSite | None = None
         self._listener: socket.socket | None = None  # the data port's listening socket
         self._admin_runner: web.AppRunner | None = None
-        self._port = 0
-        self._admin_port = 0
+        self._port = self._admin_port = 0
         self._started = False
         self._draining = False
         self._inflight = 0
