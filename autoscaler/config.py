@@ -45,7 +45,10 @@ _ANNOTATION_KEY = re.compile(
 
 
 class _Base(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AUTOSCALER_", extra="forbid", frozen=True)
+    # No setting is infinite or NaN: `--interval inf` ticked once and never again, healthy all along.
+    model_config = SettingsConfigDict(
+        env_prefix="AUTOSCALER_", extra="forbid", frozen=True, allow_inf_nan=False
+    )
 
 
 class MetricsSettings(_Base):

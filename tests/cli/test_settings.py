@@ -23,7 +23,16 @@ def test_a_flag_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert build(ControllerSettings, {"interval": "0.5"}).interval == 0.5
 
 
-@pytest.mark.parametrize(("field", "value"), [("interval", "0"), ("interval", "-1"), ("admin_port", "70000")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("interval", "0"),
+        ("interval", "-1"),
+        ("admin_port", "70000"),
+        ("interval", "inf"),  # it ticked once and never again, healthy all along
+        ("interval", "nan"),
+    ],
+)
 def test_out_of_range_values_are_refused_naming_flag_and_env_var(field: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
         build(ControllerSettings, {field: value})
