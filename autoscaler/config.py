@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from autoscaler.errors import ConfigError
+from autoscaler.interfaces import DNS_LABEL
 from policies.engine import ZERO_GRACE
 
 DEFAULT_QUERIES = {
@@ -120,6 +121,17 @@ class ProviderSettings(_Base):
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("namespaces")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not DNS_LABEL.fullmatch(name)]
+        if bad:
+            raise ValueError(
+                f"{', '.join(map(repr, bad))}: a namespace is a DNS label (lower-case letters, digits "
+                "and '-', at most 63), e.g. openfaas-fn"
+            )
         return value
 
     @field_validator("namespaces_annotated")

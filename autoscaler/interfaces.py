@@ -6,11 +6,15 @@ Prometheus sit behind them, so tests swap the transport, never the logic.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from policies.model import Load
+
+# A Kubernetes name that is a DNS label (RFC 1123): what a function's name and a namespace must be.
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 # Annotation the proxy writes on a function when it wakes it or serves it; the controller never
 # scales a function to zero within its zero-duration of this time (invariant 2).

@@ -13,10 +13,9 @@ import re
 
 from aiohttp import web
 
-from autoscaler.interfaces import FunctionRef
+from autoscaler.interfaces import DNS_LABEL, FunctionRef
 
 # Kubernetes object names (DNS-1123 labels): what a Deployment name and a namespace can be.
-DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # Encoded '.', '/' and '\' let a client smuggle a path step past a check on the decoded path.
 _ENCODED_STEP = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
 

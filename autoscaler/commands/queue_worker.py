@@ -9,18 +9,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 import signal
 from typing import Any
 
 from autoscaler.commands._flags import add_settings_flags, command, run_loop, settings
 from autoscaler.config import QueueSettings, QueueWorkerSettings
 from autoscaler.errors import ConfigError
-from autoscaler.interfaces import FunctionRef
+from autoscaler.interfaces import DNS_LABEL, FunctionRef
 
 log = logging.getLogger("autoscaler.queue")
 
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 CONNECT_WAIT = 5.0  # seconds `queue-replay` waits for NATS before it gives up
 
 
@@ -128,7 +126,7 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.function:
         name, _, namespace = args.function.partition(".")
         namespace = namespace or args.namespace
-        if not _DNS_LABEL.fullmatch(name) or not _DNS_LABEL.fullmatch(namespace):
+        if not DNS_LABEL.fullmatch(name) or not DNS_LABEL.fullmatch(namespace):
             raise ConfigError(f"invalid function {args.function!r}: expected NAME or NAME.NAMESPACE")
         function = FunctionRef(name=name, namespace=namespace)
     if args.limit is not None and args.limit < 1:

@@ -14,8 +14,8 @@ hold and the counts that keep a busy function from being scaled to zero.
 from __future__ import annotations
 
 from autoscaler.errors import ConfigError
-from autoscaler.interfaces import FunctionRef
-from autoscaler.routes import DNS_LABEL, RouteError, check_path, parse_function, split
+from autoscaler.interfaces import DNS_LABEL, FunctionRef
+from autoscaler.routes import RouteError, check_path, parse_function, split
 
 __all__ = ["PREFIX", "RouteError", "Router", "check_path", "passthrough_target"]
 

@@ -65,3 +65,12 @@ def test_a_bad_environment_variable_exits_2_with_its_name() -> None:
     assert done.returncode == 2
     assert "AUTOSCALER_INTERVAL" in done.stderr
     assert "'often'" in done.stderr
+
+
+@pytest.mark.parametrize("value", ["Bad_NS", "ok,also ok", "-x"])
+def test_a_namespace_that_is_not_a_dns_label_is_refused_naming_it(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build(ProviderSettings, {"namespaces": value})
+    message = str(caught.value)
+    assert "--namespaces" in message
+    assert "a namespace is a DNS label" in message
