@@ -314,19 +314,23 @@ async def test_pro_recording_rules_give_each_function_the_load_of_its_scaling_ty
     loads: dict[str, str] = {}  # function_name -> scaling_type of its recorded load
     started: set[str] = set()
 
+    busy_loads: list[float] = []
+
     async def recorded() -> bool:
         # Recorded series appear at the group's next evaluation, and a subquery's steps are aligned
-        # to multiples of 5 s: they can lag a direct query by a few seconds.
-        loads.update(
-            {
-                s["metric"]["function_name"]: s["metric"]["scaling_type"]
-                for s in await stack.evaluate(PRO_LOAD)
-            }
-        )
+        # to multiples of 5 s: they can lag a direct query by a few seconds. The first evaluation of
+        # busy's may come from a scrape before its slow requests were in flight (0): wait past it.
+        answer = await stack.evaluate(PRO_LOAD)
+        loads.update({s["metric"]["function_name"]: s["metric"]["scaling_type"] for s in answer})
+        busy_loads[:] = [float(s["value"][1]) for s in answer if s["metric"]["function_name"] == BUSY]
         started.update(s["metric"]["function_name"] for s in await stack.evaluate(PRO_STARTED))
-        return {HELLO, BUSY} <= loads.keys() and HELLO in started
+        return {HELLO, BUSY} <= loads.keys() and HELLO in started and any(v >= 1 for v in busy_loads)
 
-    await _until_async(recorded, within=30, what=lambda: f"hello and busy recorded; got {loads}, {started}")
+    await _until_async(
+        recorded,
+        within=30,
+        what=lambda: f"hello and busy (at least 1) recorded; got {loads}, busy {busy_loads}, {started}",
+    )
     assert loads[HELLO] == "rps"
     assert loads[BUSY] == "capacity"
     assert CRUNCH not in loads  # its load comes from the kubelet
