@@ -26,7 +26,6 @@ is not UTF-8 and a key given twice in one mapping (YAML would keep the last func
 
 from __future__ import annotations
 
-import re
 import shlex
 import sys
 from collections.abc import Mapping
@@ -38,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from autoscaler.errors import ConfigError, SpecError
+from autoscaler.interfaces import DNS_LABEL
 from autoscaler.spec import parse_labels
 
 DEFAULT_NAMESPACE = "openfaas-fn"
@@ -48,7 +48,6 @@ HEALTH_PATH_ANNOTATION = "com.openfaas.health.http.path"
 BUILTIN_FILE = Path(__file__).parent / "data" / "functions.yml"
 
 # DNS-1123 label, as for a Deployment name: the function name is also its route.
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def _stringify(value: Any) -> Any:
@@ -168,7 +167,7 @@ def parse(data: Any, *, source: str, base_dir: Path) -> FunctionsFile:
         raise ConfigError(f"{source}: " + "; ".join(_describe(err) for err in e.errors())) from e
     functions = []
     for name, fn in model.functions.items():
-        if not _NAME.match(name):
+        if not DNS_LABEL.fullmatch(name):
             raise ConfigError(
                 f"{source}: function {name!r}: the name must be lower-case letters, digits and '-' "
                 "(at most 63), since it is also the route /function/NAME"
