@@ -90,9 +90,10 @@ def parse_head(head: bytes, method: str, *, upgrade: bool = False) -> Head:
     (see `_tunnel`). Raises ClientError for anything malformed or a switch nobody asked for.
     """
     text = head.decode(_ENC, "surrogateescape")
-    if "\n" in text.replace("\r\n", "") or text.endswith("\r"):  # bare LF line ends (see `head_end`)
-        text = text.removesuffix("\r").replace("\r\n", "\n").replace("\n", "\r\n")
-    lines = text.split("\r\n")
+    if text.count("\n") == text.count("\r\n") and not text.endswith("\r"):
+        lines = text.split("\r\n")
+    else:  # some line ends with a bare LF (see `head_end`): a CR before an LF is dropped
+        lines = [line.removesuffix("\r") for line in text.split("\n")]
     status, reason, http11 = _status_line(lines[0])
     headers, connection, transfer, lengths = _fields(lines)
     joined = ", ".join(connection)
