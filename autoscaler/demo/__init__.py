@@ -68,7 +68,7 @@ async def _guarded(
         with view:
             ticker = asyncio.create_task(_refresh(view))
             try:
-                return await main(stack, view, notes)
+                return await main(stack, view, [*notes, *stack.notes()])
             finally:
                 ticker.cancel()
     except asyncio.CancelledError:

@@ -22,6 +22,7 @@ import logging
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
@@ -55,10 +56,16 @@ from autoscaler.spec import (
 
 log = logging.getLogger("autoscaler.demo")
 
+S = TypeVar("S", bound=ProxySettings | ControllerSettings | QueueSettings | QueueWorkerSettings)
+
 
 @dataclass(frozen=True, slots=True)
 class StackSettings:
-    """The knobs of a local stack; the demo shortens the clocks so a run fits in a minute."""
+    """The knobs of a local stack; the demo shortens the clocks so a run fits in a minute.
+
+    `interval`, `hold_timeout` and `drain_grace` are the demo's defaults: `AUTOSCALER_INTERVAL`,
+    `AUTOSCALER_HOLD_TIMEOUT` and `AUTOSCALER_SHUTDOWN_GRACE` win over them, as they do in a cluster.
+    """
 
     port: int = 0  # proxy port; 0 picks a free one
     admin_port: int = 0  # the proxy's /metrics and health port; 0 picks a free one
@@ -112,6 +119,19 @@ def with_queue_example(functions: FunctionsFile) -> FunctionsFile:
     return dataclasses.replace(functions, functions=(*functions.functions, batch))
 
 
+def demo_settings(
+    model: type[S], ignored: list[str], *, fixed: dict[str, Any], defaults: dict[str, Any]
+) -> S:
+    """`model` from the environment, over the demo's `defaults`, under its `fixed` values.
+
+    The variables that set a `fixed` value are appended to `ignored`, so the demo can say so: a setting
+    that is validated and then not used is one a user cannot explain.
+    """
+    given = model().model_fields_set  # what the AUTOSCALER_* variables set
+    ignored.extend(f"AUTOSCALER_{name.upper()}" for name in sorted(given & fixed.keys()))
+    return model(**{name: value for name, value in defaults.items() if name not in given}, **fixed)
+
+
 class LocalStack:
     """Provider + proxy + loop on loopback, started and stopped as one."""
 
@@ -125,13 +145,19 @@ class LocalStack:
         self.worker: QueueWorker | None = None
         self.queue: QueueSettings | None = None
         self.queue_note = "asynchronous calls: off"
+        self.ignored: list[str] = []  # AUTOSCALER_* variables the stack sets for itself
         if settings.embedded_nats:
             binary = find_binary()
             if binary is None:
                 self.queue_note = f"asynchronous calls: off, no nats-server found: {INSTALL_HINT}"
             else:
                 self.nats = EmbeddedNats(binary=binary)
-                self.queue = QueueSettings(nats_url=self.nats.url, publish_timeout=5.0)
+                self.queue = demo_settings(
+                    QueueSettings,
+                    self.ignored,
+                    fixed={"nats_url": self.nats.url},
+                    defaults={"publish_timeout": 5.0},
+                )
                 self.acceptor = AsyncAcceptor(
                     settings=self.queue,
                     provider=self.provider,
@@ -139,15 +165,19 @@ class LocalStack:
                     registry=self.registry,
                 )
                 self.queue_note = f"asynchronous calls: /async-function/ on JetStream at {self.nats.url}"
+        self.proxy_settings = demo_settings(
+            ProxySettings,
+            self.ignored,
+            fixed={
+                "host": "127.0.0.1",
+                "port": settings.port,
+                "admin_port": settings.admin_port,
+                "default_namespace": functions.namespace,
+            },
+            defaults={"hold_timeout": settings.hold_timeout, "shutdown_grace": settings.drain_grace},
+        )
         self.proxy = Proxy(
-            settings=ProxySettings(
-                host="127.0.0.1",
-                port=settings.port,
-                admin_port=settings.admin_port,
-                default_namespace=functions.namespace,
-                hold_timeout=settings.hold_timeout,
-                shutdown_grace=settings.drain_grace,
-            ),
+            settings=self.proxy_settings,
             provider=self.provider,
             registry=self.registry,
             on_wake=self._poke,
@@ -168,7 +198,12 @@ class LocalStack:
         self.controller = Controller(
             provider=self.provider,
             reader=self.reader,
-            settings=ControllerSettings(interval=settings.interval, admin_host="127.0.0.1", admin_port=0),
+            settings=demo_settings(
+                ControllerSettings,
+                self.ignored,
+                fixed={"admin_host": "127.0.0.1", "admin_port": 0},
+                defaults={"interval": settings.interval},
+            ),
             registry=self.registry,
             busy=self.proxy.busy,
         )
@@ -191,6 +226,13 @@ class LocalStack:
                     key = sample.labels["function_name"]
                     counts[key] = counts.get(key, 0.0) + sample.value
         return counts
+
+    def notes(self) -> list[str]:
+        """What a user should know about the stack's settings: the variables it did not read."""
+        if not self.ignored:
+            return []
+        names = ", ".join(dict.fromkeys(self.ignored))
+        return [f"not read by the demo, which sets them itself: {names}"]
 
     @property
     def url(self) -> str:
@@ -231,12 +273,16 @@ class LocalStack:
         await self.acceptor.start(wait=5.0)
         self.worker = QueueWorker(
             queue=self.queue,
-            settings=QueueWorkerSettings(
-                proxy_url=self.url,
-                discover_interval=0.2,
-                max_inflight=5,
-                retry_min_wait=1.0,
-                retry_max_wait=5.0,
+            settings=demo_settings(
+                QueueWorkerSettings,
+                self.ignored,
+                fixed={"proxy_url": self.url},
+                defaults={
+                    "discover_interval": 0.2,
+                    "max_inflight": 5,
+                    "retry_min_wait": 1.0,
+                    "retry_max_wait": 5.0,
+                },
             ),
             registry=self.registry,
         )
