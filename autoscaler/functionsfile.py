@@ -21,12 +21,15 @@ annotation `com.openfaas.ready.http.path` (OpenFaaS Pro makes it the readiness p
 the ready annotation given and different is an error, and so is either key under `labels:`: a
 Kubernetes label value cannot hold a '/', so the function would not deploy. Every validation error names
 the function and the field, and is raised as ConfigError (the CLI exits 2 on it); so are a file that
-is not UTF-8 and a key given twice in one mapping (YAML would keep the last function of a name, silently).
+is not UTF-8, a key given twice in one mapping (YAML would keep the last function of a name, silently),
+a label, variable or annotation whose value is not a single scalar, and YAML that cannot be parsed
+(on one line, with where). `check_commands` tells whether each command's program can be run here.
 """
 
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from autoscaler.errors import ConfigError, SpecError
 from autoscaler.interfaces import DNS_LABEL
@@ -51,10 +54,31 @@ BUILTIN_FILE = Path(__file__).parent / "data" / "functions.yml"
 
 
 def _stringify(value: Any) -> Any:
-    """YAML reads `1` and `true` as numbers and booleans; labels and env vars are strings."""
-    if isinstance(value, Mapping):
-        return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
-    return value
+    """YAML reads `1` and `true` as numbers and booleans; labels and env vars are strings.
+
+    Only those scalars are turned into text. A key that is not text, or a value that is a mapping, a
+    list or empty (`key:` alone is YAML's null), is refused: written out as 'None' or "{'a': 1}" it
+    would reach the function, or fail later with a message about a value nobody wrote.
+    """
+    if not isinstance(value, Mapping):
+        return value
+    text = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise ValueError(f"key {key!r} is not text; quote it")
+        if item is None:
+            raise ValueError(
+                f"key {key!r} has no value; give one (in quotes for an empty one) or remove the key"
+            )
+        if isinstance(item, bool):
+            text[key] = str(item).lower()
+        elif isinstance(item, str | int | float):
+            text[key] = str(item)
+        else:
+            raise ValueError(
+                f"key {key!r}: {item!r} is not a single value; give text, a number or true/false"
+            )
+    return text
 
 
 class FunctionDef(BaseModel):
@@ -67,7 +91,7 @@ class FunctionDef(BaseModel):
     environment: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     health_path: str | None = None
-    replicas: int | None = Field(default=None, ge=0, le=100)
+    replicas: StrictInt | None = Field(default=None, ge=0, le=100)  # `true` is not 1 replica
 
     _coerce = field_validator("labels", "environment", "annotations", mode="before")(_stringify)
 
@@ -102,6 +126,15 @@ class _File(BaseModel):
 
     namespace: str = DEFAULT_NAMESPACE
     functions: dict[str, FunctionDef]
+
+    @field_validator("namespace")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not DNS_LABEL.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a namespace name: lower-case letters, digits and '-' (at most 63)"
+            )
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,9 +230,26 @@ def parse(data: Any, *, source: str, base_dir: Path) -> FunctionsFile:
     return FunctionsFile(namespace=model.namespace, functions=tuple(functions), source=source)
 
 
+def check_commands(file: FunctionsFile) -> None:
+    """ConfigError naming the first function whose program cannot be run from here.
+
+    Apart from `parse`, since a file may be checked on a machine other than the one that runs it; the
+    demo calls it before starting, where a missing program otherwise restarts with a back-off while
+    every request to the function waits out the hold timeout.
+    """
+    for fn in file.functions:
+        if shutil.which(fn.argv[0]) is None:
+            raise ConfigError(
+                f"{file.source}: function {fn.name!r}: field command: {fn.argv[0]!r} is neither an "
+                "executable file nor a program on PATH; give its path (or {python} and a script)"
+            )
+
+
 def _describe(err: Any) -> str:
     loc = [str(part) for part in err["loc"]]
     message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"].endswith(("_type", "_parsing")) and isinstance(err.get("input"), str | int | float):
+        message += f" (got {err['input']!r})"  # e.g. `replicas: true`, which is not 1 replica
     if len(loc) >= 2 and loc[0] == "functions":
         field = ".".join(loc[2:]) or "settings"
         if err["type"] == "extra_forbidden":
@@ -238,6 +288,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _yaml_problem(e: yaml.MarkedYAMLError) -> str:
+    """PyYAML's error on one line: what is wrong and where, without its excerpt of the text."""
+
+    def at(mark: Any) -> str:
+        return f"line {mark.line + 1}, column {mark.column + 1}"
+
+    text = f"{at(e.problem_mark)}: " if e.problem_mark is not None else ""
+    text += e.problem or "cannot be parsed"
+    if e.context:
+        text += f" ({e.context}" + (f" from {at(e.context_mark)})" if e.context_mark is not None else ")")
+    return text
+
+
 def load(path: str | Path) -> FunctionsFile:
     """Read and validate a functions file."""
     file = Path(path)
@@ -257,6 +320,8 @@ def load(path: str | Path) -> FunctionsFile:
             f"{file}: {e.key!r} is given twice in one mapping, at lines {e.first} and {e.second} (the "
             "second would silently replace the first); give every function, label and variable its own name"
         ) from e
+    except yaml.MarkedYAMLError as e:
+        raise ConfigError(f"{file}: not valid YAML: {_yaml_problem(e)}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{file}: not valid YAML: {e}") from e
     return parse(data, source=str(file), base_dir=file.resolve().parent)

@@ -87,7 +87,7 @@ def _zero_duration(args: argparse.Namespace) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `autoscaler demo`; returns the exit code."""
-    from autoscaler.functionsfile import load, load_builtin
+    from autoscaler.functionsfile import check_commands, load, load_builtin
 
     port = args.port if args.port is not None else (SERVE_PORT if args.serve else 0)
     for flag, value in (("--port", port), ("--admin-port", args.admin_port)):
@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             "--prometheus-url needs --serve: the scripted demo reads load from the proxy itself"
         )
     functions = load(args.functions) if args.functions else load_builtin()
+    check_commands(functions)
     from autoscaler.demo import run_stack  # the whole stack: imported once the input is known good
     from autoscaler.demo._nats import find_binary
     from autoscaler.demo.stack import StackSettings, shorten_zero_durations, with_queue_example

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from autoscaler.errors import ConfigError
-from autoscaler.functionsfile import load, load_builtin
+from autoscaler.functionsfile import check_commands, load, load_builtin
 
 READY = "com.openfaas.ready.http.path"
 READY_RE = re.escape(READY)
@@ -78,6 +78,22 @@ def test_replicas_override_the_initial_count_and_health_defaults_to_root(tmp_pat
         (
             "  hello: {command: run, labels: {com.openfaas.scale.min: many}}",
             r"function 'hello': field labels.com.openfaas.scale.min: 'many' is invalid, expected a whole",
+        ),
+        # Values YAML reads as something other than a scalar are refused, not written out as text.
+        ("  hello: {command: run, labels: {x: }}", r"field labels: key 'x' has no value"),
+        (
+            "  hello: {command: run, labels: {x: {y: 1}}}",
+            r"field labels: key 'x': \{'y': 1\} is not a single",
+        ),
+        ("  hello: {command: run, environment: {A: [1, 2]}}", r"field environment: key 'A': \[1, 2\] is not"),
+        ("  hello: {command: run, labels: {1: x}}", r"field labels: key 1 is not text; quote it"),
+        (
+            "  hello: {command: run, replicas: true}",
+            r"field replicas: Input should be a valid integer \(got True\)",
+        ),
+        (
+            "  hello: {command: run, replicas: '2'}",
+            r"field replicas: Input should be a valid integer \(got '2'\)",
         ),
     ],
 )
@@ -175,12 +191,32 @@ def test_a_readiness_path_given_twice_or_wrongly_is_reported_by_function_and_fie
     [
         ("functions: {}", r"must map at least one function"),
         ("- hello", r"expected a mapping with a 'functions:' key"),
-        ("functions: [", r"not valid YAML"),
+        ("functions: [", r"not valid YAML: line 1, column 13: expected the node content"),
+        (
+            "functions:\n  hello:\n    labels: {a: [1\n",
+            r"^[^\n]*: not valid YAML: line 4, column 1: expected ',' or ']', but got '<stream end>' "
+            r"\(while parsing a flow sequence from line 3, column 17\)$",
+        ),
+        (
+            "namespace: Dev_1\nfunctions: {hello: {command: run}}",
+            r"field namespace: 'Dev_1' is not a namespace name",
+        ),
     ],
 )
 def test_a_malformed_file_says_what_shape_is_expected(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         load(write(tmp_path, text))
+
+
+def test_a_command_that_cannot_be_run_from_here_is_named_with_its_function(tmp_path: Path) -> None:
+    file = load(
+        write(
+            tmp_path, "functions:\n  ok: {command: '{python} x.py'}\n  bad: {command: 'no-such-program -v'}\n"
+        )
+    )
+    with pytest.raises(ConfigError, match=r"function 'bad': field command: 'no-such-program' is neither"):
+        check_commands(file)
+    check_commands(load_builtin())  # the interpreter and the shipped scripts resolve
 
 
 def test_a_missing_file_is_a_config_error_naming_the_path(tmp_path: Path) -> None:
