@@ -12,7 +12,8 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 from autoscaler import __version__
 from autoscaler.errors import AutoscalerError, ConfigError
@@ -24,8 +25,19 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by 
 COMMANDS = ("run", "proxy", "queue_worker", "explain", "demo", "simulate")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line that names where the help is (not 12 lines of usage)."""
+
+    commands: Mapping[str, argparse.ArgumentParser]  # the commands' own parsers, by name
+
+    def error(self, message: str) -> NoReturn:
+        if message.endswith("expected one argument"):
+            message += " (give it a value; one that starts with '-' goes as --flag=VALUE)"
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def _parser() -> _Parser:
+    parser = _Parser(
         prog="autoscaler",
         description="Autoscaler and scale-to-zero controller for serverless functions, with a wake-up proxy.",
     )
@@ -34,10 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-format", default="json", choices=["json", "text"], help="log line format (stderr)"
     )
+    # Not `required`: argparse would then ask for a COMMAND before it says that an option is unknown.
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"autoscaler.commands.{name}").add_parser(sub)
+    parser.commands = sub.choices
     return parser
 
 
@@ -49,8 +62,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The flags, or exit 2 with one line naming what is wrong: an unknown option, or no command."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    command = getattr(args, "command", None)
+    if unknown:
+        where = parser if command is None else parser.commands[command]
+        where.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if command is None:
+        parser.error("give a command: " + ", ".join(name.replace("_", "-") for name in COMMANDS))
+    return args
+
+
 def _main(argv: Sequence[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     from autoscaler.logs import configure_logging
 
     configure_logging(level=args.log_level, json_lines=args.log_format == "json")

@@ -54,6 +54,8 @@ def parse_duration(text: str) -> float:
         return 0.0
     if not value:
         raise ValueError("empty duration")
+    if value.startswith("-"):
+        raise ValueError(f"{text!r} is negative; a duration here is 0 or more")
     pos = 0
     total = 0.0
     while pos < len(value):

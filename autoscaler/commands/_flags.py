@@ -138,9 +138,9 @@ class GoDuration(argparse.Action):
         try:
             seconds = parse_duration(text)
         except ValueError as e:
-            parser.error(f"{flag} {text!r}: {e}; {DURATION_HINT}")
+            parser.error(f"{flag}: {e}; {DURATION_HINT}")
         if self.positive and seconds <= 0:
-            parser.error(f"{flag} {text!r}: must be longer than 0, e.g. 5s")
+            parser.error(f"{flag}: {text!r} must be longer than 0, e.g. 5s")
         setattr(namespace, self.dest, seconds)
 
 

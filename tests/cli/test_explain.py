@@ -87,7 +87,7 @@ def test_explain_with_an_invalid_label_exits_2_and_says_why(label: str, expected
 def test_explain_with_a_bad_idle_duration_says_how_to_write_one() -> None:
     done = autoscaler("explain", "--idle", "20 minutes", "--load", "0")
     assert done.returncode == 2
-    assert "--idle '20 minutes'" in done.stderr
+    assert "--idle: not a Go duration: '20 minutes'" in done.stderr
     assert "Go duration" in done.stderr
 
 

@@ -3,8 +3,9 @@
 Numbers that are not finite or below their floor, report files the simulator could not write after a
 whole run, trace files that are not UTF-8 or hold more calls than a replay can, a kubeconfig that is
 not YAML (or not a mapping), and an admin port another program holds (`run` also closed nothing it
-had opened and logged an unclosed session after its error). A flag's type error is
-argparse's usage and one error line; everything else is one line. All exit 2.
+had opened and logged an unclosed session after its error). Every refusal is one line, argparse's
+included (it printed 12 lines of usage first, and asked for a COMMAND when an option was unknown). All
+exit 2.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from tests.support.cli import run_cli
 SAMPLE = Path(__file__).resolve().parents[2] / "autoscaler" / "data" / "traces" / "azure2019-sample"
 
 
-def refused(done: subprocess.CompletedProcess[str], *, usage: bool = False) -> str:
-    """The error line of a refused command (exit 2, no traceback; argparse's usage before it)."""
+def refused(done: subprocess.CompletedProcess[str]) -> str:
+    """The error line of a refused command (exit 2, no traceback, one line)."""
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
-    if not usage:
-        assert len(lines) == 1, done.stderr
+    assert len(lines) == 1, done.stderr
     return lines[-1]
 
 
@@ -48,9 +48,32 @@ def refused(done: subprocess.CompletedProcess[str], *, usage: bool = False) -> s
 def test_a_number_that_is_not_finite_or_below_its_floor_is_a_usage_error_naming_the_flag(
     args: tuple[str, ...], flag: str
 ) -> None:
-    line = refused(run_cli(*args), usage=True)
+    line = refused(run_cli(*args))
     assert f"argument {flag}:" in line
     assert repr(args[args.index(flag) + 1]) in line
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--bogus",), "autoscaler: error: unrecognized arguments: --bogus; see autoscaler --help"),
+        ((), "autoscaler: error: give a command: run, proxy, queue-worker, explain, demo, simulate;"),
+        (
+            ("run", "--bogus", "x"),
+            "autoscaler run: error: unrecognized arguments: --bogus x; see autoscaler run --help",
+        ),
+        (
+            ("demo", "--functions"),
+            "autoscaler demo: error: argument --functions: expected one argument (give it a",
+        ),
+        (("simulate", "--cold-start", "-1s"), "one that starts with '-' goes as --flag=VALUE"),
+        (("simulate", "--cold-start=-1s"), "--cold-start: '-1s' is negative; a duration here is 0 or more"),
+    ],
+)
+def test_a_mistake_on_the_command_line_is_one_line_naming_it_and_where_the_help_is(
+    args: tuple[str, ...], expected: str
+) -> None:
+    assert expected in refused(run_cli(*args))
 
 
 def test_a_plot_file_of_a_format_that_cannot_be_drawn_is_refused_before_the_run(tmp_path: Path) -> None:
