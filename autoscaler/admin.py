@@ -10,7 +10,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from autoscaler.errors import ConfigError
+from autoscaler.errors import cannot_listen
 
 
 class AdminServer:
@@ -60,9 +60,8 @@ class AdminServer:
             await site.start()
         except OSError as e:
             await self._runner.cleanup()
-            raise ConfigError(
-                f"cannot listen on {self._host}:{self._port} ({e.strerror or e}); "
-                "choose another --admin-port (0 picks a free port)"
+            raise cannot_listen(
+                e, host=self._host, port=self._port, host_flag="--admin-host", port_flag="--admin-port"
             ) from e
         sockets = getattr(site._server, "sockets", None)
         if sockets:

@@ -44,3 +44,26 @@ class ConflictError(ProviderError):
 
 class NotFoundError(ProviderError):
     """The function (or its Deployment) does not exist."""
+
+
+def cannot_listen(e: OSError, *, host: str, port: int, host_flag: str, port_flag: str) -> ConfigError:
+    """The one message for a server that could not bind `host:port`, with the advice that fits why."""
+    import errno
+    import socket
+
+    where = f"cannot listen on {host}:{port}"
+    if isinstance(e, socket.gaierror):
+        return ConfigError(
+            f"{where}: {host!r} is not an address this machine can resolve ({e.strerror or e}); "
+            f"give {host_flag} an IP address such as 0.0.0.0 or 127.0.0.1"
+        )
+    if e.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(
+            f"{where}: {host} is not an address of this machine; give {host_flag} one of its addresses, "
+            "or 0.0.0.0 for all of them"
+        )
+    if e.errno == errno.EACCES:
+        return ConfigError(
+            f"{where}: a port below 1024 needs privileges; choose another {port_flag} (0 picks a free port)"
+        )
+    return ConfigError(f"{where} ({e.strerror or e}); choose another {port_flag} (0 picks a free port)")

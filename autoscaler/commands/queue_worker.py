@@ -39,13 +39,7 @@ async def serve(*, queue: QueueSettings, settings: QueueWorkerSettings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        try:
-            await admin.start()
-        except OSError as e:
-            raise ConfigError(
-                f"cannot listen on {settings.admin_host}:{settings.admin_port} ({e.strerror or e}); "
-                "choose another --admin-port (0 picks a free port)"
-            ) from e
+        await admin.start()  # a ConfigError when it cannot listen
         await worker.start()
         log.info(
             "queue-worker consuming %s from %s, invoking through %s (admin port %d)",

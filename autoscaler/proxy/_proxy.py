@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from autoscaler.config import ProxySettings
-from autoscaler.errors import ConfigError
+from autoscaler.errors import cannot_listen
 from autoscaler.interfaces import FunctionRef, InvocationStats, Provider
 from autoscaler.proxy._admin import admin_app, error_response
 from autoscaler.proxy._bodies import BodyBudget, BodyRefused, read_body
@@ -191,9 +191,8 @@ class Proxy:
             site = make()
             await site.start()
         except OSError as e:
-            raise ConfigError(
-                f"cannot listen on {self._settings.host}:{port} ({e.strerror or e}); "
-                f"choose another {flag} (0 picks a free port)"
+            raise cannot_listen(
+                e, host=self._settings.host, port=port, host_flag="--host", port_flag=flag
             ) from e
         return site
 

@@ -39,7 +39,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from autoscaler.config import ProxySettings
-from autoscaler.errors import ConfigError
+from autoscaler.errors import cannot_listen
 from autoscaler.proxy._admin import Snapshot, exposition_of, growing, merge, worker_app
 from autoscaler.proxy._proxy import Proxy, serve_forever
 from policies.backoff import Backoff
@@ -151,9 +151,8 @@ class Supervisor:
         try:
             await web.TCPSite(self._admin, settings.host, settings.admin_port).start()
         except OSError as e:
-            raise ConfigError(
-                f"cannot listen on {settings.host}:{settings.admin_port} ({e.strerror or e}); "
-                "choose another --admin-port (0 picks a free port)"
+            raise cannot_listen(
+                e, host=settings.host, port=settings.admin_port, host_flag="--host", port_flag="--admin-port"
             ) from e
         self.admin_port = int(self._admin.addresses[0][1])
         for worker in self._workers:
@@ -328,7 +327,10 @@ class Supervisor:
 
 def _reserve(host: str, port: int) -> socket.socket:
     """Bind (never listen on) host:port with SO_REUSEPORT: the port the workers share, held for restarts."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as e:
+        raise cannot_listen(e, host=host, port=port, host_flag="--host", port_flag="--port") from e
     family, _, _, _, address = min(infos, key=lambda info: info[0] != socket.AF_INET)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -337,7 +339,5 @@ def _reserve(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as e:
         sock.close()
-        raise ConfigError(
-            f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port (0 picks a free port)"
-        ) from e
+        raise cannot_listen(e, host=host, port=port, host_flag="--host", port_flag="--port") from e
     return sock

@@ -210,6 +210,16 @@ async def test_workers_below_one_is_a_usage_error_naming_the_flag(tmp_path: Path
     assert "--workers" in process.text()
 
 
+async def test_a_host_that_does_not_resolve_is_a_usage_error_naming_the_host_flag(tmp_path: Path) -> None:
+    args = ["proxy", "--workers", "2", "--host", "999.1.1.1", "--port", "0", "--admin-port", "0"]
+    process = await ServiceProcess.spawn("proxy", args=args, log=tmp_path / "proxy.log")
+    code = await asyncio.wait_for(process.process.wait(), 20)
+    assert code == 2
+    assert "'999.1.1.1' is not an address this machine can resolve" in process.text()
+    assert "give --host an IP address" in process.text()
+    assert "Traceback" not in process.text()
+
+
 async def test_a_data_port_another_program_holds_is_a_usage_error_before_any_worker_starts(
     tmp_path: Path,
 ) -> None:
