@@ -58,10 +58,19 @@ _SPECIAL = ("spec", "labels", "label_sources", "conflicts", "owner_spec", "behav
 _DURATIONS = ("zero_duration", "down_window", "scale_down_delay", "burst_window")
 
 
+def _text_line(key: str, value: Any) -> str:
+    """One line of the text output; `valid` and a missing load in words (the JSON keeps the values)."""
+    if key == "valid":
+        return "decided from load: " + ("yes" if value else "no, it keeps its current replicas")
+    if key == "load" and value is None:
+        return "load: no data"
+    return f"{key}: {value}"
+
+
 def _render(result: dict[str, Any], *, as_json: bool) -> str:
     if as_json:
         return json.dumps(result)
-    lines = [f"{key}: {value}" for key, value in result.items() if key not in _SPECIAL]
+    lines = [_text_line(key, value) for key, value in result.items() if key not in _SPECIAL]
     if "labels" in result:
         sources = result.get("label_sources") or {}
         lines.insert(

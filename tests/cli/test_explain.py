@@ -206,3 +206,16 @@ def test_explain_shows_the_settings_the_labels_give_and_nothing_the_spec_derives
     shown = set(json.loads(done.stdout)["spec"])
     settings = {f.name for f in dataclasses.fields(ScalingSpec) if f.init} - {"type_label"}
     assert shown == settings  # no `formula_words`: the message's fixed words, not a setting
+
+
+def test_a_function_with_no_data_reads_as_keeping_its_replicas_not_as_invalid() -> None:
+    text = autoscaler("explain", "--replicas", "3").stdout.splitlines()
+    assert "decided from load: no, it keeps its current replicas" in text
+    assert "load: no data" in text
+    assert not any(line.startswith("valid:") for line in text)
+    result = json.loads(autoscaler("explain", "--replicas", "3", "--json").stdout)
+    assert (result["valid"], result["load"], result["desired"]) == (
+        False,
+        None,
+        3,
+    )  # the JSON keeps its values
