@@ -53,6 +53,10 @@ def explain_offline(
     return spec, decide(spec=spec, load=observed, current=replicas, state=state, now=now)
 
 
+# Seconds `explain NAME` waits for its first listing unless --start-timeout says otherwise (run's 120 s
+# suits a controller that waits for its cluster, not a command a user waits on).
+EXPLAIN_START_TIMEOUT = 10.0
+
 _SOURCES = {"template": "pod template", "deployment": "Deployment", "both": "pod template and Deployment"}
 _SPECIAL = ("spec", "labels", "label_sources", "conflicts", "owner_spec", "behaviour")
 _DURATIONS = ("zero_duration", "down_window", "scale_down_delay", "burst_window")
@@ -129,7 +133,10 @@ async def _explain_live(args: argparse.Namespace) -> dict[str, Any]:
     from autoscaler.providers.kubernetes import KubernetesProvider
 
     ref = FunctionRef.parse(args.function, default_namespace=providers.namespaces[0])
-    providers = providers.model_copy(update={"namespaces": [ref.namespace], "namespaces_annotated": None})
+    update: dict[str, Any] = {"namespaces": [ref.namespace], "namespaces_annotated": None}
+    if "start_timeout" not in providers.model_fields_set:
+        update["start_timeout"] = EXPLAIN_START_TIMEOUT  # one answer is wanted, not a controller's patience
+    providers = providers.model_copy(update=update)
     provider = await KubernetesProvider.create(settings=providers)
     reader = PrometheusReader(settings=metrics)
     try:

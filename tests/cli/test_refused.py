@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,24 @@ def test_an_admin_port_another_program_holds_is_one_line_saying_to_pick_another(
     line = refused(done)
     assert f"cannot listen on 127.0.0.1:{port}" in line
     assert "--admin-port" in line
+
+
+@pytest.mark.slow
+def test_explain_with_the_api_server_down_gives_up_in_its_own_ten_seconds_naming_the_address(
+    tmp_path: Path,
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    port = free_port()
+    kubeconfig.write_text(KUBECONFIG.format(port=port))
+    started = time.monotonic()
+    done = run_cli(
+        "--log-level", "error", "explain", "hello", "--kubeconfig", str(kubeconfig),
+        "--prometheus-url", "http://127.0.0.1:9",
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "no first listing from the Kubernetes API server within 10s" in line
+    assert f"cannot connect to 127.0.0.1:{port} (Connection refused)" in line
+    assert "ConnectionKey" not in line  # aiohttp's repr, which it printed before
+    assert took < 30  # not run's 120 s

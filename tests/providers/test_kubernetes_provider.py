@@ -169,7 +169,7 @@ async def test_the_start_timeout_setting_bounds_the_first_listing(
     settings = ProviderSettings(namespaces=["openfaas-fn"], api_timeout=2.0, start_timeout=0.5)
     provider = KubernetesProvider(settings=settings, api_client=api_client, retry=FAST)
 
-    with pytest.raises(ProviderError, match=r"no first listing within 0\.5s"):
+    with pytest.raises(ProviderError, match=r"no first listing from the Kubernetes API server within 0\.5s"):
         await provider.start()
 
 

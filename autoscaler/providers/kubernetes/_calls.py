@@ -15,6 +15,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -103,8 +104,12 @@ def wrap(e: BaseException, *, what: str) -> ProviderError:
         return ProviderError(text, status=status, retryable=status == 429 or status >= 500 or status == 0)
     if isinstance(e, TimeoutError):
         return ProviderError(f"{what}: timed out", retryable=True)
+    if isinstance(e, aiohttp.ClientConnectorError):  # e.g. refused, unreachable, a name that does not resolve
+        error = e.os_error
+        why = os.strerror(error.errno) if error.errno else (error.strerror or type(error).__name__)
+        return ProviderError(f"{what}: cannot connect to {e.host}:{e.port} ({why})", retryable=True)
     if isinstance(e, aiohttp.ClientError | OSError):
-        return ProviderError(f"{what}: connection failed: {e!r}", retryable=True)
+        return ProviderError(f"{what}: connection failed: {type(e).__name__}: {e}", retryable=True)
     return ProviderError(f"{what}: unexpected {type(e).__name__}: {e}", retryable=False)
 
 

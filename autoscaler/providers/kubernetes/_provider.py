@@ -179,10 +179,13 @@ class KubernetesProvider:
             await asyncio.wait_for(self._first_listings(), self._start_timeout)
         except TimeoutError:
             missing = [r for r in self.reflectors if not r.synced.is_set()]
-            reasons = "; ".join(f"{r.what}: {r.last_error or 'no answer yet'}" for r in missing)
+            reasons = "; ".join(str(r.last_error or f"{r.what}: no answer yet") for r in missing)
             await self.close()
             raise ProviderError(
-                f"no first listing within {self._start_timeout:g}s ({reasons})", retryable=True
+                f"no first listing from the Kubernetes API server within {self._start_timeout:g}s "
+                f"({reasons}); check that the cluster of your kubeconfig is up and reachable, or give "
+                "--start-timeout more time",
+                retryable=True,
             ) from None
 
     async def _first_listings(self) -> None:
