@@ -90,9 +90,15 @@ class EmbeddedNats:
                         if response.status == 200:
                             return
                 await asyncio.sleep(0.05)
-        tail = (root / "nats.log").read_text(errors="replace")[-600:]
+        tail = (root / "nats.log").read_text(errors="replace")[-600:].strip()
+        code = self._process.returncode
+        if code is None:
+            why = f"no healthy JetStream within {timeout:g}s"
+        else:
+            why = f"it exited with code {code}"
         await self.stop()
-        raise RuntimeError(f"nats-server {self.binary} did not start with JetStream: {tail.strip()}")
+        said = f": {tail}" if tail else " and printed nothing"
+        raise RuntimeError(f"nats-server {self.binary} did not start with JetStream ({why}){said}")
 
     async def stop(self, *, grace: float = 5.0) -> None:
         """Stop the server (SIGTERM, SIGKILL after `grace` s) and delete its store; idempotent."""

@@ -109,6 +109,17 @@ async def test_without_a_nats_server_binary_the_stack_runs_without_asynchronous_
     assert _nats.INSTALL_HINT in stack.queue_note
 
 
+async def test_a_nats_server_binary_that_exits_at_once_is_named_with_its_exit_code(tmp_path: Path) -> None:
+    quiet = tmp_path / "nats-server"
+    quiet.write_text("#!/bin/sh\nexit 3\n")
+    quiet.chmod(0o755)
+    with pytest.raises(RuntimeError) as raised:
+        await _nats.EmbeddedNats(binary=str(quiet)).start(timeout=5)
+    assert str(raised.value) == (
+        f"nats-server {quiet} did not start with JetStream (it exited with code 3) and printed nothing"
+    )
+
+
 async def test_in_local_mode_a_queue_function_at_zero_is_woken_and_scaled_by_its_backlog_then_drained_to_zero(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
