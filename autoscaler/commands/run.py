@@ -129,9 +129,11 @@ async def serve(
     from autoscaler.metrics import PrometheusReader
     from autoscaler.providers.kubernetes import KubernetesProvider
 
-    provider = await KubernetesProvider.create(settings=providers)
     registry = CollectorRegistry()
+    # The reader first: it checks the Prometheus URL and opens nothing, while the provider opens a
+    # client session that a bad URL found after it left unclosed.
     reader = PrometheusReader(settings=metrics, registry=registry)
+    provider = await KubernetesProvider.create(settings=providers)
     leader: LeaderElector | None = None
     leading = not controller_settings.leader_election
     histories: dict[str, Any] = {}

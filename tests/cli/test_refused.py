@@ -171,3 +171,19 @@ def test_explain_with_the_api_server_down_gives_up_in_its_own_ten_seconds_naming
     assert f"cannot connect to 127.0.0.1:{port} (Connection refused)" in line
     assert "ConnectionKey" not in line  # aiohttp's repr, which it printed before
     assert took < 30  # not run's 120 s
+
+
+def test_run_with_a_prometheus_url_that_is_not_one_is_one_line_and_leaves_nothing_open(
+    tmp_path: Path,
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(KUBECONFIG.format(port=free_port()))
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "autoscaler", "run",
+            "--kubeconfig", str(kubeconfig), "--prometheus-url", "notaurl",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    line = refused(done)  # before, "Unclosed client session" followed the error
+    assert "--prometheus-url 'notaurl' is not a valid URL" in line
