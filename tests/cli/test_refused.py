@@ -10,6 +10,7 @@ exit 2.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -187,3 +188,17 @@ def test_run_with_a_prometheus_url_that_is_not_one_is_one_line_and_leaves_nothin
     )  # fmt: skip
     line = refused(done)  # before, "Unclosed client session" followed the error
     assert "--prometheus-url 'notaurl' is not a valid URL" in line
+
+
+@pytest.mark.parametrize("given", [True, False])
+def test_a_kubeconfig_that_does_not_exist_is_one_line_naming_it(tmp_path: Path, given: bool) -> None:
+    missing = tmp_path / "home" / ".kube" / "config"
+    flags = ["--kubeconfig", str(missing)] if given else []
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    done = subprocess.run(
+        [sys.executable, "-m", "autoscaler", "run", *flags, "--prometheus-url", "http://127.0.0.1:9"],
+        capture_output=True, text=True, timeout=60, check=False, env={**env, "HOME": str(tmp_path / "home")},
+    )  # fmt: skip
+    line = refused(done)  # before: the client's "Config not found" line, then a complaint about its contents
+    assert str(missing) in line
+    assert "current-context" not in line

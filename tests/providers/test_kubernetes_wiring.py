@@ -77,7 +77,9 @@ async def test_a_provider_from_a_kubeconfig_follows_more_namespaces_than_the_cli
 async def test_create_without_a_usable_configuration_says_how_to_fix_it(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-kubeconfig"
 
-    with pytest.raises(ConfigError, match=r"--kubeconfig PATH"):
+    with pytest.raises(
+        ConfigError, match=rf"--kubeconfig {missing}: no such file; give the path of a kubeconfig"
+    ):
         await KubernetesProvider.create(settings=ProviderSettings(kubeconfig=str(missing)))
 
 

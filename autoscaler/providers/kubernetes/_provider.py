@@ -131,11 +131,23 @@ class KubernetesProvider:
     async def create(cls, *, settings: ProviderSettings, **options: Any) -> KubernetesProvider:
         """Connect with `settings.kubeconfig` if given, else in-cluster config, else ~/.kube/config."""
         configuration = k8s.Configuration()
+        if settings.kubeconfig is not None and not os.path.isfile(settings.kubeconfig):
+            # Checked here: the client would log "Config not found" and then blame the file's contents.
+            raise ConfigError(
+                f"--kubeconfig {settings.kubeconfig}: no such file; give the path of a kubeconfig, or run "
+                "inside a pod with a service account and leave --kubeconfig unset"
+            )
         try:
             if settings.kubeconfig is None:
                 try:
                     k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
                 except ConfigException:
+                    default = os.path.expanduser(os.environ.get("KUBECONFIG", "~/.kube/config"))
+                    if os.pathsep not in default and not os.path.isfile(default):
+                        raise ConfigError(
+                            f"no Kubernetes API configuration: not running in a cluster, and no {default}; "
+                            "run inside a pod with a service account or pass --kubeconfig PATH"
+                        ) from None
                     await k8s_config.load_kube_config(client_configuration=configuration)
             else:
                 await k8s_config.load_kube_config(
