@@ -92,10 +92,7 @@ class EmbeddedNats:
                 await asyncio.sleep(0.05)
         tail = (root / "nats.log").read_text(errors="replace")[-600:].strip()
         code = self._process.returncode
-        if code is None:
-            why = f"no healthy JetStream within {timeout:g}s"
-        else:
-            why = f"it exited with code {code}"
+        why = f"no healthy JetStream within {timeout:g}s" if code is None else f"it exited with code {code}"
         await self.stop()
         said = f": {tail}" if tail else " and printed nothing"
         raise RuntimeError(f"nats-server {self.binary} did not start with JetStream ({why}){said}")

@@ -119,13 +119,21 @@ def parse_head(head: bytes, method: str, *, upgrade: bool = False) -> Head:
             result.length = _length(lengths)
         result.keep_alive = False
     elif transfer:
+        if http11 and (len(transfer) != 1 or transfer[0].lower() != "chunked"):
+            # The body is coded in a way the client would not be told of (Transfer-Encoding is
+            # hop-by-hop): refused, as the gateway's Go client refuses it (net/http/transfer.go,
+            # "unsupported transfer encoding"), rather than relayed as if it were plain.
+            raise ClientError(
+                f"the function answered with Transfer-Encoding {', '.join(transfer)!r}, which is not "
+                "relayed: only chunked is; compress with Content-Encoding instead"
+            )
         if lengths:
             # Transfer-Encoding overrides Content-Length (RFC 9112 6.3): the length must not reach
             # the client, and a connection with both framings is never reused.
             result.headers = [item for item in headers if item[0].lower() != "content-length"]
             result.keep_alive = False
         if transfer[-1].rsplit(",", 1)[-1].strip().lower() != "chunked":
-            result.state = UNTIL_EOF
+            result.state = UNTIL_EOF  # HTTP/1.0, which has no transfer codings: the body lasts to EOF
             result.keep_alive = False
         else:
             result.state = CHUNK_SIZE

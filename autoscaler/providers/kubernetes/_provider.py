@@ -28,10 +28,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-import yaml
 from kubernetes_asyncio import client as k8s
-from kubernetes_asyncio import config as k8s_config
-from kubernetes_asyncio.config.config_exception import ConfigException
 
 from autoscaler.config import ProviderSettings
 from autoscaler.errors import ConfigError, ProviderError
@@ -40,6 +37,7 @@ from autoscaler.providers.kubernetes._budget import Priority, WriteBudget, scale
 from autoscaler.providers.kubernetes._cache import FunctionCache
 from autoscaler.providers.kubernetes._calls import RetryPolicy, call
 from autoscaler.providers.kubernetes._events import EVENT_SERIES_WINDOW, EventRecorder
+from autoscaler.providers.kubernetes._kubeconfig import load_configuration
 from autoscaler.providers.kubernetes._marks import MarkWriter
 from autoscaler.providers.kubernetes._objects import SERVICE_NAME_LABEL, Obj, format_last_active
 from autoscaler.providers.kubernetes._watch import Reflector, read_list
@@ -130,37 +128,7 @@ class KubernetesProvider:
     @classmethod
     async def create(cls, *, settings: ProviderSettings, **options: Any) -> KubernetesProvider:
         """Connect with `settings.kubeconfig` if given, else in-cluster config, else ~/.kube/config."""
-        configuration = k8s.Configuration()
-        if settings.kubeconfig is not None and not os.path.isfile(settings.kubeconfig):
-            # Checked here: the client would log "Config not found" and then blame the file's contents.
-            raise ConfigError(
-                f"--kubeconfig {settings.kubeconfig}: no such file; give the path of a kubeconfig, or run "
-                "inside a pod with a service account and leave --kubeconfig unset"
-            )
-        try:
-            if settings.kubeconfig is None:
-                try:
-                    k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-                except ConfigException:
-                    default = os.path.expanduser(os.environ.get("KUBECONFIG", "~/.kube/config"))
-                    if os.pathsep not in default and not os.path.isfile(default):
-                        raise ConfigError(
-                            f"no Kubernetes API configuration: not running in a cluster, and no {default}; "
-                            "run inside a pod with a service account or pass --kubeconfig PATH"
-                        ) from None
-                    await k8s_config.load_kube_config(client_configuration=configuration)
-            else:
-                await k8s_config.load_kube_config(
-                    config_file=settings.kubeconfig, client_configuration=configuration
-                )
-        except (ConfigException, OSError, yaml.YAMLError, TypeError, AttributeError) as e:
-            # (TypeError, AttributeError: a kubeconfig that is YAML but not a mapping, e.g. one word.)
-            where = settings.kubeconfig or "~/.kube/config"
-            why = " ".join(str(e).split())  # YAML's errors span lines
-            raise ConfigError(
-                f"no Kubernetes API configuration: not running in a cluster and {where} is unusable ({why}); "
-                "run inside a pod with a service account or pass --kubeconfig PATH"
-            ) from e
+        configuration = await load_configuration(settings.kubeconfig)
         # Every followed namespace holds two watch connections open for good, and the client's default
         # pool (100 connections) would leave writes and the watches of namespaces past 50 waiting for
         # a watch to reach its timeout: no limit here (the write budget bounds writes, not a pool).
