@@ -147,24 +147,7 @@ class LocalStack:
         self.queue_note = "asynchronous calls: off"
         self.ignored: list[str] = []  # AUTOSCALER_* variables the stack sets for itself
         if settings.embedded_nats:
-            binary = find_binary()
-            if binary is None:
-                self.queue_note = f"asynchronous calls: off, no nats-server found: {INSTALL_HINT}"
-            else:
-                self.nats = EmbeddedNats(binary=binary)
-                self.queue = demo_settings(
-                    QueueSettings,
-                    self.ignored,
-                    fixed={"nats_url": self.nats.url},
-                    defaults={"publish_timeout": 5.0},
-                )
-                self.acceptor = AsyncAcceptor(
-                    settings=self.queue,
-                    provider=self.provider,
-                    default_namespace=functions.namespace,
-                    registry=self.registry,
-                )
-                self.queue_note = f"asynchronous calls: /async-function/ on JetStream at {self.nats.url}"
+            self._embed_nats()
         self.proxy_settings = demo_settings(
             ProxySettings,
             self.ignored,
@@ -210,6 +193,24 @@ class LocalStack:
         self.refs = [FunctionRef(fn.name, functions.namespace) for fn in functions.functions]
         self._stop = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+
+    def _embed_nats(self) -> None:
+        """The embedded nats-server (not started yet) and the acceptor of asynchronous calls onto it."""
+        binary = find_binary()
+        if binary is None:
+            self.queue_note = f"asynchronous calls: off, no nats-server found: {INSTALL_HINT}"
+            return
+        self.nats = EmbeddedNats(binary=binary)
+        self.queue = demo_settings(
+            QueueSettings, self.ignored, fixed={"nats_url": self.nats.url}, defaults={"publish_timeout": 5.0}
+        )
+        self.acceptor = AsyncAcceptor(
+            settings=self.queue,
+            provider=self.provider,
+            default_namespace=self.functions.namespace,
+            registry=self.registry,
+        )
+        self.queue_note = f"asynchronous calls: /async-function/ on JetStream at {self.nats.url}"
 
     def _poke(self, ref: FunctionRef) -> None:
         self.controller.poke(ref)

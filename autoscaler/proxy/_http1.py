@@ -119,14 +119,8 @@ def parse_head(head: bytes, method: str, *, upgrade: bool = False) -> Head:
             result.length = _length(lengths)
         result.keep_alive = False
     elif transfer:
-        if http11 and (len(transfer) != 1 or transfer[0].lower() != "chunked"):
-            # The body is coded in a way the client would not be told of (Transfer-Encoding is
-            # hop-by-hop): refused, as the gateway's Go client refuses it (net/http/transfer.go,
-            # "unsupported transfer encoding"), rather than relayed as if it were plain.
-            raise ClientError(
-                f"the function answered with Transfer-Encoding {', '.join(transfer)!r}, which is not "
-                "relayed: only chunked is; compress with Content-Encoding instead"
-            )
+        if http11:
+            _only_chunked(transfer)
         if lengths:
             # Transfer-Encoding overrides Content-Length (RFC 9112 6.3): the length must not reach
             # the client, and a connection with both framings is never reused.
@@ -145,6 +139,20 @@ def parse_head(head: bytes, method: str, *, upgrade: bool = False) -> Head:
         result.state = UNTIL_EOF
         result.keep_alive = False
     return result
+
+
+def _only_chunked(transfer: list[str]) -> None:
+    """ClientError unless the Transfer-Encoding lines say `chunked` alone.
+
+    Any other coding is one the client would not be told of (Transfer-Encoding is hop-by-hop): it is
+    refused, as the gateway's Go client refuses it (net/http/transfer.go, "unsupported transfer
+    encoding"), rather than relayed as if the body were plain.
+    """
+    if len(transfer) != 1 or transfer[0].lower() != "chunked":
+        raise ClientError(
+            f"the function answered with Transfer-Encoding {', '.join(transfer)!r}, which is not "
+            "relayed: only chunked is; compress with Content-Encoding instead"
+        )
 
 
 def _status_line(line: str) -> tuple[int, str, bool]:
