@@ -68,7 +68,8 @@ class Trace:
         return self.minutes * 60.0
 
 
-def _rows(path: Path, required: tuple[str, ...]) -> Iterator[dict[str, str]]:
+def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row by column name) of each non-empty row of a CSV file with `required` columns."""
     if not path.is_file():
         raise TraceError(
             f"{path} not found: a trace directory needs {INVOCATIONS}, {DURATIONS} and {MEMORY} "
@@ -91,7 +92,7 @@ def _rows(path: Path, required: tuple[str, ...]) -> Iterator[dict[str, str]]:
                 raise TraceError(
                     f"{path} line {number}: {len(row)} fields where the header has {len(header)}"
                 )
-            yield dict(zip(header, row, strict=True))
+            yield number, dict(zip(header, row, strict=True))
 
 
 @contextlib.contextmanager
@@ -113,11 +114,50 @@ def _minute_columns(path: Path) -> list[str]:
     return minutes
 
 
-def _number(path: Path, row: dict[str, str], column: str) -> float:
+def _number(path: Path, line: int, row: dict[str, str], column: str) -> float:
+    """The column's value: a finite number of at least 0 (a duration or a memory size)."""
+    text = row[column]
     try:
-        return float(row[column])
+        value = float(text)
     except ValueError:
-        raise TraceError(f"{path}: column {column} holds {row[column]!r}, which is not a number") from None
+        raise TraceError(
+            f"{path} line {line}: column {column} holds {text!r}, which is not a number"
+        ) from None
+    if not np.isfinite(value) or value < 0:
+        raise TraceError(
+            f"{path} line {line}: column {column} holds {text!r}; it must be a finite number of at least 0"
+        )
+    return value
+
+
+def _unique(path: Path, seen: dict[tuple[str, ...], int], key: tuple[str, ...], line: int) -> None:
+    """TraceError when `key` was on an earlier line: a second row of one function is ambiguous (its
+    calls would count twice, or one of two durations would be taken silently)."""
+    first = seen.setdefault(key, line)
+    if first != line:
+        raise TraceError(
+            f"{path} line {line}: {'/'.join(part for part in key if part)} is given again (first at line {first}); keep one row "
+            "per function"
+        )
+
+
+def _table(
+    path: Path, key_columns: tuple[str, ...], value: str, *, optional: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], float]:
+    """`value` by key, one row per key, from a durations or memory file that has at least one row."""
+    table: dict[tuple[str, ...], float] = {}
+    lines: dict[tuple[str, ...], int] = {}
+    required = tuple(column for column in key_columns if column not in optional)
+    for line, row in _rows(path, (*required, value)):
+        key = tuple(row.get(column, "") for column in key_columns)
+        _unique(path, lines, key, line)
+        table[key] = _number(path, line, row, value)
+    if not table:
+        raise TraceError(
+            f"{path} has a header and no rows: every function would be given a made-up {value}; "
+            "give the trace's rows, or take them from the same day as the invocations"
+        )
+    return table
 
 
 def read_trace(directory: Path, *, functions: int | None = None) -> Trace:
@@ -129,7 +169,9 @@ def read_trace(directory: Path, *, functions: int | None = None) -> Trace:
     inv_path = directory / INVOCATIONS
     minutes = _minute_columns(inv_path) if inv_path.is_file() else []
     picked: list[tuple[str, str, str, npt.NDArray[np.int64]]] = []
-    for row in _rows(inv_path, ("HashApp", "HashFunction", *minutes)):
+    seen: dict[tuple[str, ...], int] = {}
+    for line, row in _rows(inv_path, ("HashApp", "HashFunction", *minutes)):
+        _unique(inv_path, seen, (row["HashFunction"],), line)
         try:
             counts = np.array([int(row[m]) for m in minutes], dtype=np.int64)
         except (ValueError, OverflowError):
@@ -147,18 +189,14 @@ def read_trace(directory: Path, *, functions: int | None = None) -> Trace:
             break
     if not picked:
         raise TraceError(f"{inv_path} has no functions")
-    dur_path = directory / DURATIONS
-    durations = {
-        (row["HashApp"], row["HashFunction"]): _number(dur_path, row, "Average") / 1000.0
-        for row in _rows(dur_path, ("HashApp", "HashFunction", "Average"))
-    }
-    mem_path = directory / MEMORY
-    memory: dict[tuple[str, str], float] = {}
-    for row in _rows(mem_path, ("HashApp", "AverageAllocatedMb")):
-        # The official file is per app; some samples are per function (they add HashFunction).
-        memory[(row["HashApp"], row.get("HashFunction", ""))] = _number(mem_path, row, "AverageAllocatedMb")
-    median_duration = float(np.median(list(durations.values()))) if durations else 1.0
-    median_memory = float(np.median(list(memory.values()))) if memory else 256.0
+    milliseconds = _table(directory / DURATIONS, ("HashApp", "HashFunction"), "Average")
+    durations = {key: value / 1000.0 for key, value in milliseconds.items()}
+    # The official memory file is per app; some samples are per function (they add HashFunction).
+    memory = _table(
+        directory / MEMORY, ("HashApp", "HashFunction"), "AverageAllocatedMb", optional=("HashFunction",)
+    )
+    median_duration = float(np.median(list(durations.values())))
+    median_memory = float(np.median(list(memory.values())))
     result: list[TraceFunction] = []
     filled_d = filled_m = 0
     for app, key, trigger, counts in picked:

@@ -57,6 +57,52 @@ def test_functions_without_a_duration_or_memory_row_get_the_median_and_are_count
     assert trace.functions[1].duration == pytest.approx(0.1)
 
 
+def _edit(directory: Path, name: str, change: object) -> None:
+    path = directory / name
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(change(lines)) + "\n")  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        (
+            "memory.csv",
+            "nan",
+            r"memory\.csv line 2: column AverageAllocatedMb holds 'nan'; it must be a finite",
+        ),
+        ("memory.csv", "-1", r"memory\.csv line 2: column AverageAllocatedMb holds '-1'"),
+        ("durations.csv", "inf", r"durations\.csv line 2: column Average holds 'inf'; it must be a finite"),
+        ("durations.csv", "-250", r"durations\.csv line 2: column Average holds '-250'"),
+    ],
+)
+def test_a_duration_or_memory_that_is_not_a_finite_number_of_at_least_0_is_named_by_line(
+    tmp_path: Path, name: str, value: str, says: str
+) -> None:
+    directory = write_trace(tmp_path / "t", {"aaa": [(0, 1)]}, duration_ms=250.0, memory_mb=300.0)
+    _edit(directory, name, lambda lines: [lines[0], lines[1].replace("250.0", value).replace("300.0", value)])
+    with pytest.raises(TraceError, match=says):
+        read_trace(directory)
+
+
+@pytest.mark.parametrize("name", ["invocations.csv", "durations.csv", "memory.csv"])
+def test_a_function_given_twice_in_one_file_is_refused_with_both_lines(tmp_path: Path, name: str) -> None:
+    directory = write_trace(tmp_path / "t", {"aaa": [(0, 1)], "bbb": [(0, 1)]})
+    _edit(directory, name, lambda lines: [*lines, lines[1]])
+    with pytest.raises(TraceError, match=rf"{name} line 4: .*aaa is given again \(first at line 2\)"):
+        read_trace(directory)
+
+
+@pytest.mark.parametrize("name", ["durations.csv", "memory.csv"])
+def test_a_durations_or_memory_file_with_no_rows_is_refused_not_filled_in_for_every_function(
+    tmp_path: Path, name: str
+) -> None:
+    directory = write_trace(tmp_path / "t", {"aaa": [(0, 1)]})
+    _edit(directory, name, lambda lines: lines[:1])
+    with pytest.raises(TraceError, match=rf"{name} has a header and no rows"):
+        read_trace(directory)
+
+
 def test_only_the_first_n_functions_are_read_when_asked(tmp_path: Path) -> None:
     directory = write_trace(tmp_path / "t", {"a": [(0, 1)], "b": [(0, 1)], "c": [(0, 1)]})
     assert [fn.key for fn in read_trace(directory, functions=2).functions] == ["a", "b"]
