@@ -24,6 +24,7 @@ the function and the field, and is raised as ConfigError (the CLI exits 2 on it)
 is not UTF-8, a key given twice in one mapping (YAML would keep the last function of a name, silently),
 a label, variable or annotation whose value is not a single scalar, and YAML that cannot be parsed
 (on one line, with where). `check_commands` tells whether each command's program can be run here.
+OpenFaaS's readiness-probe timing annotations become the function's `ReadinessProbe`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 
 from autoscaler.errors import ConfigError, SpecError
 from autoscaler.interfaces import DNS_LABEL
-from autoscaler.spec import parse_labels
+from autoscaler.spec import parse_duration, parse_labels
 
 DEFAULT_NAMESPACE = "openfaas-fn"
 DEFAULT_READY_PATH = "/"
@@ -137,6 +138,37 @@ class _File(BaseModel):
         return value
 
 
+# OpenFaaS's readiness-probe timing (docs.openfaas.com/reference/workloads; OpenFaaS Pro writes them
+# into the probe): seconds as a whole number ("2") or, as OpenFaaS's own examples also write, a Go
+# duration ("1s"). faas-netes CE reads only the health probe's initial delay, as a Go duration
+# (pkg/k8s/probes.go), and gives it to the readiness probe too.
+PROBE_PREFIX = "com.openfaas.ready.http."
+PROBE_DELAY = PROBE_PREFIX + "initialDelaySeconds"
+PROBE_PERIOD = PROBE_PREFIX + "periodSeconds"
+PROBE_TIMEOUT = PROBE_PREFIX + "timeoutSeconds"
+PROBE_SUCCESSES = PROBE_PREFIX + "successThreshold"
+PROBE_FAILURES = PROBE_PREFIX + "failureThreshold"
+HEALTH_DELAY_ANNOTATION = "com.openfaas.health.http.initialDelay"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadinessProbe:
+    """When and how often a replica's readiness path is probed; None: the local provider's own pace.
+
+    With none of the timing annotations, a replica is probed every few milliseconds until it first
+    passes, and not again: cold starts stay short. With any of them, probing follows kubelet: after
+    `initial_delay`, every `period`, ready after `success_threshold` passes in a row, and out of the
+    endpoints again after `failure_threshold` failures in a row; what is not given is the OpenFaaS
+    chart's (every 2 s, a 1 s timeout, 1 pass, 3 failures).
+    """
+
+    initial_delay: float = 0.0
+    period: float | None = None
+    timeout: float | None = None
+    success_threshold: int = 1
+    failure_threshold: int | None = None  # None: not probed again once ready
+
+
 @dataclass(frozen=True, slots=True)
 class LocalFunction:
     """A function ready to run: its argv resolved, its initial replicas decided."""
@@ -148,6 +180,7 @@ class LocalFunction:
     health_path: str  # the readiness path: health_path, else the ready annotation, else "/"
     initial_replicas: int
     annotations: Mapping[str, str] = field(default_factory=dict)
+    probe: ReadinessProbe = field(default_factory=ReadinessProbe)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,9 +258,54 @@ def parse(data: Any, *, source: str, base_dir: Path) -> FunctionsFile:
                 health_path=_ready_path(fn, where=f"{source}: function {name!r}"),
                 initial_replicas=_initial_replicas(fn),
                 annotations=dict(fn.annotations),
+                probe=readiness_probe(fn.annotations, where=f"{source}: function {name!r}"),
             )
         )
     return FunctionsFile(namespace=model.namespace, functions=tuple(functions), source=source)
+
+
+def readiness_probe(annotations: Mapping[str, str], *, where: str) -> ReadinessProbe:
+    """The probe timing the annotations give; ConfigError naming the annotation that is wrong."""
+
+    def seconds(key: str) -> float | None:
+        text = annotations.get(key)
+        if text is None:
+            return None
+        try:
+            return float(int(text)) if text.strip().isdigit() else parse_duration(text)
+        except ValueError:
+            raise ConfigError(
+                f'{where}: field annotations.{key}: {text!r} is not a number of seconds (e.g. "2" or "2s")'
+            ) from None
+
+    def count(key: str) -> int | None:
+        text = annotations.get(key)
+        if text is None:
+            return None
+        if not text.strip().isdigit() or int(text) < 1:
+            raise ConfigError(
+                f"{where}: field annotations.{key}: {text!r} is not a whole number of at least 1"
+            )
+        return int(text)
+
+    delay = seconds(PROBE_DELAY)
+    if delay is None:
+        delay = seconds(HEALTH_DELAY_ANNOTATION)
+    period, timeout = seconds(PROBE_PERIOD), seconds(PROBE_TIMEOUT)
+    for key, value in ((PROBE_PERIOD, period), (PROBE_TIMEOUT, timeout)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{where}: field annotations.{key}: {annotations[key]!r} must be longer than 0")
+    successes, failures = count(PROBE_SUCCESSES), count(PROBE_FAILURES)
+    if delay is None and period is None and timeout is None and successes is None and failures is None:
+        return ReadinessProbe()
+    return ReadinessProbe(
+        initial_delay=delay or 0.0,
+        # What an annotation leaves out is the chart's (faas-netes values.yaml, readinessProbe).
+        period=period if period is not None else 2.0,
+        timeout=timeout if timeout is not None else 1.0,
+        success_threshold=successes or 1,
+        failure_threshold=failures or 3,
+    )
 
 
 def check_commands(file: FunctionsFile) -> None:

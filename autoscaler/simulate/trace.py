@@ -135,9 +135,9 @@ def _unique(path: Path, seen: dict[tuple[str, ...], int], key: tuple[str, ...], 
     calls would count twice, or one of two durations would be taken silently)."""
     first = seen.setdefault(key, line)
     if first != line:
+        name = "/".join(part for part in key if part)
         raise TraceError(
-            f"{path} line {line}: {'/'.join(part for part in key if part)} is given again (first at line {first}); keep one row "
-            "per function"
+            f"{path} line {line}: {name} is given again (first at line {first}); keep one row per function"
         )
 
 

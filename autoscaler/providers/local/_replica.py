@@ -134,7 +134,7 @@ class Replica:
         self._in_backoff = False
         self._task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Future[None] | None = None
-        self._last_probe = "not probed"  # what the readiness path last did, for "not ready" reasons
+        self._last_probe = "no answer"  # what the readiness path last did, for "not ready" reasons
 
     @property
     def url(self) -> str:
@@ -210,11 +210,14 @@ class Replica:
         reader = spawn(self._pump_output(process), name=f"logs of {self.name}")
         ready_at: float | None = None
         never_ready: str | None = None
+        watch: asyncio.Task[None] | None = None
         try:
             if await self._probe_until_ready(process) and not self._stopping:
                 ready_at = time.monotonic()
                 log.info("replica %s ready on %s", self.name, self.url)
                 self._set(ReplicaState.READY)
+                if self.fn.probe.failure_threshold is not None:
+                    watch = spawn(self._watch_readiness(process), name=f"readiness of {self.name}")
             elif process.returncode is None:
                 if not self._stopping:
                     never_ready = (
@@ -224,6 +227,8 @@ class Replica:
                 signal_group(process.pid, signal.SIGKILL)
             await process.wait()
         finally:
+            if watch is not None:
+                watch.cancel()
             LIVE_GROUPS.discard(process.pid)
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(reader, timeout=2.0)
@@ -232,26 +237,64 @@ class Replica:
         return ready_at
 
     async def _probe_until_ready(self, process: asyncio.subprocess.Process) -> bool:
-        url = self.url + self.fn.health_path
+        """Probe until `success_threshold` passes in a row; False once the ready timeout (counted after
+        the probe's initial delay) is over, or the process ended."""
+        probe = self.fn.probe
+        interval = probe.period if probe.period is not None else self._timing.probe_interval
+        await self._pause(process, probe.initial_delay)
         deadline = time.monotonic() + self._timing.ready_timeout
-        last = "no answer"
+        passes = 0
         while not self._stopping and process.returncode is None and time.monotonic() < deadline:
-            try:
-                status = await self._probe(url)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                last = f"no answer ({type(e).__name__})"
-            else:
-                if 200 <= status < 400:
-                    return True
-                last = f"answered {status}"
-            await asyncio.sleep(self._timing.probe_interval)
-        self._last_probe = last
+            passes = passes + 1 if await self._passes() else 0
+            if passes >= probe.success_threshold:
+                return True
+            await asyncio.sleep(interval)
         return False
+
+    async def _pause(self, process: asyncio.subprocess.Process, seconds: float) -> None:
+        """Sleep `seconds`, or less if the process ends (a stop kills a replica that is not ready)."""
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await process.wait()
+
+    async def _passes(self) -> bool:
+        """One probe of the readiness path: passed (2xx or 3xx), or not, with why in `_last_probe`."""
+        try:
+            status = await self._probe(self.url + self.fn.health_path)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            self._last_probe = f"no answer ({type(e).__name__})"
+            return False
+        self._last_probe = f"answered {status}"
+        return 200 <= status < 400
+
+    async def _watch_readiness(self, process: asyncio.subprocess.Process) -> None:
+        """Once ready, go on probing as kubelet does: out of the endpoints after `failure_threshold`
+        failures in a row, back in after `success_threshold` passes in a row."""
+        probe = self.fn.probe
+        assert probe.period is not None
+        assert probe.failure_threshold is not None
+        passes = failures = 0
+        while not self._stopping and process.returncode is None:
+            await asyncio.sleep(probe.period)
+            if await self._passes():
+                passes, failures = passes + 1, 0
+            else:
+                passes, failures = 0, failures + 1
+            if self._stopping:
+                return
+            if self.state is ReplicaState.READY and failures >= probe.failure_threshold:
+                log.warning("replica %s not ready: %s %s", self.name, self.fn.health_path, self._last_probe)
+                self._set(ReplicaState.STARTING)
+            elif self.state is ReplicaState.STARTING and passes >= probe.success_threshold:
+                log.info("replica %s ready again on %s", self.name, self.url)
+                self._set(ReplicaState.READY)
 
     async def _probe(self, url: str) -> int:
         """One probe as kubelet runs an httpGet one: the status at the end of its same-host redirects
         (a redirect elsewhere is its own answer); ValueError past 10 redirects or on a bad Location."""
-        timeout = aiohttp.ClientTimeout(total=2.0)
+        probe_timeout = self.fn.probe.timeout
+        timeout = aiohttp.ClientTimeout(total=probe_timeout if probe_timeout is not None else 2.0)
         host = urlsplit(url).hostname
         for _ in range(_MAX_REDIRECTS + 1):
             async with self._session.get(url, timeout=timeout, allow_redirects=False) as response:
