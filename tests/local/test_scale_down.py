@@ -66,7 +66,7 @@ async def test_a_replica_that_ignores_sigterm_is_killed_after_the_grace_period(
     started = time.monotonic()
     await provider.scale(REF, 0)
     await until(lambda: not alive(replica.pid), within=5, what="SIGKILL after the grace period")
-    assert 0.5 <= time.monotonic() - started < 3.0
+    assert 0.5 <= time.monotonic() - started < 5.0
 
 
 async def test_scaling_up_again_during_a_drain_starts_fresh_replicas(make_provider: MakeProvider) -> None:

@@ -74,7 +74,7 @@ async def test_a_slow_prometheus_fails_within_about_the_query_timeout(http_serve
         snapshot = await reader.read()
         elapsed = time.monotonic() - started
 
-    assert 0.4 <= elapsed < 1.5
+    assert 0.4 <= elapsed < 3.0  # about the 0.5 s timeout, not the 30 s stall (a loaded machine lags)
     assert snapshot.loads == {}
     assert snapshot.error == (
         f"Prometheus at {url} did not answer within 0.5s; check its load or raise --query-timeout"
