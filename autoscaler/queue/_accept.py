@@ -13,6 +13,7 @@ proxy's own router refuses them at invocation time.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -45,6 +46,18 @@ HOP_HEADERS = frozenset(
 HEADER_ROOM = 4096  # bytes kept free for the NATS header block beyond the encoded call
 _CALL_ID = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII: it goes into headers and logs
 _REASONS = {400: "bad_request", 404: "not_found", 405: "method", 413: "too_large", 503: "unavailable"}
+
+
+def message_id(call: QueuedCall) -> str:
+    """JetStream's de-duplication id of a call: one message per id within its duplicate window.
+
+    The same call is the same `X-Call-Id` for the same function with the same body: a publish retried
+    here, or a caller resending after a 503, is queued once. The call id alone is not enough: a
+    callback that chains one asynchronous function to another carries the first call's id, and so
+    would a caller reusing its id for two functions; either second call was dropped as a duplicate.
+    """
+    digest = hashlib.blake2b(call.body, digest_size=12).hexdigest()
+    return f"{call.ref.key}/{call.call_id}/{digest}"
 
 
 class AsyncAcceptor:
@@ -115,12 +128,6 @@ class AsyncAcceptor:
         body = await self._read_body(request)
         if isinstance(body, web.Response):
             return body
-        if not body:
-            return error_response(
-                400,
-                "an asynchronous call needs a body: send the function's input (an empty call would be "
-                "invoked with nothing to work on)",
-            )
         call = QueuedCall(
             ref=ref,
             method=request.method,
@@ -231,9 +238,7 @@ class AsyncAcceptor:
         """Publish and wait for JetStream's ack (True: it was a duplicate, stored before);
         QueueUnavailable when it is not certain."""
         link = self._link
-        # JetStream stores one message per id within its duplicate window: a publish retried here, or
-        # by a caller resending with the same X-Call-Id after a 503, is queued once.
-        headers = {**headers, "Nats-Msg-Id": call.call_id}
+        headers = {**headers, "Nats-Msg-Id": message_id(call)}
         for attempt in (1, 2):
             await link.ensure_streams()
             js = link.jetstream()
