@@ -25,7 +25,7 @@ from yarl import URL
 
 from autoscaler.config import DEFAULT_QUERIES, MetricsSettings, ProviderSettings, ProxySettings
 from autoscaler.proxy import Proxy
-from tests.manifests.conftest import ROOT, Obj, build, kubectl, only
+from tests.manifests.conftest import MANIFESTS, ROOT, Obj, build, kubectl, only, pod_specs
 from tests.manifests.crd_schemas import BY_KIND
 from tests.manifests.promql import exported_names, metric_names
 from tests.support.fakeprovider import FakeProvider
@@ -372,3 +372,19 @@ def test_the_namespaces_overlay_follows_annotated_namespaces_in_both_and_grants_
         ]  # still openfaas
     bound = {o["roleRef"]["name"] for o in objects if o["kind"] == "ClusterRoleBinding"}
     assert {"autoscaler-namespaces", "autoscaler-functions"} <= bound
+
+
+@pytest.mark.parametrize("overlay", sorted(path.name for path in OVERLAYS.iterdir() if path.is_dir()))
+def test_every_container_of_the_project_runs_the_tag_the_base_pins(overlay: str) -> None:
+    # The async overlay's queue-worker ran `autoscaler` (:latest): the base's `images:` reaches the
+    # base's own objects only.
+    pinned = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())["images"]
+    [entry] = [image for image in pinned if image["name"] == "autoscaler"]
+    images = {
+        (name, container["image"])
+        for name, spec in pod_specs(build(OVERLAYS / overlay))
+        for container in (*spec.get("initContainers", ()), *spec["containers"])
+        if container["image"].partition(":")[0] == "autoscaler"
+    }
+    assert images, "no container of the project in the overlay"
+    assert {image for _, image in images} == {f"autoscaler:{entry['newTag']}"}, images
