@@ -207,10 +207,11 @@ def decide(
     the proxy wrote on the function (unix seconds). Both count as activity.
     """
     active = observe(state=state, load=load, now=now, busy=busy, last_wake=last_wake)
+    # Idleness needs evidence: the started counter and the in-flight gauge both read this tick
+    # (invariant 1: missing metrics never scale to zero).
+    evidence = load is not None and load.started_total is not None and load.inflight is not None
     if spec.static:
-        return Decision(
-            current, current, Reason.STATIC, f"min = max = {spec.min_replicas}: not autoscaled", False
-        )
+        return _static(spec=spec, state=state, current=current, now=now, active=active, evidence=evidence)
     value = None if load is None else load.value(spec.type)
     # Burst mode scales a running function; at zero, waking is the business of activity and the proxy
     # (a rate still counting the calls from before it went to zero must not wake it).
@@ -219,9 +220,7 @@ def decide(
         and current > 0
         and bursting(spec=spec, state=state, value=value, current=current, now=now)
     )
-    # Idleness needs evidence: the started counter and the in-flight gauge both read this tick
-    # (invariant 1: missing metrics never scale to zero). Burst mode never scales down, to zero neither.
-    evidence = load is not None and load.started_total is not None and load.inflight is not None
+    # Burst mode never scales down, to zero neither.
     if spec.zero and not active and not burst and (evidence or current == 0):
         verdict = _zero_decision(spec=spec, state=state, current=current, now=now)
         if verdict is not None:
@@ -232,6 +231,25 @@ def decide(
     if current == 0:
         return _wake(spec=spec, state=state, value=value)
     return _by_load(spec=spec, state=state, value=value, current=current, now=now, burst=burst)
+
+
+def _static(
+    *, spec: ScalingSpec, state: FunctionState, current: int, now: float, active: bool, evidence: bool
+) -> Decision:
+    """min = max: not scaled by load, while scaling to zero and waking still apply.
+
+    OpenFaaS's docs: max "set to same as lower boundary to disable scaling", and scale to zero is a
+    label of its own; min = max = 1 with zero=true is a function that is either off or at one replica.
+    """
+    if spec.zero and not active and (evidence or current == 0):
+        verdict = _zero_decision(spec=spec, state=state, current=current, now=now)
+        if verdict is not None:
+            return verdict
+    if current == 0 and active:
+        return _without_load(spec=spec, current=current, active=active)
+    return Decision(
+        current, current, Reason.STATIC, f"min = max = {spec.min_replicas}: not autoscaled", False
+    )
 
 
 def _formula(spec: ScalingSpec, value: float, need: int) -> str:

@@ -43,10 +43,29 @@ class TestScalingByLoad:
         assert not decision.changed
         assert decision.reason is Reason.STEADY
 
-    def test_static_functions_are_never_touched(self) -> None:
+    def test_static_functions_are_never_scaled_by_load(self) -> None:
         spec = ScalingSpec(min_replicas=3, max_replicas=3)
         decision = decide(spec=spec, load=rps(10_000), current=1, state=FunctionState(), now=0)
         assert (decision.desired, decision.reason, decision.valid) == (1, Reason.STATIC, False)
+
+    def test_a_static_function_that_may_scale_to_zero_goes_to_zero_when_idle_and_wakes_to_its_min(
+        self,
+    ) -> None:
+        # OpenFaaS: max equal to min disables scaling, and zero is a label of its own; min = max = 1 with
+        # zero=true stayed at one replica for good.
+        spec = ScalingSpec(min_replicas=1, max_replicas=1, zero=True, zero_duration=60.0)
+        state = FunctionState()
+        assert (
+            decide(spec=spec, load=rps(0.0, started=5), current=1, state=state, now=0).reason is Reason.STATIC
+        )
+        idle = decide(spec=spec, load=rps(0.0, started=5), current=1, state=state, now=ZERO_GRACE + 61)
+        assert (idle.desired, idle.reason) == (0, Reason.SCALE_TO_ZERO)
+        asleep = decide(spec=spec, load=rps(0.0, started=5), current=0, state=state, now=ZERO_GRACE + 70)
+        assert (asleep.desired, asleep.reason) == (0, Reason.STEADY)
+        woken = decide(spec=spec, load=rps(2.0, started=9), current=0, state=state, now=ZERO_GRACE + 80)
+        assert (woken.desired, woken.reason) == (1, Reason.WAKE)
+        missing = decide(spec=spec, load=NO_DATA, current=1, state=FunctionState(), now=10_000)
+        assert missing.desired == 1  # no evidence of idleness: never to zero (invariant 1)
 
 
 class TestDownWindow:
