@@ -255,6 +255,10 @@ def _static(
 def _formula(spec: ScalingSpec, value: float, need: int) -> str:
     """The replica formula with its figures, `need` being `raw_replicas` of `value`."""
     before, ratio, bounds = spec.formula_words
+    if need > spec.max_replicas:
+        bounds = f", capped at max {spec.max_replicas}"  # the words say what the clamp did, not the range
+    elif need < (floor := max(spec.min_replicas, 1)):
+        bounds = f", raised to min {floor}"
     return f"{before}{value:.4g}{ratio}{value / (spec.target * spec.target_proportion):.4g} -> {need}{bounds}"
 
 

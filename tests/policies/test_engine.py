@@ -43,6 +43,14 @@ class TestScalingByLoad:
         assert not decision.changed
         assert decision.reason is Reason.STEADY
 
+    def test_the_message_says_what_the_bounds_did_to_the_formulas_figure(self) -> None:
+        capped = decide(spec=ScalingSpec(), load=rps(10_000), current=1, state=FunctionState(), now=0)
+        assert "= 222.2 -> 223, capped at max 20: scale up" in capped.message
+        raised = decide(spec=ScalingSpec(), load=rps(0.0), current=3, state=FunctionState(), now=0)
+        assert "= 0 -> 0, raised to min 1: scale down" in raised.message
+        inside = decide(spec=ScalingSpec(), load=rps(90), current=1, state=FunctionState(), now=0)
+        assert "= 2 -> 2, within [1, 20]: scale up" in inside.message
+
     def test_static_functions_are_never_scaled_by_load(self) -> None:
         spec = ScalingSpec(min_replicas=3, max_replicas=3)
         decision = decide(spec=spec, load=rps(10_000), current=1, state=FunctionState(), now=0)
