@@ -19,6 +19,10 @@ DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # Annotation the proxy writes on a function when it wakes it or serves it; the controller never
 # scales a function to zero within its zero-duration of this time (invariant 2).
 LAST_ACTIVE_ANNOTATION = "autoscaler.dev/last-active"
+# A request header for the proxy: `X-Autoscaler-Busy: pass` asks for a function's 429 at once instead
+# of the proxy's retries until the hold timeout; the queue-worker sends it, since it retries a call
+# on its own schedule (the function's com.openfaas.retry.* labels). Never forwarded to the function.
+BUSY_HEADER = "X-Autoscaler-Busy"
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ import logging
 from aiohttp import web
 
 from autoscaler.errors import AutoscalerError
+from autoscaler.interfaces import BUSY_HEADER
 from autoscaler.proxy._client import Connection, StreamBody
 from autoscaler.proxy._deadlines import Deadlines
 from autoscaler.proxy._http1 import ClientError, ConnectError
@@ -37,6 +38,7 @@ _REQUEST_DROP = frozenset(
     {
         "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
         "trailer", "transfer-encoding", "upgrade", "host", "content-length", "expect",
+        BUSY_HEADER.lower(),
     }
 )  # fmt: skip
 _RESPONSE_DROP = frozenset(

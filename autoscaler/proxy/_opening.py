@@ -6,7 +6,9 @@ from a function that declared no concurrency limit means it did not process the 
 it is retried on the function's other replicas, then after the function's Retry-After or the
 back-off, until the request's deadline; with no time left the caller gets the function's 429. A
 function that declares a limit gets its requests through `_slots` and never sees more than it
-takes, so its 429s are passed on. Waits follow the project's one back-off rule (`policies.backoff`).
+takes, so its 429s are passed on; so are they for a request with `X-Autoscaler-Busy: pass` (the
+queue-worker's, which retries on its own schedule). Waits follow the project's one back-off rule
+(`policies.backoff`), at most a second apart while the function answers 429.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from autoscaler.config import ProxySettings
-from autoscaler.interfaces import Provider
+from autoscaler.interfaces import BUSY_HEADER, Provider
 from autoscaler.proxy._client import Connection
 from autoscaler.proxy._forward import Forwarder, UpstreamConnectError, UpstreamError, request_headers
 from autoscaler.proxy._hold import FunctionState
@@ -26,6 +28,9 @@ from autoscaler.proxy._tunnel import upgrade_of
 from policies.backoff import Backoff
 
 RETRY = Backoff(first=0.02, maximum=0.25)
+# After a round of 429s: a function that is full gets one try a second per waiting request at most
+# (at 0.25 s, a call waiting out a 30 s hold sent it 120).
+BUSY = Backoff(first=0.1, maximum=1.0)
 
 
 @dataclass(slots=True)
@@ -67,6 +72,8 @@ class Opener:
         """The upstream request with the endpoint whose slot it holds (when limited); UpstreamError."""
         ref = state.ref
         headers = request_headers(request, trusted=self._settings.provider_url is not None)  # gateway
+        # The caller retries a 429 itself: the first round's 429 is its answer (a slot is still waited for).
+        pass_busy = request.headers.get(BUSY_HEADER, "").strip().lower() == "pass"
         waits = 0
         while True:
             if endpoints is None:
@@ -74,7 +81,7 @@ class Opener:
             if endpoints:
                 got = await self._round(
                     request, state, path, body, headers, endpoints, limit=limit, deadline=deadline,
-                    waits=waits,
+                    waits=waits, pass_busy=pass_busy,
                 )  # fmt: skip
                 if not isinstance(got, _Miss):
                     return got
@@ -82,7 +89,7 @@ class Opener:
                 error = got.error
                 if got.throttled:  # every replica is full: back off and try again
                     error = None
-                    delay = max(delay, got.retry_after)
+                    delay = max(BUSY.delay(waits + 1), got.retry_after)
                     retry_until = max(retry_until, deadline)
             else:
                 delay = RETRY.delay(waits + 1)
@@ -105,6 +112,7 @@ class Opener:
         limit: int | None,
         deadline: float,
         waits: int,
+        pass_busy: bool,
     ) -> tuple[Connection, str | None] | _Miss:
         """Try each replica at most once; the last 429 is returned when no time is left to wait."""
         ref = state.ref
@@ -136,11 +144,11 @@ class Opener:
                 if slot is not None:
                     self.slots(state).release(slot)
                 raise
-            if upstream.status != 429 or limit is not None:
+            if upstream.status != 429 or limit is not None or pass_busy:
                 return upstream, slot
             throttled = True
             retry_after = max(retry_after, _retry_after(upstream))
-            if asyncio.get_running_loop().time() + max(RETRY.delay(waits + 1), retry_after) > deadline:
+            if asyncio.get_running_loop().time() + max(BUSY.delay(waits + 1), retry_after) > deadline:
                 return upstream, slot  # no time left to wait as long as it asks: its 429
             self._forwarder.discard(upstream)  # another replica may have room
         return _Miss(error, throttled, retry_after)

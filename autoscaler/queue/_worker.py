@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from yarl import URL
 
 from autoscaler.config import QueueSettings, QueueWorkerSettings
-from autoscaler.interfaces import FunctionRef
+from autoscaler.interfaces import BUSY_HEADER, FunctionRef
 from autoscaler.queue._callback import CALLBACK_CODES, FunctionResult, deliver
 from autoscaler.queue._jetstream import NATS_ERRORS, UNAVAILABLE, NatsLink, consumed
 from autoscaler.queue._message import (
@@ -394,6 +394,7 @@ class QueueWorker:
             target += f"?{call.query}"
         headers: CIMultiDict[str] = CIMultiDict(call.headers)
         headers["X-Call-Id"] = call.call_id
+        headers[BUSY_HEADER] = "pass"  # a 429 comes back at once: the call's own retry policy waits
         started = time.monotonic()
         try:
             async with self._session.request(

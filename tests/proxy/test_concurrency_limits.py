@@ -21,6 +21,7 @@ import pytest
 
 from autoscaler.config import ProxySettings
 from autoscaler.errors import SpecError
+from autoscaler.interfaces import BUSY_HEADER
 from autoscaler.proxy import Proxy
 from autoscaler.spec import FROM_ENV, FROM_LABEL, MAX_INFLIGHT, limit_source, max_inflight, parse_limit
 from tests.proxy.conftest import MakeProxy, base, wait_held
@@ -298,6 +299,7 @@ def test_a_bad_environment_value_is_a_clear_error(raw: str) -> None:
 # -- no declared limit -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the waiting callers back off up to a second apart while the function is full
 async def test_a_429_from_a_function_that_declared_no_limit_is_retried_not_passed_on(
     provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession, limited: NaiveServer
 ) -> None:
@@ -315,6 +317,38 @@ async def test_a_function_that_keeps_answering_429_past_the_hold_timeout_passes_
     async with client.post(base(proxy) + "/function/refuser/status/429", data=b"x") as response:
         assert response.status == 429
         assert "status 429 from refuser" in await response.text()
+
+
+async def test_a_function_that_keeps_answering_429_is_tried_at_most_about_once_a_second(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    # At a 0.25 s ceiling one call waiting out a 30 s hold sent an overloaded function 120 requests.
+    ref = await provider.add("refuser")
+    proxy = await make_proxy(hold_timeout=4.0)
+    async with client.post(base(proxy) + "/function/refuser/status/429", data=b"x") as response:
+        assert response.status == 429
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    assert 3 <= len(upstream.received) <= 9  # 0.1, 0.2, 0.4, 0.8, then 1 s apart within the 4 s
+
+
+async def test_a_caller_that_retries_on_its_own_gets_the_first_429_at_once_and_the_function_one_request(
+    provider: FakeProvider, make_proxy: MakeProxy, client: aiohttp.ClientSession
+) -> None:
+    ref = await provider.add("refuser")
+    proxy = await make_proxy(hold_timeout=30.0)
+    started = asyncio.get_running_loop().time()
+    async with client.post(
+        base(proxy) + "/function/refuser/status/429", data=b"x", headers={BUSY_HEADER: "pass"}
+    ) as response:
+        assert response.status == 429
+    assert asyncio.get_running_loop().time() - started < 5  # not the 30 s hold
+    upstream = provider.upstream(ref)
+    assert upstream is not None
+    [seen] = upstream.received
+    assert BUSY_HEADER.lower() not in {
+        name.lower() for name, _ in seen.headers
+    }  # the proxy's, not the function's
 
 
 async def test_a_429_asking_to_come_back_after_the_hold_timeout_is_passed_on_at_once(
