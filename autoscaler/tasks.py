@@ -37,10 +37,14 @@ class Background:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def wait(self) -> None:
-        """Wait for the tasks running now to end (their failures are logged, not raised)."""
+    async def wait(self, timeout: float | None = None) -> int:
+        """Wait for the tasks running now to end, or `timeout` seconds; how many are still running.
+
+        Their failures are logged, not raised; a timeout cancels none of them (`close` does).
+        """
         if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+        return len(self._tasks)
 
     async def close(self) -> None:
         tasks = list(self._tasks)

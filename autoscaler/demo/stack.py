@@ -210,7 +210,10 @@ class LocalStack:
             default_namespace=self.functions.namespace,
             registry=self.registry,
         )
-        self.queue_note = f"asynchronous calls: /async-function/ on JetStream at {self.nats.url}"
+        self.queue_note = (
+            f"asynchronous calls: /async-function/ on JetStream at {self.nats.url} (a temporary queue: "
+            "calls still in it when the demo stops are dropped)"
+        )
 
     def _poke(self, ref: FunctionRef) -> None:
         self.controller.poke(ref)
@@ -301,6 +304,18 @@ class LocalStack:
         value = self.registry.get_sample_value(name, {"function_name": key})
         return value or 0.0
 
+    async def _say_what_the_queue_drops(self) -> None:
+        """The embedded queue's store is temporary: calls not finished now go with it, and are named."""
+        if self.acceptor is None:
+            return
+        left = await self.acceptor.stored()
+        if left:
+            log.warning(
+                "%d asynchronous call(s) queued or cut short by the stop are dropped with the demo's "
+                "temporary queue (in a cluster, JetStream keeps and redelivers them)",
+                left,
+            )
+
     async def close(self) -> None:
         """Stop deciding, drain the proxy, drain and stop every replica; safe to call twice."""
         self._stop.set()
@@ -308,13 +323,15 @@ class LocalStack:
             with contextlib.suppress(Exception):
                 await self._loop_task
             self._loop_task = None
+        grace = self.proxy_settings.shutdown_grace
         worker, self.worker = self.worker, None
         if worker is not None:
             with contextlib.suppress(Exception):
-                await worker.drain(grace=self.settings.drain_grace)
+                await worker.drain(grace=grace)
             await worker.close()
+            await self._say_what_the_queue_drops()
         with contextlib.suppress(Exception):
-            await self.proxy.drain(grace=self.settings.drain_grace)
+            await self.proxy.drain(grace=grace)
         try:
             await self.controller.close()  # its last Events go to the provider before that closes
             await self.provider.close()

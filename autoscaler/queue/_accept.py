@@ -48,6 +48,10 @@ _CALL_ID = re.compile(r"[\x21-\x7e]{1,128}")  # visible ASCII: it goes into head
 _REASONS = {400: "bad_request", 404: "not_found", 405: "method", 413: "too_large", 503: "unavailable"}
 
 
+# What leaves the queue's size unknown: NATS down or slow, or no link to it.
+_UNKNOWN: tuple[type[Exception], ...] = (*NATS_ERRORS, QueueUnavailable)
+
+
 def message_id(call: QueuedCall) -> str:
     """JetStream's de-duplication id of a call: one message per id within its duplicate window.
 
@@ -102,6 +106,14 @@ class AsyncAcceptor:
 
     async def close(self) -> None:
         await self._link.close()
+
+    async def stored(self) -> int | None:
+        """Calls on the queue not yet acknowledged (waiting or being invoked); None if unknown."""
+        try:
+            info = await self._link.jetstream().stream_info(self._settings.queue_name)
+        except _UNKNOWN:
+            return None
+        return int(info.state.messages)
 
     def ready(self) -> bool:
         return self._link.connected()

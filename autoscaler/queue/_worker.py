@@ -174,10 +174,14 @@ class QueueWorker:
         await self._loops.close()
         if len(self._calls):
             log.info("draining: waiting up to %g s for %d call(s)", grace, len(self._calls))
-            try:
-                await asyncio.wait_for(self._calls.wait(), timeout=grace)
-            except TimeoutError:
-                log.warning("drain grace is over; %d call(s) will be redelivered", len(self._calls))
+            left = await self._calls.wait(timeout=grace)
+            if left:
+                # Counted before `close` cancels them (a cancelled wait had cancelled them: "0 calls").
+                log.warning(
+                    "drain grace is over; %d call(s) still running are stopped, unacknowledged: "
+                    "JetStream redelivers them",
+                    left,
+                )
 
     async def close(self) -> None:
         self._stopping.set()

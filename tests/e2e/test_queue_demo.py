@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import re
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from autoscaler.demo.stack import (
 from autoscaler.demo.view import View
 from autoscaler.functionsfile import FunctionsFile, load_builtin
 from tests.support.nats import require_binary
+from tests.support.waiting import until
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
@@ -69,6 +71,31 @@ async def test_the_scripted_demo_queues_its_async_calls_on_the_embedded_server_a
     assert summary.final[QUEUE_EXAMPLE] == 0
     assert store is not None
     assert not store.exists()  # the temporary store went with the server
+
+
+async def test_a_stop_names_the_calls_it_cuts_short_and_the_ones_the_temporary_queue_drops(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The worker logged "0 call(s) will be redelivered" for three it had just cut (its wait was
+    # cancelled with them), and nothing said the demo's queue goes with it.
+    monkeypatch.setenv("NATS_SERVER_BIN", require_binary())
+    stack = LocalStack(functions=load_builtin(), settings=StackSettings(embedded_nats=True, drain_grace=0.5))
+    try:
+        await stack.start()
+        assert stack.worker is not None
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                async with session.post(f"{stack.url}/async-function/hello?ms=20000", data=b"x") as response:
+                    assert response.status == 202
+        worker = stack.worker
+        # The worker's concurrency starts low and grows with successes: at least one is running.
+        await until(lambda: len(worker._calls) >= 1, within=15, what="a call being invoked")
+        running = len(worker._calls)
+    finally:
+        with caplog.at_level(logging.INFO, logger="autoscaler"):
+            await stack.close()
+    assert f"drain grace is over; {running} call(s) still running are stopped" in caplog.text
+    assert "3 asynchronous call(s) queued or cut short by the stop are dropped" in caplog.text
 
 
 async def test_once_the_proxy_answers_ready_a_call_finds_its_function_while_nats_server_still_starts(
