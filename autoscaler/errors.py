@@ -46,6 +46,12 @@ class NotFoundError(ProviderError):
     """The function (or its Deployment) does not exist."""
 
 
+def reason(e: BaseException) -> str:
+    """An exception for a log line: its type, and its text when it has one (many say nothing)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def cannot_listen(e: OSError, *, host: str, port: int, host_flag: str, port_flag: str) -> ConfigError:
     """The one message for a server that could not bind `host:port`, with the advice that fits why."""
     import errno

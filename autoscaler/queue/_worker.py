@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from yarl import URL
 
 from autoscaler.config import QueueSettings, QueueWorkerSettings
+from autoscaler.errors import reason
 from autoscaler.interfaces import BUSY_HEADER, FunctionRef
 from autoscaler.queue._callback import CALLBACK_CODES, FunctionResult, deliver
 from autoscaler.queue._jetstream import NATS_ERRORS, UNAVAILABLE, NatsLink, consumed
@@ -280,7 +281,7 @@ class QueueWorker:
                     except NATS_ERRORS as e:
                         log.debug("unsubscribing %s: %r", fn.ref.key, e)
             except UNAVAILABLE as e:
-                log.warning("consuming %s: %s; again in %gs", fn.ref.key, e, RESUBSCRIBE_DELAY)
+                log.warning("consuming %s: %s; again in %gs", fn.ref.key, reason(e), RESUBSCRIBE_DELAY)
                 await asyncio.sleep(RESUBSCRIBE_DELAY)
 
     def _initial_concurrency(self) -> Concurrency:
@@ -417,13 +418,11 @@ class QueueWorker:
                     duration=time.monotonic() - started,
                 )
         except (aiohttp.ClientError, TimeoutError) as e:
-            log.warning(
-                "call %s for %s: no answer from the proxy (%s: %s)",
-                call.call_id,
-                call.ref.key,
-                type(e).__name__,
-                e,
-            )
+            if isinstance(e, TimeoutError):
+                why = f"none within --invoke-timeout {self._settings.invoke_timeout:g}s"
+            else:
+                why = reason(e)
+            log.warning("call %s for %s: no answer from the proxy (%s)", call.call_id, call.ref.key, why)
             return FunctionResult(status=NO_ANSWER, body=b"", headers=(), duration=time.monotonic() - started)
 
     async def _dead(
