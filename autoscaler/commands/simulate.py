@@ -52,9 +52,10 @@ class _PolicyHelp(str):
     read when the help is shown, not whenever a parser is built (every command builds this one)."""
 
     def __mod__(self, params: Any) -> str:
-        from autoscaler.simulate.policies import POLICY_NAMES
+        from autoscaler.simulate.policies import POLICY_NAMES, policy_forms
 
-        return str.__mod__(str(self), {**params, "policy_names": ", ".join(POLICY_NAMES)})
+        names = {"policy_names": ", ".join(POLICY_NAMES), "policy_forms": policy_forms()}
+        return str.__mod__(str(self), {**params, **names})
 
 
 def add_parser(subparsers: Any) -> None:
@@ -76,10 +77,7 @@ def add_parser(subparsers: Any) -> None:
         dest="policies",
         action="append",
         type=_policy,
-        help=_PolicyHelp(
-            "a policy to simulate (repeat; default: %(policy_names)s); also fixed-<N>m "
-            "(keep warm N minutes) and adaptive-p<P> (keep warm to the P-th percentile of the idle times)"
-        ),
+        help=_PolicyHelp("a policy to simulate (repeat; default: %(policy_names)s); also %(policy_forms)s"),
     )
     parser.add_argument(
         "--sweep",

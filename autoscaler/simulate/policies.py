@@ -137,12 +137,16 @@ def check_policy(name: str) -> str:
         or _target(name) is not None
     ):
         return name
-    raise ValueError(
-        f"unknown policy {name!r}: choose from {', '.join(POLICY_NAMES)}, {PRIOR}, {PRICED}, fixed-<N>m "
-        "(N minutes, 1 to 1440), adaptive-p<P> (P the idle-time percentile kept warm, 6 to 100) or "
-        "adaptive-share<P> / adaptive-gbs<P> (a cold start worth P GB-s of idle memory), "
-        f"{PAPER} (Shahrad et al.'s as published), adaptive-target<T>[-short][-gbs<P>[-back<N>]] "
-        "(a keep-alive aimed at T % of calls cold, 1 to 99)"
+    raise ValueError(f"unknown policy {name!r}: choose from {', '.join(POLICY_NAMES)}, {policy_forms()}")
+
+
+def policy_forms() -> str:
+    """The policies besides the named ones, in words: for the error above and for `--help`."""
+    return (
+        f"{PRIOR}, {PRICED}, fixed-<N>m (N minutes, 1 to 1440), adaptive-p<P> (P the idle-time "
+        "percentile kept warm, 6 to 100), adaptive-share<P> / adaptive-gbs<P> (a cold start worth P GB-s "
+        f"of idle memory), {PAPER} (Shahrad et al.'s as published) or "
+        "adaptive-target<T>[-short][-gbs<P>[-back<N>]] (a keep-alive aimed at T % of calls cold, 1 to 99)"
     )
 
 

@@ -162,6 +162,11 @@ def _table(
 
 def read_trace(directory: Path, *, functions: int | None = None) -> Trace:
     """Read `directory`; keep the first `functions` functions (file order) when given."""
+    if directory.exists() and not directory.is_dir():
+        raise TraceError(
+            f"--trace {directory} is a file: give the directory that holds {INVOCATIONS}, {DURATIONS} and "
+            f"{MEMORY}"
+        )
     if not directory.is_dir():
         raise TraceError(f"trace directory {directory} does not exist (pass --trace DIR)")
     if functions is not None and functions < 1:

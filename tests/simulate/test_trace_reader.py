@@ -41,6 +41,9 @@ def test_a_missing_column_is_named_in_the_error(tmp_path: Path) -> None:
 def test_a_missing_file_or_directory_says_what_a_trace_needs(tmp_path: Path) -> None:
     with pytest.raises(TraceError, match="does not exist"):
         read_trace(tmp_path / "nowhere")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(TraceError, match=r"a-file is a file: give the directory that holds invocations\.csv"):
+        read_trace(tmp_path / "a-file")
     directory = write_trace(tmp_path / "t", {"aaa": [(0, 1)]})
     (directory / "memory.csv").unlink()
     with pytest.raises(TraceError, match=r"invocations\.csv, durations\.csv and memory\.csv"):
