@@ -165,3 +165,11 @@ def test_wrong_flag_values_exit_2_with_a_clear_message(argv: tuple[str, ...], ex
     assert done.returncode == 2
     assert expected in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_help_lists_every_policy_the_error_for_an_unknown_one_lists() -> None:
+    listed = run_cli("simulate", "--policy", "nope").stderr.split("choose from ", 1)[1]
+    help_text = " ".join(run_cli("simulate", "--help").stdout.split())
+    for form in ("adaptive-prior", "adaptive-priced", "adaptive-paper", "adaptive-share<P>", "fixed-<N>m"):
+        assert form in listed
+        assert form in help_text
