@@ -201,12 +201,8 @@ class AsyncAcceptor:
         except RouteError as e:
             return error_response(e.status, e.message)
         callback = request.headers.get("X-Callback-Url")
-        if callback is not None and not _valid_callback(callback):
-            return error_response(
-                400,
-                f"invalid X-Callback-Url {callback[:200]!r}: expected an absolute http:// or https:// URL "
-                "with a host, e.g. http://receiver.example:8888/results",
-            )
+        if callback is not None and (wrong := _callback_problem(callback)) is not None:
+            return error_response(400, f"invalid X-Callback-Url {callback[:200]!r}: {wrong}")
         call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
         if not _CALL_ID.fullmatch(call_id):
             return error_response(400, "invalid X-Call-Id: expected 1 to 128 visible ASCII characters")
@@ -279,12 +275,21 @@ class AsyncAcceptor:
         raise AssertionError("unreachable: the second attempt returns or raises")
 
 
-def _valid_callback(value: str) -> bool:
+def _callback_problem(value: str) -> str | None:
+    """What is wrong with a callback URL, or None when it will do."""
+    expected = (
+        "expected an absolute http:// or https:// URL with a host, e.g. http://receiver.example:8888/results"
+    )
     try:
         url = URL(value)
     except ValueError:
-        return False
-    return url.scheme in ("http", "https") and bool(url.host) and url.user is None
+        return expected
+    if url.scheme not in ("http", "https") or not url.host:
+        return expected
+    if url.user is not None:
+        # They would be stored on the queue and logged with the call: credentials go in a header.
+        return "it carries credentials (user:password@); give the receiver's URL without them"
+    return None
 
 
 def _retry_labels(labels: Mapping[str, str], annotations: Mapping[str, str]) -> dict[str, str]:

@@ -183,6 +183,18 @@ class TestARefusedCall:
             assert "invalid X-Callback-Url" in await response.text()
         assert await queued(js, stack) == []
 
+    async def test_with_credentials_in_the_callback_url_is_400_saying_so(
+        self, stack: Stack, client: aiohttp.ClientSession, js: JetStreamContext
+    ) -> None:
+        await stack.provider.add("hello")
+        url = "http://user:secret@127.0.0.1:9099/x"
+        async with client.post(
+            f"{stack.base}/async-function/hello", data=b"x", headers={"X-Callback-Url": url}
+        ) as response:
+            assert response.status == 400
+            assert "it carries credentials (user:password@)" in await response.text()
+        assert await queued(js, stack) == []
+
     async def test_with_get_is_405(self, stack: Stack, client: aiohttp.ClientSession) -> None:
         await stack.provider.add("hello")
         async with client.get(f"{stack.base}/async-function/hello") as response:
