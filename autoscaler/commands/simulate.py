@@ -104,6 +104,12 @@ def add_parser(subparsers: Any) -> None:
     add("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default: up to 2)")
 
 
+# The history replay's defaults: a week back, calls of 100 ms on replicas of 256 MB.
+DEFAULT_SINCE = "7d"
+DEFAULT_DURATION = 0.1
+DEFAULT_MEMORY_MB = 256.0
+
+
 def _add_history(parser: argparse.ArgumentParser) -> None:
     history = parser.add_argument_group(
         "what-if on your own history (instead of --trace)",
@@ -115,7 +121,7 @@ def _add_history(parser: argparse.ArgumentParser) -> None:
         "--prometheus-url", default=None, help="Prometheus base URL, e.g. http://prometheus:9090"
     )
     history.add_argument(
-        "--since", default="7d", help="how far back the history starts (default 7d; e.g. 36h)"
+        "--since", default=None, help=f"how far back the history starts (default {DEFAULT_SINCE}; e.g. 36h)"
     )
     history.add_argument(
         "--until", default=None, help="where it ends: RFC 3339 time or a span ago (default now)"
@@ -127,13 +133,30 @@ def _add_history(parser: argparse.ArgumentParser) -> None:
     history.add_argument(
         "--duration",
         action=PositiveGoDuration,
-        default=0.1,
-        help="each call's duration, for every function (default 100ms)",
+        default=None,
+        help=f"each call's duration, for every function (default {DEFAULT_DURATION * 1000:g}ms)",
     )
-    history.add_argument("--memory-mb", type=float, default=256.0, help="memory of a replica (default 256)")
+    history.add_argument(
+        "--memory-mb", type=float, default=None, help=f"memory of a replica (default {DEFAULT_MEMORY_MB:g})"
+    )
     history.add_argument(
         "--sizes", type=Path, default=None, help="YAML: functions: {NAME.NAMESPACE: {duration, memory_mb}}"
     )
+
+
+def _refuse_history_flags(args: argparse.Namespace) -> None:
+    """ConfigError for a history flag given to a trace replay: it would be ignored without a word."""
+    flags = {
+        "--since": args.since, "--until": args.until, "--duration": args.duration,
+        "--memory-mb": args.memory_mb, "--sizes": args.sizes, "--namespace": args.namespaces or None,
+    }  # fmt: skip
+    given = [flag for flag, value in flags.items() if value is not None]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} shape{'s' if len(given) == 1 else ''} the history read from Prometheus: "
+            "give --prometheus-url too, or leave "
+            f"{'it' if len(given) == 1 else 'them'} out to replay a trace"
+        )
 
 
 def _trace(args: argparse.Namespace) -> tuple[Trace, dict[str, Any]]:
@@ -142,12 +165,16 @@ def _trace(args: argparse.Namespace) -> tuple[Trace, dict[str, Any]]:
         from autoscaler.simulate import DEFAULT_TRACE
         from autoscaler.simulate.trace import read_trace
 
+        _refuse_history_flags(args)
         trace = read_trace(args.trace or DEFAULT_TRACE, functions=args.functions)
         return trace, {}
     if args.trace is not None:
         raise ConfigError("give --trace or --prometheus-url, not both: one is the calls to replay")
-    if not math.isfinite(args.memory_mb) or args.memory_mb <= 0:
-        raise ConfigError(f"--memory-mb must be a number > 0, got {args.memory_mb:g}")
+    since = args.since if args.since is not None else DEFAULT_SINCE
+    duration = args.duration if args.duration is not None else DEFAULT_DURATION
+    memory_mb = args.memory_mb if args.memory_mb is not None else DEFAULT_MEMORY_MB
+    if not math.isfinite(memory_mb) or memory_mb <= 0:
+        raise ConfigError(f"--memory-mb must be a number > 0, got {memory_mb:g}")
     from autoscaler._promql import base_url
     from autoscaler.simulate.history import (
         HISTORY_RULE,
@@ -161,10 +188,10 @@ def _trace(args: argparse.Namespace) -> tuple[Trace, dict[str, Any]]:
 
     query = settings(args, MetricsSettings, only=_LOOP_SETTINGS).query_started
     end = parse_until(args.until, now=time.time())
-    start = end - parse_span(args.since, flag="--since")
-    sizes = Sizes(duration=args.duration, memory_mb=args.memory_mb)
+    start = end - parse_span(since, flag="--since")
+    sizes = Sizes(duration=duration, memory_mb=memory_mb)
     if args.sizes is not None:
-        sizes = read_sizes(args.sizes, duration=args.duration, memory_mb=args.memory_mb)
+        sizes = read_sizes(args.sizes, duration=duration, memory_mb=memory_mb)
     trace = read_history(
         url=str(base_url(args.prometheus_url)),
         query=query,

@@ -158,6 +158,9 @@ def test_the_command_runs_in_worker_processes_and_prints_the_table(tmp_path: Pat
         (("--trace", "/nonexistent-trace-dir"), "trace directory /nonexistent-trace-dir does not exist"),
         (("--policy", "nope"), "unknown policy 'nope'"),
         (("--cold-start", "soon"), "not a Go duration: 'soon'"),
+        # A history flag without --prometheus-url was ignored without a word.
+        (("--since", "3d"), "--since shapes the history read from Prometheus: give --prometheus-url too"),
+        (("--memory-mb", "512", "--namespace", "dev"), "--memory-mb, --namespace shape the history read"),
     ],
 )
 def test_wrong_flag_values_exit_2_with_a_clear_message(argv: tuple[str, ...], expected: str) -> None:
