@@ -7,6 +7,7 @@ and what is allowed; the loop then leaves that function alone and says why (neve
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Mapping
@@ -375,3 +376,39 @@ def parse_limit(where: str, raw: str) -> int | None:
     if not (digits.isascii() and digits.isdigit()):  # what the watchdog's strconv.Atoi reads, less signs
         raise ValueError(f"{where}={raw!r} is invalid: a whole number >= 0")
     return int(digits) or None
+
+
+# -- labels no part of the add-on reads ---------------------------------------------------------
+
+# OpenFaaS labels of the same prefix that other parts of OpenFaaS read: named, not taken for typos.
+_OPENFAAS_ELSEWHERE = {
+    PREFIX + "factor": "the Community Edition's alert scaler reads it; this autoscaler scales by target",
+}
+
+
+def unknown_labels(labels: Mapping[str, str]) -> list[str]:
+    """A warning for each `com.openfaas.scale.*` or `autoscaler.dev/*` label nothing here reads.
+
+    A misspelt key (`com.openfaas.scale.maxx`, `...zero_duration`) is otherwise silently ignored: the
+    function then scales by a default its owner did not choose. The closest known key is suggested.
+    """
+    warnings = []
+    for key in sorted(labels):
+        if not key.startswith((PREFIX, PROJECT_PREFIX)) or key in _KNOWN_LABELS:
+            continue
+        if key in _OPENFAAS_ELSEWHERE:
+            warnings.append(f"label {key} is not read by this autoscaler: {_OPENFAAS_ELSEWHERE[key]}")
+            continue
+        close = difflib.get_close_matches(key, sorted(_KNOWN_LABELS), n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"label {key} is not one this autoscaler reads, so it has no effect{hint}")
+    return warnings
+
+
+_KNOWN_LABELS = frozenset(
+    (
+        MIN, MAX, TARGET, TYPE, PROPORTION, ZERO, ZERO_DURATION, DOWN_WINDOW, KEEPALIVE, SCALE_UP_RATE,
+        SCALE_DOWN_RATE, ACTIVATION_SCALE, SCALE_DOWN_DELAY, BURST_THRESHOLD, BURST_WINDOW,
+        ACTIVATION_THRESHOLD, MAX_INFLIGHT,
+    )
+)  # fmt: skip

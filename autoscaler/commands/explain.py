@@ -13,13 +13,14 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from autoscaler.commands._flags import GoDuration, add_settings_flags, command, number, settings
 from autoscaler.config import MetricsSettings, ProviderSettings
 from autoscaler.errors import ConfigError, SpecError
-from autoscaler.spec import format_duration, knob_notes, parse_labels, unsupported
+from autoscaler.spec import format_duration, knob_notes, parse_labels, unknown_labels, unsupported
 from policies.engine import FunctionState, decide
 from policies.model import Decision, Load, ScaleType, ScalingSpec
 
@@ -58,7 +59,7 @@ def explain_offline(
 EXPLAIN_START_TIMEOUT = 10.0
 
 _SOURCES = {"template": "pod template", "deployment": "Deployment", "both": "pod template and Deployment"}
-_SPECIAL = ("spec", "labels", "label_sources", "conflicts", "owner_spec", "behaviour")
+_SPECIAL = ("spec", "labels", "label_sources", "conflicts", "owner_spec", "behaviour", "unknown_labels")
 _DURATIONS = ("zero_duration", "down_window", "scale_down_delay", "burst_window")
 
 
@@ -87,6 +88,7 @@ def _render(result: dict[str, Any], *, as_json: bool) -> str:
         )
     lines.extend(f"conflict: {conflict}" for conflict in result.get("conflicts") or ())
     lines.extend(f"behaviour: {note}" for note in result.get("behaviour") or ())
+    lines.extend(f"warning: {note}" for note in result.get("unknown_labels") or ())
     if result.get("owner_spec") is not None:
         lines.append("owner spec: " + json.dumps(result["owner_spec"], sort_keys=True))
     if result.get("spec"):
@@ -98,7 +100,9 @@ def _render(result: dict[str, Any], *, as_json: bool) -> str:
     return "\n".join(lines)
 
 
-def _result(spec: ScalingSpec, decision: Decision, **extra: Any) -> dict[str, Any]:
+def _result(
+    spec: ScalingSpec, decision: Decision, labels: Mapping[str, str], **extra: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "desired": decision.desired,
         "current": decision.current,
@@ -112,6 +116,9 @@ def _result(spec: ScalingSpec, decision: Decision, **extra: Any) -> dict[str, An
     notes = knob_notes(spec)
     if notes:
         body["behaviour"] = notes  # what the knobs that are set do over time (one decision cannot show it)
+    unread = unknown_labels(labels)
+    if unread:
+        body["unknown_labels"] = unread  # what the loop's UnknownScalingLabel Events say
     body.update(extra)
     # The settings the labels gave (what the spec is made from; not what it derives, e.g. its words).
     fields = {f.name: getattr(spec, f.name) for f in dataclass_fields(spec) if f.init}
@@ -171,6 +178,7 @@ async def _explain_live(args: argparse.Namespace) -> dict[str, Any]:
     return _result(
         spec,
         decision,
+        info.labels,
         function=ref.key,
         **where,
         ready=info.ready_replicas,
@@ -216,5 +224,5 @@ def run(args: argparse.Namespace) -> int:
         )
     except SpecError as e:
         raise ConfigError(str(e)) from e
-    print(_render(_result(spec, decision, load=args.load), as_json=args.json))
+    print(_render(_result(spec, decision, labels, load=args.load), as_json=args.json))
     return 0

@@ -28,7 +28,7 @@ from autoscaler.controller._memo import TIMED, Entry, Inputs, Memo, Pass, TickRe
 from autoscaler.errors import AutoscalerError, ProviderError, SpecError
 from autoscaler.interfaces import FunctionInfo, FunctionRef, LoadReader, LoadSnapshot, Provider
 from autoscaler.providers.kubernetes._budget import scale_priority
-from autoscaler.spec import parse_labels, scaled_by_cpu, unsupported
+from autoscaler.spec import parse_labels, scaled_by_cpu, unknown_labels, unsupported
 from autoscaler.tasks import Background, stoppable
 from autoscaler.telemetry import ControllerMetrics, FunctionView, log_decision
 from policies.engine import FunctionState, KeepAlivePolicy, decide, next_change, observe
@@ -188,7 +188,9 @@ class Controller:
         else:
             state.keepalive = None
         note = None if spec is None else unsupported(spec)
-        notes = () if note is None else (("UnsupportedScalingType", note),)
+        notes = (() if note is None else (("UnsupportedScalingType", note),)) + tuple(
+            ("UnknownScalingLabel", warning) for warning in unknown_labels(info.labels)
+        )
         entry = Entry(labels=dict(info.labels), spec=spec, error=error, state=state, notes=notes)
         self._entries[key] = entry
         return entry

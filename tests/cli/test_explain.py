@@ -219,3 +219,16 @@ def test_a_function_with_no_data_reads_as_keeping_its_replicas_not_as_invalid() 
         None,
         3,
     )  # the JSON keeps its values
+
+
+def test_a_label_nothing_reads_is_a_warning_naming_the_one_it_resembles() -> None:
+    text = autoscaler("explain", "--label", "com.openfaas.scale.zero_duration=1m", "--load", "1").stdout
+    assert (
+        "warning: label com.openfaas.scale.zero_duration is not one this autoscaler reads, so it has no "
+        "effect; did you mean com.openfaas.scale.zero-duration?"
+    ) in text.splitlines()
+    factor = json.loads(autoscaler("explain", "--label", "com.openfaas.scale.factor=20", "--json").stdout)
+    assert factor["unknown_labels"] == [
+        "label com.openfaas.scale.factor is not read by this autoscaler: the Community Edition's alert "
+        "scaler reads it; this autoscaler scales by target"
+    ]

@@ -339,6 +339,24 @@ class TestScaleTypesTheLoopDoesNotMeasure:
         lines = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "spec_warning"]
         assert len(lines) == 1
 
+    async def test_a_misspelt_scaling_label_is_named_once_with_the_label_it_resembles(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
+        # `com.openfaas.scale.maxx` was ignored without a word: the function scaled to the default max.
+        provider, reader = world
+        provider.add("typo", replicas=1, labels={"com.openfaas.scale.maxx": "2"})
+        loop = controller(provider, reader)
+        for now in (0, 2, 4):
+            reader.loads = {"typo.openfaas-fn": load(10, started=1 + now, inflight=0)}
+            await loop.tick(now=now)
+        await loop.close()
+        [(key, reason, message, warning)] = provider.events
+        assert (key, reason, warning) == ("typo.openfaas-fn", "UnknownScalingLabel", True)
+        assert message == (
+            "label com.openfaas.scale.maxx is not one this autoscaler reads, so it has no effect; "
+            "did you mean com.openfaas.scale.max?"
+        )
+
     @pytest.mark.parametrize("kind", ["queue", "my-custom-metric"])
     async def test_an_idle_function_of_such_a_type_still_goes_to_zero_after_its_zero_duration(
         self, world: tuple[MemoryProvider, StaticReader], kind: str

@@ -48,8 +48,10 @@ def test_each_knob_that_is_set_gets_one_sentence(labels: dict[str, str], says: l
 def test_the_explanation_carries_the_sentences_and_the_durations_as_written() -> None:
     labels = {SCALE_DOWN_DELAY: "2m", BURST_THRESHOLD: "200"}
     spec, decision = explain_offline(labels=labels, load=10.0, replicas=4, idle=None, now=1000.0)
-    body = _result(spec, decision)
+    body = _result(spec, decision, labels)
     assert len(body["behaviour"]) == 2
     assert "held at 4 by the 120s scale-down delay" in body["reason"]
     assert (body["spec"]["scale_down_delay"], body["spec"]["burst_threshold"]) == (120.0, 2.0)
-    assert "behaviour" not in _result(*explain_offline(labels={}, load=10.0, replicas=4, idle=None, now=0.0))
+    assert "behaviour" not in _result(
+        *explain_offline(labels={}, load=10.0, replicas=4, idle=None, now=0.0), {}
+    )
