@@ -110,7 +110,11 @@ def number(*, at_least: float = 0.0, whole: bool = False) -> Callable[[str], Any
             value: float | int = int(text) if whole else float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not math.isfinite(value) or value < at_least:
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a finite number: give {what} of at least {at_least:g}"
+            )
+        if value < at_least:
             raise argparse.ArgumentTypeError(f"{text!r}: give {what} of at least {at_least:g}")
         return value
 
