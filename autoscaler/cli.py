@@ -80,13 +80,14 @@ def _main(argv: Sequence[str] | None) -> int:
     from autoscaler.logs import configure_logging
 
     configure_logging(level=args.log_level, json_lines=args.log_format == "json")
+    prefix = f"autoscaler {args.command}: error:"  # as argparse begins its own, for one look to all
     try:
         return int(args.handler(args) or 0)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prefix} {e}", file=sys.stderr)
         return EXIT_USAGE
     except AutoscalerError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prefix} {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # The reader went away (`autoscaler explain ... | head`): nothing is wrong, stop quietly. The

@@ -43,7 +43,7 @@ def refused(done: subprocess.CompletedProcess[str]) -> str:
 )
 def test_a_bad_environment_variable_is_one_line_naming_it(variable: str, value: str) -> None:
     line = refused(demo(env={variable: value}))
-    assert line.startswith("error: invalid environment variable: ")
+    assert line.startswith("autoscaler demo: error: invalid environment variable: ")
     assert variable in line
     assert repr(value) in line
 

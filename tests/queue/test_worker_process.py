@@ -106,7 +106,7 @@ class TestBadFlags:
         assert done.returncode == 2, done.stderr
         assert message in done.stderr
         assert "Traceback" not in done.stderr
-        assert done.stderr.startswith("error: ")
+        assert done.stderr.startswith("autoscaler queue-worker: error: ")
 
 
 async def scrape(client: aiohttp.ClientSession, port: int) -> dict[str, float]:
