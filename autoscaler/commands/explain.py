@@ -100,7 +100,9 @@ def _render(result: dict[str, Any], *, as_json: bool) -> str:
     return "\n".join(lines)
 
 
-def _result(spec: ScalingSpec, decision: Decision, labels: Mapping[str, str], **extra: Any) -> dict[str, Any]:
+def _result(
+    spec: ScalingSpec, decision: Decision, labels: Mapping[str, str], /, **extra: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "desired": decision.desired,
         "current": decision.current,
