@@ -33,7 +33,7 @@ from tests.support.memory import StaticReader
 ZERO_DURATION = 60.0
 LABELS = {"com.openfaas.scale.zero": "true", "com.openfaas.scale.zero-duration": f"{ZERO_DURATION:g}s"}
 REQUESTS = 20
-SLOW = 2.0  # seconds each request spends inside the function: all 20 must be inside at once, on a loaded machine too
+SLOW = 2.0  # seconds each request spends inside the function: all 20 inside at once, under load too
 
 
 def lagging_metrics(key: str) -> Callable[[Proxy, FakeProvider], LoadReader]:
