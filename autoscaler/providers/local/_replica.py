@@ -135,6 +135,7 @@ class Replica:
         self._task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Future[None] | None = None
         self._last_probe = "no answer"  # what the readiness path last did, for "not ready" reasons
+        self._served = False  # ready once in this process, not ready now: a stop drains it all the same
 
     @property
     def url(self) -> str:
@@ -205,6 +206,7 @@ class Replica:
             self._process = None
             return None
         process = self._process
+        self._served = False
         LIVE_GROUPS.add(process.pid)
         log.info("replica %s started: pid %d, port %d", self.name, process.pid, self.port)
         reader = spawn(self._pump_output(process), name=f"logs of {self.name}")
@@ -285,6 +287,7 @@ class Replica:
                 return
             if self.state is ReplicaState.READY and failures >= probe.failure_threshold:
                 log.warning("replica %s not ready: %s %s", self.name, self.fn.health_path, self._last_probe)
+                self._served = True  # it may still be answering requests: a stop drains it
                 self._set(ReplicaState.STARTING)
             elif self.state is ReplicaState.STARTING and passes >= probe.success_threshold:
                 log.info("replica %s ready again on %s", self.name, self.url)
@@ -318,7 +321,7 @@ class Replica:
     def retire(self) -> None:
         """Take the replica out of the endpoints at once; `stop` then drains it."""
         self._stopping = True
-        if self.state is ReplicaState.READY:
+        if self.state is ReplicaState.READY or self._served:
             self._set(ReplicaState.DRAINING)
 
     async def stop(self) -> None:
