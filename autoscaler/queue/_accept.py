@@ -200,6 +200,8 @@ class AsyncAcceptor:
                 raise not_found(ref)
         except RouteError as e:
             return error_response(e.status, e.message)
+        if len(request.headers.getall("X-Callback-Url", ())) > 1:
+            return error_response(400, "more than one X-Callback-Url: give the one receiver of the result")
         callback = request.headers.get("X-Callback-Url")
         if callback is not None and (wrong := _callback_problem(callback)) is not None:
             return error_response(400, f"invalid X-Callback-Url {callback[:200]!r}: {wrong}")

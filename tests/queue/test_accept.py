@@ -195,6 +195,19 @@ class TestARefusedCall:
             assert "it carries credentials (user:password@)" in await response.text()
         assert await queued(js, stack) == []
 
+    async def test_with_two_callback_urls_is_400_not_the_first_taken(
+        self, stack: Stack, client: aiohttp.ClientSession, js: JetStreamContext
+    ) -> None:
+        await stack.provider.add("hello")
+        headers = [
+            ("X-Callback-Url", "http://127.0.0.1:9099/a"),
+            ("X-Callback-Url", "http://127.0.0.1:9099/b"),
+        ]
+        async with client.post(f"{stack.base}/async-function/hello", data=b"x", headers=headers) as response:
+            assert response.status == 400
+            assert "more than one X-Callback-Url" in await response.text()
+        assert await queued(js, stack) == []
+
     async def test_with_get_is_405(self, stack: Stack, client: aiohttp.ClientSession) -> None:
         await stack.provider.add("hello")
         async with client.get(f"{stack.base}/async-function/hello") as response:
