@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-import nats.errors
 from multidict import CIMultiDict
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -269,7 +268,10 @@ class QueueWorker:
                             continue
                         try:
                             messages = await sub.fetch(batch=free, timeout=FETCH_WAIT)
-                        except nats.errors.TimeoutError:
+                        except TimeoutError:
+                            # Nothing came in the wait. nats-py raises its own TimeoutError for a
+                            # batch of one and a bare asyncio one for larger batches (_fetch_n): the
+                            # bare one was taken for a lost link ("consuming X: ; again in 0.5s").
                             continue
                         for msg in messages:
                             fn.inflight += 1
