@@ -325,6 +325,12 @@ def _report(
     judged = verdict(sim.rows)
     out = Console() if sys.stdout.isatty() else Console(width=130)  # a file or pipe gets whole numbers
     print_report(out, sim.rows, title=title, judged=judged)
+    for count, what, where in (
+        (trace.durations_filled, "duration", "durations.csv"),
+        (trace.memory_filled, "memory", "memory.csv"),
+    ):
+        if count:  # said beside the table too, not only in the JSON: the figures rest on it
+            out.print(f"{count:,} function(s) without a row in {where} were given the trace's median {what}")
     compared = against(sim.rows)
     frontier = summary(compared) if args.sweep else None
     if frontier is not None:

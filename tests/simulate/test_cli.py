@@ -176,3 +176,16 @@ def test_the_help_lists_every_policy_the_error_for_an_unknown_one_lists() -> Non
     for form in ("adaptive-prior", "adaptive-priced", "adaptive-paper", "adaptive-share<P>", "fixed-<N>m"):
         assert form in listed
         assert form in help_text
+
+
+def test_functions_given_the_median_duration_are_counted_beside_the_table(tmp_path: Path) -> None:
+    trace = _trace(tmp_path)
+    durations = trace / "durations.csv"
+    lines = durations.read_text().splitlines()
+    durations.write_text("\n".join(lines[:-1]) + "\n")  # the last function loses its row
+    done = run_cli("simulate", "--trace", str(trace), "--policy", "fixed-10m", "--jobs", "1")
+    assert done.returncode == 0, done.stderr
+    assert (
+        "1 function(s) without a row in durations.csv were given the trace's median duration" in done.stdout
+    )
+    assert "memory.csv" not in done.stdout
