@@ -371,6 +371,23 @@ class TestScaleTypesTheLoopDoesNotMeasure:
         await loop.tick(now=60)
         assert provider.scaled == [("jobs.openfaas-fn", 0)]
 
+    async def test_a_function_with_min_equal_to_max_still_goes_to_zero_when_idle_and_wakes_on_traffic(
+        self, world: tuple[MemoryProvider, StaticReader]
+    ) -> None:
+        provider, reader = world
+        labels = {**ZERO, "com.openfaas.scale.min": "1", "com.openfaas.scale.max": "1"}
+        provider.add("single", replicas=1, labels=labels)
+        reader.loads = {"single.openfaas-fn": load(0, started=7)}
+        loop = controller(provider, reader)
+        for now in range(0, 60, 2):  # decisions the incremental tick may reuse until the zero timer
+            await loop.tick(now=now)
+        assert provider.scaled == []
+        await loop.tick(now=60)
+        assert provider.scaled == [("single.openfaas-fn", 0)]
+        reader.loads = {"single.openfaas-fn": load(2, started=9)}
+        await loop.tick(now=70)
+        assert provider.scaled == [("single.openfaas-fn", 0), ("single.openfaas-fn", 1)]
+
     async def test_traffic_wakes_such_a_function_from_zero(
         self, world: tuple[MemoryProvider, StaticReader]
     ) -> None:
