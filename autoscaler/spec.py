@@ -392,10 +392,12 @@ def unknown_labels(labels: Mapping[str, str]) -> list[str]:
     A misspelt key (`com.openfaas.scale.maxx`, `...zero_duration`) is otherwise silently ignored: the
     function then scales by a default its owner did not choose. The closest known key is suggested.
     """
+    # Looked at for every function listed (50,000 at start-up): the common case, none, costs one pass.
+    suspects = [
+        key for key in labels if key not in _KNOWN_LABELS and key.startswith((PREFIX, PROJECT_PREFIX))
+    ]
     warnings = []
-    for key in sorted(labels):
-        if not key.startswith((PREFIX, PROJECT_PREFIX)) or key in _KNOWN_LABELS:
-            continue
+    for key in sorted(suspects):
         if key in _OPENFAAS_ELSEWHERE:
             warnings.append(f"label {key} is not read by this autoscaler: {_OPENFAAS_ELSEWHERE[key]}")
             continue
