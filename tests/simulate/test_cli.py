@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +190,16 @@ def test_functions_given_the_median_duration_are_counted_beside_the_table(tmp_pa
         "1 function(s) without a row in durations.csv were given the trace's median duration" in done.stdout
     )
     assert "memory.csv" not in done.stdout
+
+
+def test_the_verdict_gives_each_ratio_beside_its_goal_and_names_the_baselines_as_good_on_both(
+    tmp_path: Path,
+) -> None:
+    done = run_cli("simulate", "--trace", str(_trace(tmp_path)), "--jobs", "1")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # the console may wrap the line
+    assert re.search(
+        r"p75-function cold starts x[\d.]+ \(goal <= x0\.5\), wasted memory x[\d.]+ \(goal <= x0\.85\);", text
+    )
+    assert re.search(r"(no baseline as good on both|as good on both: [a-z0-9, -]+); goal (NOT )?met", text)
+    assert "colder and cheaper" not in text  # the old words, for a test of "at most as cold"
