@@ -6,6 +6,9 @@ Client-library errors (aiohttp, kubernetes-asyncio, prometheus) are wrapped into
 
 from __future__ import annotations
 
+import errno
+import socket
+
 
 class AutoscalerError(Exception):
     """Base of every error the add-on raises on purpose."""
@@ -54,9 +57,6 @@ def reason(e: BaseException) -> str:
 
 def cannot_listen(e: OSError, *, host: str, port: int, host_flag: str, port_flag: str) -> ConfigError:
     """The one message for a server that could not bind `host:port`, with the advice that fits why."""
-    import errno
-    import socket
-
     where = f"cannot listen on {host}:{port}"
     if isinstance(e, socket.gaierror):
         return ConfigError(

@@ -73,7 +73,8 @@ class Opener:
         ref = state.ref
         headers = request_headers(request, trusted=self._settings.provider_url is not None)  # gateway
         # The caller retries a 429 itself: the first round's 429 is its answer (a slot is still waited for).
-        pass_busy = request.headers.get(BUSY_HEADER, "").strip().lower() == "pass"
+        busy = request.headers.get(BUSY_HEADER)  # absent on nearly every request: nothing more to do
+        pass_busy = busy is not None and busy.strip().lower() == "pass"
         waits = 0
         while True:
             if endpoints is None:
