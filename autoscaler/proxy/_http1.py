@@ -103,7 +103,7 @@ def parse_head(head: bytes, method: str, *, upgrade: bool = False) -> Head:
                 raise ClientError(
                     "the function switched protocols, which the proxy does not relay unless asked (Upgrade)"
                 )
-            return Head(status, reason, headers, ", ".join(connection), False, state=UNTIL_EOF)
+            return Head(status, reason, headers, joined, False, state=UNTIL_EOF)
         if transfer or any(value != "0" for value in lengths):
             raise ClientError(f"an interim {status} response announced a body")
         # Only 100 Continue is part of an ordinary exchange; after any other interim response
