@@ -17,7 +17,7 @@ import pytest
 from autoscaler import _promql
 from autoscaler.errors import MetricsError
 from autoscaler.metrics import PrometheusReader
-from tests.metrics.conftest import BROKEN, BULK, ECHO, IDLE, LEAVING, NO_CPU, OVERFLOW, Live
+from tests.metrics.conftest import BROKEN, BULK, ECHO, IDLE, LEAVING, NO_CPU, OVERFLOW, RATE_WINDOW, Live
 
 pytestmark = pytest.mark.prometheus
 
@@ -138,7 +138,8 @@ async def test_a_removed_function_goes_from_its_values_to_no_data_never_zero(liv
         assert gone is not None
         assert (gone.inflight, gone.started_total) == (None, None)
         await live.prometheus.wait_for_series(
-            "sum by (function_name) (rate(gateway_function_invocation_total[5s]))", lambda r: LEAVING not in r
+            f"sum by (function_name) (rate(gateway_function_invocation_total[{RATE_WINDOW}]))",
+            lambda r: LEAVING not in r,
         )
         snapshot = await reader.read()
 
