@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import aiohttp
 import pytest
@@ -171,12 +172,16 @@ class TestCallbacks:
         make_worker: MakeWorker,
         client: aiohttp.ClientSession,
         js: JetStreamContext,
+        request: pytest.FixtureRequest,
     ) -> None:
         function = await make_receiver()
         callback = await make_receiver()
-        dead_receiver = await make_receiver()
-        refused = dead_receiver.url
-        await dead_receiver.stop()  # nothing listens there any more: connections are refused
+        # Bound and never listening: connections are refused, and no other test's server can take the
+        # port (a stopped receiver's port was taken by one in a CI run: its 404 ended the retries early).
+        holder = socket.socket()
+        holder.bind(("127.0.0.1", 0))
+        request.addfinalizer(holder.close)
+        refused = f"http://127.0.0.1:{holder.getsockname()[1]}"
         await stack.provider.add("hello", url=function.url)
         await make_worker(max_inflight=1, callback_attempts=5, callback_min_wait=1.0, callback_max_wait=1.0)
         lost = await submit(client, stack, "hello", b"first", X_Callback_Url=refused)
